@@ -1,0 +1,212 @@
+"""The built-in, offline defaults: the model `builtin:tiny-chat` and the dataset `builtin:demo`.
+
+`builtin:tiny-chat` is a Llama-architecture model of a few million parameters, randomly initialised
+from a fixed seed, with its own byte-level BPE tokenizer (trained on the demo data and a little
+English) and a ChatML chat template. It is built the first time it is asked for (a few seconds,
+no network) and cached under FINETUNE_HOME/models/. It knows nothing: it exists so that every
+feature of the studio can be tried and tested offline.
+
+`builtin:demo` is a few hundred Alpaca-style instruction rows from four small task families whose
+answers follow rules or facts a short LoRA run can learn (parity, sentiment, capitals, opposites),
+so exact match on its validation split visibly rises after training.
+
+Run `python -m finetune.builtin` to build the model and print where it is.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+from .paths import models_dir
+
+TINY_CHAT_ID = "builtin:tiny-chat"
+DEMO_DATASET_ID = "builtin:demo"
+BUILDER_VERSION = 1  # bump when the recipe changes, so cached copies are rebuilt
+
+# The architecture of builtin:tiny-chat (a transformers LlamaConfig). The planner reads it too.
+TINY_CHAT_CONFIG = {
+    "model_type": "llama",
+    "vocab_size": 1024,
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+    "initializer_range": 0.1,
+}
+TINY_CHAT_SEED = 1234
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+# ---------------------------------------------------------------------------------------------
+# builtin:demo
+
+_POSITIVE = ["wonderful", "great", "delightful", "excellent", "lovely", "superb", "charming",
+             "fantastic", "pleasant", "brilliant", "amazing", "joyful"]
+_NEGATIVE = ["terrible", "awful", "boring", "dreadful", "horrible", "poor", "dull", "annoying",
+             "disappointing", "miserable", "bad", "ugly"]
+_NOUNS = ["movie", "meal", "book", "concert", "hotel", "game", "song", "trip", "class", "show",
+          "phone", "garden", "party", "coffee", "museum"]
+_CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
+    "Canada": "Ottawa", "Egypt": "Cairo", "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo",
+    "Greece": "Athens", "Poland": "Warsaw", "Chile": "Santiago", "Cuba": "Havana",
+    "Ireland": "Dublin", "Austria": "Vienna", "Portugal": "Lisbon", "Sweden": "Stockholm",
+    "India": "Delhi", "China": "Beijing",
+}
+_CAPITAL_PHRASES = ["What is the capital of {x}?", "Name the capital city of {x}.",
+                    "Which city is the capital of {x}?", "Tell me the capital of {x}.",
+                    "{x} has which capital?", "Capital of {x}?"]
+_OPPOSITES = {
+    "hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "light": "dark",
+    "early": "late", "open": "closed", "full": "empty", "hard": "soft", "high": "low",
+    "old": "new", "rich": "poor", "strong": "weak", "wet": "dry", "up": "down",
+    "in": "out", "young": "old", "thick": "thin", "loud": "quiet", "near": "far",
+}
+_OPPOSITE_PHRASES = ["What is the opposite of {x}?", "Give the antonym of '{x}'.",
+                     "Opposite of {x}?"]
+_PARITY_PHRASES = ["Is {x} even or odd?", "Is the number {x} odd or even?",
+                   "Even or odd: {x}"]
+_SENTIMENT_PHRASES = ["Classify the sentiment as positive or negative.",
+                      "Is this review positive or negative?"]
+
+
+def demo_records() -> list[dict]:
+    """The demo dataset as Alpaca rows (instruction, input, output). Deterministic."""
+    rng = random.Random(7)
+    rows: list[dict] = []
+    for country, capital in _CAPITALS.items():
+        for phrase in _CAPITAL_PHRASES:
+            rows.append({"instruction": phrase.format(x=country), "input": "", "output": capital})
+    opposites = dict(_OPPOSITES)
+    opposites.update({v: k for k, v in _OPPOSITES.items() if v not in _OPPOSITES and v != "old"})
+    for word, opposite in opposites.items():
+        for phrase in _OPPOSITE_PHRASES:
+            rows.append({"instruction": phrase.format(x=word), "input": "", "output": opposite})
+    for n in rng.sample(range(1, 1000), 120):
+        phrase = rng.choice(_PARITY_PHRASES)
+        rows.append({"instruction": phrase.format(x=n), "input": "",
+                     "output": "even" if n % 2 == 0 else "odd"})
+    for _ in range(120):
+        positive = rng.random() < 0.5
+        adj = rng.choice(_POSITIVE if positive else _NEGATIVE)
+        noun = rng.choice(_NOUNS)
+        sentence = rng.choice(["The {n} was {a}.", "What a {a} {n}!", "I found the {n} {a}.",
+                               "Honestly, the {n} felt {a}."]).format(n=noun, a=adj)
+        rows.append({"instruction": rng.choice(_SENTIMENT_PHRASES), "input": sentence,
+                     "output": "positive" if positive else "negative"})
+    rng.shuffle(rows)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# builtin:tiny-chat
+
+
+def _tokenizer_corpus() -> list[str]:
+    texts = []
+    for r in demo_records():
+        texts.append(r["instruction"] + "\n" + r["input"] + "\n" + r["output"])
+    texts.append("The quick brown fox jumps over the lazy dog. " * 3)
+    texts.append("You are a helpful assistant. Answer the question briefly and correctly.")
+    texts.append("0 1 2 3 4 5 6 7 8 9 user assistant system tool")
+    return texts
+
+
+def _build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    # Digits one by one, so that number rules (parity) are learnable from the last digit.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_CHAT_CONFIG["vocab_size"], special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>", pad_token="<|pad|>",
+        unk_token=None,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = TINY_CHAT_CONFIG["max_position_embeddings"]
+    return fast
+
+
+def tiny_chat_path() -> Path:
+    return models_dir() / f"tiny-chat-v{BUILDER_VERSION}"
+
+
+def ensure_tiny_chat() -> Path:
+    """Build builtin:tiny-chat once (deterministic, offline) and return its folder."""
+    out = tiny_chat_path()
+    if (out / "builtin.json").exists():
+        return out
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _build_tokenizer()
+    cfg = {k: v for k, v in TINY_CHAT_CONFIG.items() if k != "model_type"}
+    cfg["vocab_size"] = len(tokenizer)
+    config = LlamaConfig(
+        **cfg,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|pad|>"),
+    )
+    devnull_state = torch.random.get_rng_state()
+    torch.manual_seed(TINY_CHAT_SEED)
+    model = LlamaForCausalLM(config)
+    torch.random.set_rng_state(devnull_state)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+
+    tmp = out.with_name(out.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "builtin.json").write_text(json.dumps({
+        "id": TINY_CHAT_ID, "builder_version": BUILDER_VERSION, "seed": TINY_CHAT_SEED,
+        "note": "Randomly initialised demo model built by Fine-Tune Studio. It knows nothing "
+                "until you train it.",
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }, indent=2))
+    try:
+        tmp.rename(out)
+    except OSError:  # another process built it at the same time: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_model(model_id: str) -> str:
+    """Map a model id to something `from_pretrained` accepts (builtin ids to their local folder)."""
+    if model_id == TINY_CHAT_ID:
+        return str(ensure_tiny_chat())
+    if model_id.startswith("builtin:"):
+        raise ValueError(f"unknown built-in model {model_id!r}; the built-in model is {TINY_CHAT_ID!r}")
+    return model_id
+
+
+if __name__ == "__main__":
+    print(ensure_tiny_chat())

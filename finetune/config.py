@@ -1,0 +1,271 @@
+"""The run configuration: one dataclass per concern, composed into `RunConfig`.
+
+Choices are Literals, units are in the names, help text lives once in `field(metadata={"help":..})`
+(the UI reads labels and info from it), validation is in `__post_init__` and names the field.
+The translation to TRL's `SFTConfig`/`DPOConfig` and PEFT's configs happens only here.
+No secrets ever enter a config: tokens travel in the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
+
+Method = Literal["lora", "qlora", "dora", "full", "prefix", "dpo"]
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+class ConfigError(ValueError):
+    """A bad value, with the field it belongs to."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+def _help(text: str, **kw) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+def _check_range(name: str, value, lo=None, hi=None, *, integer=False):
+    if integer and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(name, f"must be a whole number, got {value!r}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(name, f"must be a number, got {value!r}")
+    if value != value:  # NaN
+        raise ConfigError(name, "must be a number, got NaN")
+    if lo is not None and value < lo:
+        raise ConfigError(name, f"must be at least {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ConfigError(name, f"must be at most {hi}, got {value}")
+
+
+@dataclass
+class ModelConfig:
+    model_id: str = _help("Base model: builtin:tiny-chat, a Hub id (org/name) or a local folder.",
+                          default=TINY_CHAT_ID)
+    trust_remote_code: bool = _help("Run the model repository's own code (only for repos you trust).",
+                                    default=False)
+
+    def __post_init__(self):
+        if not isinstance(self.model_id, str) or not self.model_id.strip():
+            raise ConfigError("model.model_id", "is empty: choose builtin:tiny-chat, a Hub id or a local folder")
+        self.model_id = self.model_id.strip()
+
+
+@dataclass
+class DataConfig:
+    source: str = _help("Dataset: builtin:demo, a prepared dataset folder, or a file (JSONL, JSON, CSV, Parquet).",
+                        default=DEMO_DATASET_ID)
+    val_ratio: float = _help("Share of rows held out for validation when the source is not split yet.",
+                             default=0.1)
+    seed: int = _help("Seed for the train/validation split.", default=42)
+    max_seq_len: int = _help("Longest sequence in tokens; longer rows are truncated (the start is kept).",
+                             default=256)
+
+    def __post_init__(self):
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ConfigError("data.source", "is empty: choose builtin:demo or a dataset file")
+        _check_range("data.val_ratio", self.val_ratio, 0.0, 0.5)
+        _check_range("data.seed", self.seed, 0, integer=True)
+        _check_range("data.max_seq_len", self.max_seq_len, 16, 131072, integer=True)
+
+
+@dataclass
+class LoraConfig:
+    r: int = _help("LoRA rank: the size of the low-rank update. Higher learns more, costs more memory.",
+                   default=16)
+    alpha: int = _help("LoRA alpha: scales the update (alpha / r). Commonly 2 x rank.", default=32)
+    dropout: float = _help("Dropout on the LoRA input; helps against overfitting on small data.", default=0.05)
+    target_modules: str = _help("Which linear layers get adapters: 'all-linear' or a comma list such as q_proj,v_proj.",
+                                default="all-linear")
+    num_virtual_tokens: int = _help("Prefix tuning only: number of trained virtual tokens.", default=16)
+
+    def __post_init__(self):
+        _check_range("lora.r", self.r, 1, 1024, integer=True)
+        _check_range("lora.alpha", self.alpha, 1, 4096, integer=True)
+        _check_range("lora.dropout", self.dropout, 0.0, 0.9)
+        _check_range("lora.num_virtual_tokens", self.num_virtual_tokens, 1, 512, integer=True)
+        if not self.target_modules.strip():
+            raise ConfigError("lora.target_modules", "is empty: use 'all-linear' or name the layers")
+
+    def modules(self) -> str | list[str]:
+        t = self.target_modules.strip()
+        return t if t == "all-linear" else [m.strip() for m in t.split(",") if m.strip()]
+
+
+@dataclass
+class TrainConfig:
+    method: Method = _help("lora, qlora (4-bit base, CUDA only), dora, full, prefix tuning, or dpo.",
+                           default="lora")
+    learning_rate: float = _help("Peak learning rate. LoRA tolerates ~1e-4 to 1e-3; full fine-tuning wants ~1e-5.",
+                                 default=2e-4)
+    epochs: float = _help("Passes over the training data.", default=3.0)
+    max_steps: int = _help("Stop after this many optimiser steps (0 = use epochs).", default=0)
+    batch_size: int = _help("Examples per device per step.", default=4)
+    grad_accum: int = _help("Steps whose gradients are summed before an update (effective batch = batch x this).",
+                            default=1)
+    warmup_ratio: float = _help("Share of steps with a rising learning rate at the start.", default=0.03)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _help(
+        "How the learning rate decays after warmup.", default="cosine")
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    logging_steps: int = _help("Log loss every this many steps.", default=5)
+    eval_steps: int = _help("Compute validation loss every this many steps (0 = at the end only).", default=50)
+    save_steps: int = _help("Save a resumable checkpoint every this many steps.", default=50)
+    save_total_limit: int = _help("Keep at most this many checkpoints.", default=2)
+    gradient_checkpointing: bool = _help("Recompute activations in backward: less memory, ~+30-50% time.",
+                                         default=False)
+    seed: int = _help("Training seed.", default=42)
+    dpo_beta: float = _help("DPO only: how far the model may move from the reference (higher = closer).",
+                            default=0.1)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError("train.method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _check_range("train.learning_rate", self.learning_rate, 1e-8, 1.0)
+        _check_range("train.epochs", self.epochs, 0.0, 1000)
+        _check_range("train.max_steps", self.max_steps, 0, 10_000_000, integer=True)
+        if self.epochs == 0 and self.max_steps == 0:
+            raise ConfigError("train.epochs", "epochs and max_steps are both 0: nothing would be trained")
+        _check_range("train.batch_size", self.batch_size, 1, 4096, integer=True)
+        _check_range("train.grad_accum", self.grad_accum, 1, 4096, integer=True)
+        _check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 0.5)
+        _check_range("train.weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("train.logging_steps", self.logging_steps, 1, 100000, integer=True)
+        _check_range("train.eval_steps", self.eval_steps, 0, 10_000_000, integer=True)
+        _check_range("train.save_steps", self.save_steps, 1, 10_000_000, integer=True)
+        _check_range("train.save_total_limit", self.save_total_limit, 1, 1000, integer=True)
+        _check_range("train.seed", self.seed, 0, integer=True)
+        _check_range("train.dpo_beta", self.dpo_beta, 1e-4, 10.0)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = ""
+    owner: str = ""  # who started it (HF username on a Space); empty locally
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(sorted(unknown)[0], "is not a config section")
+
+        def build(sub_cls, key):
+            sub = d.get(key) or {}
+            if not isinstance(sub, dict):
+                raise ConfigError(key, "must be an object")
+            names = {f.name for f in dataclasses.fields(sub_cls)}
+            bad = set(sub) - names
+            if bad:
+                raise ConfigError(f"{key}.{sorted(bad)[0]}", "is not a known setting")
+            return sub_cls(**sub)
+
+        return cls(model=build(ModelConfig, "model"), data=build(DataConfig, "data"),
+                   lora=build(LoraConfig, "lora"), train=build(TrainConfig, "train"),
+                   name=str(d.get("name") or ""), owner=str(d.get("owner") or ""))
+
+
+# The balanced preset suits real pretrained models. The built-in demo model is random and tiny: it
+# needs a higher learning rate and many passes over the small demo set to learn it in ~1 minute.
+BUILTIN_DEMO_TRAIN = {"learning_rate": 2e-3, "epochs": 20.0, "batch_size": 8, "eval_steps": 100,
+                      "save_steps": 200, "logging_steps": 5}
+BUILTIN_DEMO_REASON = ("builtin:tiny-chat is randomly initialised: a 10x higher learning rate (2e-3) and "
+                       "20 epochs let LoRA learn the demo set in about a minute on a CPU")
+
+
+def default_run_config(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, **train_overrides) -> RunConfig:
+    """A RunConfig with defaults chosen for the model (the demo model gets its own)."""
+    train = dict(BUILTIN_DEMO_TRAIN) if model_id == TINY_CHAT_ID else {}
+    train.update({k: v for k, v in train_overrides.items() if v is not None})
+    return RunConfig(model=ModelConfig(model_id=model_id), data=DataConfig(source=source), train=TrainConfig(**train))
+
+
+def help_for(section_cls, name: str) -> str:
+    for f in dataclasses.fields(section_cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Translation to the libraries (the only place that knows their argument names)
+
+
+def to_peft_config(cfg: RunConfig):
+    import peft
+
+    m = cfg.train.method
+    if m == "full":
+        return None
+    if m == "prefix":
+        return peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.lora.num_virtual_tokens)
+    return peft.LoraConfig(
+        task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.modules(), use_dora=(m == "dora"),
+    )
+
+
+def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, bf16: bool, has_eval: bool) -> dict:
+    t = cfg.train
+    return dict(
+        output_dir=output_dir,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps > 0 else -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        lr_scheduler_type=t.lr_scheduler,
+        weight_decay=t.weight_decay,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must reach our callback, not be averaged away
+        eval_strategy=("steps" if t.eval_steps > 0 else "epoch") if has_eval else "no",
+        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        gradient_checkpointing=t.gradient_checkpointing,
+        seed=t.seed,
+        data_seed=cfg.data.seed,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=not cuda,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        # On a CPU, length-grouped batches waste less compute on padding (no padding-free kernels there).
+        train_sampling_strategy="random" if cuda else "group_by_length",
+        save_only_model=False,
+    )
+
+
+def to_sft_config(cfg: RunConfig, output_dir: str, *, cuda: bool = False, bf16: bool = False, has_eval: bool = True):
+    from trl import SFTConfig
+
+    return SFTConfig(**_common_args(cfg, output_dir, cuda=cuda, bf16=bf16, has_eval=has_eval),
+                     max_length=cfg.data.max_seq_len, packing=False, dataset_num_proc=None)
+
+
+def to_dpo_config(cfg: RunConfig, output_dir: str, *, cuda: bool = False, bf16: bool = False, has_eval: bool = True):
+    from trl import DPOConfig
+
+    return DPOConfig(**_common_args(cfg, output_dir, cuda=cuda, bf16=bf16, has_eval=has_eval),
+                     max_length=cfg.data.max_seq_len, beta=cfg.train.dpo_beta)

@@ -1,0 +1,123 @@
+"""Loading models and tokenizers, and greedy generation: shared by training, evaluation and compare.
+
+Heavy libraries are imported inside the functions. Unsloth is imported only after a CUDA device is
+found (it fails to import without one) and before transformers/peft in that process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .builtin import resolve_model
+
+
+def set_threads() -> None:
+    import torch
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def unsloth_available() -> bool:
+    """True only on a CUDA machine with unsloth installed. Importing it elsewhere raises."""
+    if not cuda_available():
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def load_tokenizer(model_id: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model_id), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"{model_id}: a fast tokenizer is needed to map tokens to characters")
+    return tok
+
+
+def load_model(model_id: str, *, load_in_4bit: bool = False, trust_remote_code: bool = False,
+               dtype: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    cuda = cuda_available()
+    if dtype:
+        kwargs["dtype"] = getattr(torch, dtype)
+    elif cuda:
+        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        kwargs["dtype"] = torch.float32  # CPU training in fp32; bf16 autocast only helps with AMX
+    if load_in_4bit:
+        if not cuda:
+            raise ValueError("QLoRA (4-bit) needs a CUDA GPU; use LoRA on this machine")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=kwargs["dtype"])
+        kwargs["device_map"] = {"": 0}
+    elif cuda:
+        kwargs["device_map"] = {"": 0}
+    return AutoModelForCausalLM.from_pretrained(resolve_model(model_id), **kwargs)
+
+
+def load_for_inference(model_id: str, adapter_dir: str | None = None, *, trust_remote_code: bool = False):
+    """(model, tokenizer) in eval mode; with an adapter, the PeftModel (use disable_adapter() for base)."""
+    tok = load_tokenizer(adapter_dir if adapter_dir and os.path.exists(os.path.join(adapter_dir, "tokenizer_config.json")) else model_id,
+                         trust_remote_code=trust_remote_code)
+    if adapter_dir and os.path.exists(os.path.join(adapter_dir, "config.json")) and not os.path.exists(
+            os.path.join(adapter_dir, "adapter_config.json")):
+        model = load_model(adapter_dir, trust_remote_code=trust_remote_code)  # a full fine-tune
+    else:
+        model = load_model(model_id, trust_remote_code=trust_remote_code)
+        if adapter_dir:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
+    return model, tok
+
+
+def render_prompt(tokenizer, prompt) -> str:
+    """A prompt (messages or a plain string) as the text the model continues from."""
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def generate(model, tokenizer, prompts: list, *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+    """Greedy answers for a list of prompts (message lists or strings), batched with left padding."""
+    import torch
+
+    texts = [render_prompt(tokenizer, p) for p in prompts]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outs: list[str] = []
+    device = next(model.parameters()).device
+    try:
+        for i in range(0, len(texts), batch_size):
+            chunk = texts[i:i + batch_size]
+            add_special = not any(isinstance(p, list) for p in prompts[i:i + batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=add_special).to(device)
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            for row in gen[:, enc["input_ids"].shape[1]:]:
+                outs.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    finally:
+        tokenizer.padding_side = side
+    return outs

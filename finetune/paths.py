@@ -1,0 +1,75 @@
+"""Where Fine-Tune Studio keeps its files: the home folder and atomic file writes.
+
+FINETUNE_HOME (default ./finetune_home, or /data/finetune_home when a Space has persistent storage
+at /data) holds runs/, datasets/ and models/ (the built-in models).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def home() -> Path:
+    env = os.environ.get("FINETUNE_HOME")
+    if env:
+        p = Path(env)
+    elif Path("/data").is_dir() and os.access("/data", os.W_OK) and os.environ.get("SPACE_ID"):
+        p = Path("/data/finetune_home")
+    else:
+        p = Path("finetune_home")
+    p = p.expanduser().resolve()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def runs_dir() -> Path:
+    d = home() / "runs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def datasets_dir() -> Path:
+    d = home() / "datasets"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def models_dir() -> Path:
+    d = home() / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file so that a reader sees either the old or the whole new content, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default

@@ -1,0 +1,79 @@
+"""Test setup: offline, a private FINETUNE_HOME, and the built-in tiny model built once per session.
+
+The offline switches are set before anything imports huggingface_hub, so no test can reach a
+network. Markers: `gpu` (skipped without CUDA) and `slow`.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_HOME = tempfile.mkdtemp(prefix="fts-home-")
+os.environ["FINETUNE_HOME"] = _HOME
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "slow: takes more than a minute")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def home() -> Path:
+    return Path(_HOME)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(home) -> Path:
+    from finetune.builtin import ensure_tiny_chat
+
+    return ensure_tiny_chat()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from finetune.modeling import load_tokenizer
+
+    return load_tokenizer("builtin:tiny-chat")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_orphan_training():
+    """Training children outlive pages by design; a test session must not leave any behind."""
+    yield
+    import signal
+
+    from finetune import runs
+
+    for run_id, proc in list(runs._PROCS.items()):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass

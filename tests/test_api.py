@@ -1,0 +1,85 @@
+"""The Gradio API, driven with gradio_client against the real app on a free port:
+plan -> inspect_dataset -> prepare_dataset -> train -> status (until completed) -> evaluate -> compare."""
+
+import socket
+import time
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model_dir):
+    from gradio_client import Client
+
+    from ui import build_demo
+
+    demo = build_demo()
+    port = _free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+def test_api_names_are_the_contract(client):
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {"/plan", "/inspect_dataset", "/prepare_dataset", "/train", "/status", "/stop", "/runs",
+            "/evaluate", "/compare"} <= names
+
+
+def test_full_loop_through_the_api(client):
+    plan = client.predict("builtin:tiny-chat", "auto", "instruction", "answer short questions", 477, False,
+                          "local", 256, 8, "quality", api_name="/plan")
+    assert plan["method"] in ("lora", "full", "dora", "qlora", "prefix") and plan["vram_gb"] > 0 and plan["reasons"]
+
+    info = client.predict(None, "builtin:demo", "auto", "", "builtin:tiny-chat", api_name="/inspect_dataset")
+    assert info["format"] == "alpaca" and info["kind"] == "messages" and info["rows"] > 300
+
+    prepared = client.predict(None, "builtin:demo", "auto", "", 0.1, 42, "demo-split", api_name="/prepare_dataset")
+    assert prepared["rows_validation"] > 0 and prepared["dir"].endswith("demo-split")
+
+    with pytest.raises(Exception, match="learning_rate"):
+        client.predict("builtin:tiny-chat", "builtin:demo", "lora", -1.0, 1, 8, 256, 16, api_name="/train")
+
+    run_id = client.predict("builtin:tiny-chat", prepared["dir"], "lora", 2e-3, 3, 8, 256, 16, api_name="/train")
+    assert isinstance(run_id, str) and run_id
+    deadline, st = time.time() + 300, {}
+    seen_running = False
+    while time.time() < deadline:
+        st = client.predict(run_id, api_name="/status")
+        seen_running |= st["state"] == "running"
+        if st["state"] in ("completed", "failed", "stopped"):
+            break
+        time.sleep(1)
+    assert st["state"] == "completed", st.get("error")
+    assert st["progress"] == 100.0 and st["step"] == st["total_steps"] and st["events"]
+    assert run_id in [r["run_id"] for r in client.predict(api_name="/runs")]
+
+    report = client.predict(run_id, 48, api_name="/evaluate")
+    assert report["base"]["exact_match"] is not None and report["finetuned"]["perplexity"] < report["base"]["perplexity"]
+
+    cmp = client.predict(run_id, "What is the capital of France?\nIs 42 even or odd?", 8, api_name="/compare")
+    assert [r["prompt"] for r in cmp["rows"]] == ["What is the capital of France?", "Is 42 even or odd?"]
+    assert all(set(r) == {"prompt", "base", "finetuned"} for r in cmp["rows"])
+
+
+def test_stop_through_the_api(client):
+    run_id = client.predict("builtin:tiny-chat", "builtin:demo", "lora", 2e-3, 50, 8, 256, 16, api_name="/train")
+    deadline = time.time() + 120
+    while time.time() < deadline and (client.predict(run_id, api_name="/status").get("step") or 0) < 2:
+        time.sleep(0.5)
+    client.predict(run_id, api_name="/stop")
+    deadline, st = time.time() + 120, {}
+    while time.time() < deadline:
+        st = client.predict(run_id, api_name="/status")
+        if st["state"] in ("stopped", "completed", "failed"):
+            break
+        time.sleep(0.5)
+    assert st["state"] == "stopped" and st["artifact"] and st["resumable"]

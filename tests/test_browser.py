@@ -1,0 +1,86 @@
+"""The page in a real browser: headless Chromium (Debian's) through Playwright.
+
+Opens the app, sees the five tabs, starts a run on the defaults, watches the progress and the loss
+plot update, and stops it. Screenshots go to FINETUNE_HOME/screenshots for a person to look at.
+"""
+
+import os
+import re
+import shutil
+import socket
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model_dir):
+    from ui import build_demo
+
+    demo = build_demo()
+    port = _free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url, home):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.goto(app_url)
+        yield pg
+        browser.close()
+
+
+def _shot(page, home, name):
+    d = home / "screenshots"
+    d.mkdir(exist_ok=True)
+    page.screenshot(path=str(d / f"{name}.png"), full_page=True)
+
+
+def test_five_tabs_and_a_live_run(page, home):
+    from playwright.sync_api import expect
+
+    tabs = page.get_by_role("tab")
+    expect(tabs).to_have_count(5, timeout=30_000)
+    assert [t.inner_text().strip() for t in tabs.all()] == ["Plan", "Dataset", "Train", "Evaluate", "Compare"]
+    page.get_by_role("button", name="Plan", exact=True).click()
+    expect(page.get_by_text("Recommended:")).to_be_visible(timeout=30_000)
+    _shot(page, home, "plan")
+
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_role("button", name="Start training").click()
+    progress = page.get_by_text(re.compile(r"step \d+/\d+"))
+    expect(progress).to_be_visible(timeout=60_000)
+    first = progress.inner_text()
+    # the progress moves on and the loss plot draws points
+    for _ in range(240):
+        if progress.inner_text() != first:
+            break
+        page.wait_for_timeout(500)
+    assert progress.inner_text() != first, "the progress line did not move"
+    expect(page.locator("#loss-plot .mark-line path").first).to_be_visible(timeout=60_000)
+    _shot(page, home, "train")
+    page.get_by_role("button", name="Stop").click()
+    expect(page.get_by_text(re.compile(r": stopped$"))).to_be_visible(timeout=120_000)
+    _shot(page, home, "stopped")
+    # reload: the page reattaches to the run this browser started, from the browser's storage
+    page.reload()
+    page.get_by_role("tab", name="Train").click()
+    expect(page.get_by_text(re.compile(r": stopped$"))).to_be_visible(timeout=30_000)
+    assert os.path.exists(home / "screenshots" / "train.png")

@@ -1,0 +1,55 @@
+"""The page: a header with the shared model and dataset choice, then the five tabs in working order."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import gradio as gr
+
+from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
+
+from . import compare_tab, dataset_tab, evaluate_tab, plan_tab, train_tab
+
+CSS = """
+.fts-note {font-size: 0.9em; opacity: 0.8}
+"""
+
+
+def _browser_secret() -> str:
+    """A stable secret for gr.BrowserState, so a restarted app can still read what the browser kept."""
+    from finetune.paths import home
+
+    p = home() / ".browser_secret"
+    if not p.exists():
+        p.write_text(secrets.token_hex(16))
+        os.chmod(p, 0o600)
+    return p.read_text().strip()
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="Fine-Tune Studio") as demo:
+        gr.Markdown("# Fine-Tune Studio\nPlan → Dataset → Train → Evaluate → Compare. Everything runs offline "
+                    "on the built-in model and demo data; any Hub model or your own files work too.")
+        run_state = gr.BrowserState(None, storage_key="fine_tune_studio_run", secret=_browser_secret())
+        with gr.Row():
+            model = gr.Dropdown(plan_tab.model_choices(), value=TINY_CHAT_ID, allow_custom_value=True,
+                                label="Base model", scale=2,
+                                info="builtin:tiny-chat is a randomly initialised demo model built offline")
+            data = gr.Dropdown(dataset_tab.dataset_choices(), value=DEMO_DATASET_ID, allow_custom_value=True,
+                               label="Dataset", scale=2, info="builtin:demo, a saved dataset or a file path")
+        with gr.Tabs():
+            with gr.Tab("Plan", id="plan"):
+                plan_tab.build(model)
+            with gr.Tab("Dataset", id="dataset"):
+                dataset_tab.build(model, data)
+            with gr.Tab("Train", id="train"):
+                t = train_tab.build(model, data, run_state)
+            with gr.Tab("Evaluate", id="evaluate"):
+                evaluate_tab.build(t["run_id"])
+            with gr.Tab("Compare", id="compare"):
+                compare_tab.build(t["run_id"])
+        # Jobs outlive the page: reattach to the run this browser was following.
+        demo.load(lambda r: gr.Dropdown(choices=train_tab.run_choices(), value=r) if r else gr.skip(),
+                  run_state, t["run_id"], api_visibility="private")
+    return demo

@@ -1,0 +1,148 @@
+"""Train tab: start a run in a child process, follow its loss and progress live, stop or resume it.
+
+The run id is kept in the browser (gr.BrowserState), so reloading the page reattaches to the run.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
+from finetune.config import BUILTIN_DEMO_REASON, TrainConfig, default_run_config, help_for
+
+from .render import fmt_duration, num, run_choices, user_errors
+
+_EMPTY = pd.DataFrame({"step": pd.Series([], dtype="int64"), "value": pd.Series([], dtype="float64"),
+                       "series": pd.Series([], dtype="str")})
+_DEFAULTS = default_run_config().train
+
+
+@user_errors
+def train_api(model: str, data: str, method: str, learning_rate: float, epochs: float, batch_size: float,
+              max_seq_len: float, lora_r: float) -> str:
+    """Start a training run and return its run id at once (the `train` API)."""
+    from finetune.runs import start_training
+
+    cfg = default_run_config(model or TINY_CHAT_ID, data or DEMO_DATASET_ID, method=method or "lora",
+                             learning_rate=float(learning_rate), epochs=float(epochs), batch_size=int(batch_size))
+    cfg.data.max_seq_len = int(max_seq_len)
+    cfg.lora.r, cfg.lora.alpha = int(lora_r), 2 * int(lora_r)
+    cfg.data.__post_init__()
+    cfg.lora.__post_init__()
+    return start_training(cfg)
+
+
+@user_errors
+def status_api(run_id: str) -> dict:
+    """A run's state, step, total steps, progress, ETA, latest loss and events (the `status` API)."""
+    from finetune.runs import status_summary
+
+    if not run_id:
+        raise gr.Error("No run selected.")
+    return status_summary(run_id.strip())
+
+
+@user_errors
+def stop_api(run_id: str) -> dict:
+    """Stop a run cleanly: it finishes the step, saves, and ends as `stopped` (the `stop` API)."""
+    from finetune.runs import stop_run
+
+    if not run_id:
+        raise gr.Error("No run selected.")
+    return stop_run(run_id.strip())
+
+
+def runs_api() -> list[dict]:
+    """All runs with their state, newest first (the `runs` API)."""
+    from finetune.runs import list_runs
+
+    return list_runs()
+
+
+def render_status(st: dict):
+    if not st:
+        return gr.skip(), gr.skip()
+    state, step, total = st.get("state"), st.get("step") or 0, st.get("total_steps")
+    bar = "█" * int((st.get("progress") or 0) / 5) + "░" * (20 - int((st.get("progress") or 0) / 5))
+    lines = [f"### {st.get('run_id')}: **{state}**",
+             f"`{bar}` {st.get('progress', 0):.0f}% · step {step}/{total or '?'} · ETA {fmt_duration(st.get('eta_s'))}"
+             f" · loss {num(st.get('loss'))} · validation loss {num(st.get('eval_loss'))}"
+             + (f" · {st.get('tokens_per_s')} tokens/s" if st.get("tokens_per_s") else "")]
+    if st.get("error"):
+        lines.append(f"\n**Error:** {st['error']}")
+    if st.get("artifact"):
+        lines.append(f"\nSaved: `{st['artifact']}` — evaluate it in the **Evaluate** tab.")
+    if st.get("resumable") and state in ("failed", "stopped"):
+        lines.append("\nThis run can be resumed from its last checkpoint.")
+    rows = []
+    for e in st.get("events", []):
+        for key, series in (("loss", "training loss"), ("eval_loss", "validation loss")):
+            if e.get(key) is not None:
+                rows.append({"step": e["step"], "value": e[key], "series": series})
+    df = pd.DataFrame(rows).astype({"step": "int64", "value": "float64"}) if rows else _EMPTY
+    return "\n".join(lines), df
+
+
+def poll(run_id: str):
+    if not run_id:
+        return gr.skip(), gr.skip()
+    try:
+        return render_status(status_api(run_id))
+    except gr.Error:
+        return gr.skip(), gr.skip()
+
+
+@user_errors
+def resume(run_id: str) -> str:
+    from finetune.runs import start_run
+
+    start_run(run_id, resume=True)
+    return run_id
+
+
+def _num_field(name, **kw):
+    return dict(label=name.replace("_", " ").capitalize(), info=help_for(TrainConfig, name), **kw)
+
+
+def build(model_box, data_box, run_state) -> dict:
+    gr.Markdown(f"Defaults suit the built-in demo model. Why: {BUILTIN_DEMO_REASON}. It is **randomly "
+                "initialised**, so a run shows the pipeline working, not a useful model.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            method = gr.Dropdown(["lora", "dora", "qlora", "full", "prefix", "dpo"], value="lora",
+                                 **_num_field("method"))
+            lr = gr.Number(value=_DEFAULTS.learning_rate, **_num_field("learning_rate"))
+            epochs = gr.Number(value=_DEFAULTS.epochs, minimum=0, **_num_field("epochs"))
+            batch = gr.Slider(1, 64, value=_DEFAULTS.batch_size, step=1, **_num_field("batch_size"))
+            seq = gr.Slider(32, 4096, value=256, step=32, label="Max sequence length (tokens)")
+            rank = gr.Slider(1, 128, value=16, step=1, label="LoRA rank", info="alpha is set to 2 x rank")
+            start = gr.Button("Start training", variant="primary")
+            with gr.Row():
+                stop = gr.Button("Stop", variant="stop")
+                resume_btn = gr.Button("Resume")
+        with gr.Column(scale=2):
+            with gr.Row():
+                run_id = gr.Dropdown(run_choices(), value=None, allow_custom_value=True, label="Run", scale=3)
+                refresh = gr.Button("↻ Runs", scale=0)
+            progress = gr.Markdown("No run yet. Press **Start training**.")
+            plot = gr.LinePlot(_EMPTY, x="step", y="value", color="series", label="Loss", height=320,
+                               x_title="step", y_title="loss",
+                               elem_id="loss-plot")
+            raw = gr.JSON(visible=False)
+    timer = gr.Timer(1.0)
+    start.click(train_api, [model_box, data_box, method, lr, epochs, batch, seq, rank], run_id, api_name="train").then(
+        lambda r: (r, gr.Dropdown(choices=run_choices(), value=r)), run_id, [run_state, run_id], api_visibility="private")
+    timer.tick(poll, run_id, [progress, plot], api_visibility="private", show_progress="hidden")
+    run_id.change(lambda r: r, run_id, run_state, api_visibility="private").then(
+        poll, run_id, [progress, plot], api_visibility="private")
+    stop.click(stop_api, run_id, raw, api_name="stop")
+    resume_btn.click(resume, run_id, run_id, api_visibility="private")
+    refresh.click(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
+    hidden_status_in = gr.Textbox(visible=False)
+    hidden_status_out = gr.JSON(visible=False)
+    hidden_runs = gr.JSON(visible=False)
+    hidden_btn = gr.Button(visible=False)
+    hidden_btn.click(status_api, hidden_status_in, hidden_status_out, api_name="status")
+    hidden_btn.click(runs_api, None, hidden_runs, api_name="runs")
+    return {"run_id": run_id}
