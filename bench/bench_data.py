@@ -4,10 +4,13 @@ Generates 100k rows in the messages format (system + user + assistant, with ~1% 
 into a temporary JSONL file, then times, in one run:
   - baseline: a naive pure-json loop (json.loads per line + summing content lengths),
   - inspect_dataset with the built-in tokenizer (format detection, conversion, cleaning report with
-    exact and near duplicates and PII, token lengths through the chat template, statistics), and
+    exact and near duplicates and PII, token lengths through the chat template, statistics, the
+    trained-token share on a 2,000-row sample), twice: "before" counts tokens with one plain batch
+    encode of every rendered conversation (data.FAST_TOKEN_COUNT = False), "after" with the piece
+    counter (encode each unique word-with-its-space once and sum; exact, checked on a sample),
   - inspect_dataset without a tokenizer (token counts estimated as characters / 4),
-and prints rows/second for each, plus a breakdown by phase. Tokenizing dominates: the built-in
-tokenizer's small vocabulary makes ~144 tokens per row here (14M tokens in all).
+and prints rows/second and CPU seconds for each, plus a breakdown by phase. The built-in tokenizer's
+small vocabulary makes ~144 tokens per row here (14M tokens in all), so counting them dominated.
 
 Run: `python bench/bench_data.py [--rows 100000]` (FINETUNE_HOME defaults to a temp folder).
 """
@@ -86,32 +89,48 @@ def main() -> None:
 
     t_base = baseline(path)
 
-    t, c = time.perf_counter(), time.process_time()
-    report = data.inspect_dataset(path, tokenizer=tok, max_seq_len=args.max_seq_len)
-    t_inspect, c_inspect = time.perf_counter() - t, time.process_time() - c
+    def timed(fn):
+        t, c = time.perf_counter(), time.process_time()
+        out = fn()
+        return out, time.perf_counter() - t, time.process_time() - c
 
-    t = time.perf_counter()
-    data.inspect_dataset(path)  # token counts estimated from characters
-    t_notok = time.perf_counter() - t
+    runs = {}
+    for label, fast in (("before", False), ("after", True)):
+        data.FAST_TOKEN_COUNT = fast
+        runs[label] = timed(lambda: data.inspect_dataset(path, tokenizer=tok, max_seq_len=args.max_seq_len))
+    report = runs["after"][0]
+    assert report["token_stats"] == runs["before"][0]["token_stats"], "fast counts differ"
+
+    _, t_notok, _ = timed(lambda: data.inspect_dataset(path))  # token counts estimated from characters
 
     # Phase breakdown (the same steps inspect_dataset runs, timed one by one).
     phases = {}
-    t = time.perf_counter(); recs = data.load_records(path); phases["load"] = time.perf_counter() - t
-    t = time.perf_counter(); data.detect_format(recs); phases["detect"] = time.perf_counter() - t
-    t = time.perf_counter(); canon, kind = data.to_canonical(recs); phases["convert"] = time.perf_counter() - t
-    t = time.perf_counter(); lengths, _ = data._token_lengths(canon, kind, tok); phases["tokens"] = time.perf_counter() - t
-    t = time.perf_counter(); data._clean(canon, kind, lengths=lengths, max_seq_len=args.max_seq_len); phases["clean"] = time.perf_counter() - t
+    recs, phases["load"], _ = timed(lambda: data.load_records(path))
+    _, phases["detect"], _ = timed(lambda: data.detect_format(recs))
+    (canon, kind), phases["convert"], _ = timed(lambda: data.to_canonical(recs))
+    for label, fast in (("before", False), ("after", True)):
+        data.FAST_TOKEN_COUNT = fast
+        (lengths, _), phases[f"tokens ({label})"], phases[f"tokens ({label}) cpu"] = timed(
+            lambda: data._token_lengths(canon, kind, tok))
+    _, phases["clean"], _ = timed(lambda: data._clean(canon, kind, lengths=lengths, max_seq_len=args.max_seq_len))
+    _, phases["trained share (2k rows)"], _ = timed(lambda: data.trained_token_share(canon, kind, tok))
 
     n = args.rows
-    print(f"{'step':<34}{'seconds':>9}{'rows/s':>12}")
-    print(f"{'baseline: json.loads + len loop':<34}{t_base:>9.2f}{n / t_base:>12,.0f}")
-    print(f"{'inspect_dataset (all checks)':<34}{t_inspect:>9.2f}{n / t_inspect:>12,.0f}")
-    print(f"{'  (CPU seconds, all threads)':<34}{c_inspect:>9.2f}")
-    print(f"{'inspect_dataset without tokenizer':<34}{t_notok:>9.2f}{n / t_notok:>12,.0f}")
-    print(f"{'  (tokenizer load, once)':<34}{t_tok:>9.2f}")
+    print(f"{'step':<40}{'seconds':>9}{'rows/s':>12}{'CPU s':>9}")
+    print(f"{'baseline: json.loads + len loop':<40}{t_base:>9.2f}{n / t_base:>12,.0f}")
+    for label in ("before", "after"):
+        _, w, c = runs[label]
+        print(f"{'inspect_dataset, ' + label:<40}{w:>9.2f}{n / w:>12,.0f}{c:>9.2f}")
+    print(f"{'inspect_dataset without tokenizer':<40}{t_notok:>9.2f}{n / t_notok:>12,.0f}")
+    print(f"{'  (tokenizer load, once)':<40}{t_tok:>9.2f}")
     for k, v in phases.items():
-        print(f"{'  phase: ' + k:<34}{v:>9.2f}{n / v:>12,.0f}")
-    print(f"inspect/baseline time ratio: {t_inspect / t_base:.1f}x")
+        if k.endswith(" cpu"):
+            continue
+        cpu = phases.get(k + " cpu")
+        print(f"{'  phase: ' + k:<40}{v:>9.2f}{n / v:>12,.0f}" + (f"{cpu:>9.2f}" if cpu is not None else ""))
+    before, after = runs["before"], runs["after"]
+    print(f"speed-up of inspect_dataset: {before[1] / after[1]:.2f}x wall, {before[2] / after[2]:.2f}x CPU; "
+          f"inspect/baseline time ratio: {after[1] / t_base:.1f}x")
     print("format:", report["format"], report["confidence"], "| kind:", report["kind"],
           "| quality:", report["quality_score"])
     print("token_stats:", {k: report["token_stats"][k] for k in ("mean", "p50", "p95", "max")})

@@ -24,7 +24,7 @@ from .paths import models_dir
 
 TINY_CHAT_ID = "builtin:tiny-chat"
 DEMO_DATASET_ID = "builtin:demo"
-BUILDER_VERSION = 1  # bump when the recipe changes, so cached copies are rebuilt
+BUILDER_VERSION = 3  # bump when the recipe changes, so cached copies are rebuilt
 
 # The architecture of builtin:tiny-chat (a transformers LlamaConfig). The planner reads it too.
 TINY_CHAT_CONFIG = {
@@ -80,7 +80,8 @@ _OPPOSITES = {
     "in": "out", "young": "old", "thick": "thin", "loud": "quiet", "near": "far",
 }
 _OPPOSITE_PHRASES = ["What is the opposite of {x}?", "Give the antonym of '{x}'.",
-                     "Opposite of {x}?"]
+                     "Opposite of {x}?", "Which word means the opposite of {x}?",
+                     "Name the antonym of {x}."]
 _PARITY_PHRASES = ["Is {x} even or odd?", "Is the number {x} odd or even?",
                    "Even or odd: {x}"]
 _SENTIMENT_PHRASES = ["Classify the sentiment as positive or negative.",
@@ -94,22 +95,25 @@ def demo_records() -> list[dict]:
     for country, capital in _CAPITALS.items():
         for phrase in _CAPITAL_PHRASES:
             rows.append({"instruction": phrase.format(x=country), "input": "", "output": capital})
-    opposites = dict(_OPPOSITES)
-    opposites.update({v: k for k, v in _OPPOSITES.items() if v not in _OPPOSITES and v != "old"})
-    for word, opposite in opposites.items():
+    for word, opposite in _OPPOSITES.items():
         for phrase in _OPPOSITE_PHRASES:
             rows.append({"instruction": phrase.format(x=word), "input": "", "output": opposite})
     for n in rng.sample(range(1, 1000), 120):
         phrase = rng.choice(_PARITY_PHRASES)
         rows.append({"instruction": phrase.format(x=n), "input": "",
                      "output": "even" if n % 2 == 0 else "odd"})
-    for _ in range(120):
+    seen: set[tuple[str, str]] = set()
+    while len(seen) < 120:  # distinct rows only: the demo should pass its own duplicate check
         positive = rng.random() < 0.5
         adj = rng.choice(_POSITIVE if positive else _NEGATIVE)
         noun = rng.choice(_NOUNS)
         sentence = rng.choice(["The {n} was {a}.", "What a {a} {n}!", "I found the {n} {a}.",
                                "Honestly, the {n} felt {a}."]).format(n=noun, a=adj)
-        rows.append({"instruction": rng.choice(_SENTIMENT_PHRASES), "input": sentence,
+        instruction = rng.choice(_SENTIMENT_PHRASES)
+        if (instruction, sentence) in seen:
+            continue
+        seen.add((instruction, sentence))
+        rows.append({"instruction": instruction, "input": sentence,
                      "output": "positive" if positive else "negative"})
     rng.shuffle(rows)
     return rows

@@ -43,6 +43,10 @@ def _tokenizer_for(model: str | None):
 def cmd_data(a) -> dict:
     from . import data
 
+    if a.data_cmd == "augment":
+        from .augment import augment_dataset
+
+        return augment_dataset(a.path, a.out, method=a.method, n=a.n, seed=a.seed, model=a.model)
     if a.data_cmd == "inspect":
         return data.inspect_dataset(a.path, fmt=a.format, mapping=_kv(a.map) or None,
                                     tokenizer=_tokenizer_for(a.model), max_seq_len=a.max_seq_len)
@@ -148,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
             d.add_argument("--out", default=None)
             d.add_argument("--val-ratio", type=float, default=0.1)
             d.add_argument("--seed", type=int, default=42)
+    d = dsub.add_parser("augment", parents=[js], help="add paraphrased or self-instruct rows (marked _generated)")
+    d.add_argument("path")
+    d.add_argument("--out", default=None)
+    d.add_argument("--method", default="paraphrase", choices=["paraphrase", "self_instruct"])
+    d.add_argument("--n", type=int, default=50)
+    d.add_argument("--seed", type=int, default=42)
+    d.add_argument("--model", default=TINY_CHAT_ID, help="the generator for self_instruct")
     s.set_defaults(fn=cmd_data)
 
     s = sub.add_parser("train", parents=[js], help="start a training run (returns its id at once)")

@@ -9,9 +9,15 @@ Pipeline (each step is a plain function the UI, the CLI, the API and the tests a
     clean_report(rows, kind)      -> issues              whitespace, empty fields, role order, duplicates, PII, ...
     token_stats(rows, kind)       -> length statistics
     split_records(rows)           -> (train, validation) seeded, optionally stratified
-    inspect_dataset(source)       -> one JSON-serialisable summary for the Data tab
-    prepare_dataset(source)       -> train.jsonl, validation.jsonl, meta.json written atomically
+    trained_token_share(rows)     -> share of tokens that carry loss (finetune.tokenize's masking)
+    inspect_dataset(source)       -> one JSON-serialisable summary for the Data tab (+ field stats,
+                                     labels, size requirement, trained share, mapping hint)
+    prepare_dataset(source)       -> train.jsonl, validation.jsonl, meta.json written atomically;
+                                     optional PII masking (mask_pii_rows) and dedupe (dedupe_rows)
     load_prepared(dir_or_source)  -> (train, validation, kind)
+
+Sources: files, "builtin:demo", "hub:<id>[:config][:split]" (hub_source builds one), and datasets
+prepared earlier (a folder with meta.json, or its name under FINETUNE_HOME/datasets).
 
 Every problem with the input is a DatasetError whose message names the file, the line or row and the
 field, so a user never meets `KeyError: 'text'`. torch/transformers/datasets are imported inside the
@@ -44,6 +50,9 @@ SUPPORTED_EXTENSIONS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"
 DEFAULT_VAL_RATIO = 0.1
 DEFAULT_SEED = 42
 NEAR_DUP_THRESHOLD = 0.9
+GENERATED_KEY = "_generated"  # "paraphrase" or "self-instruct" on rows made by finetune.augment
+SFT_MIN_EXAMPLES = 1000  # the planner's decision tree: SFT wants 1,000+ examples (finetune/plan.py)
+LORA_MIN_EXAMPLES = 100  # below this even a LoRA adapter mostly memorises
 
 # The canonical field names of each format; `mapping` keys must be among these.
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -162,7 +171,15 @@ def load_records(source: str, *, max_bytes: int | None = None) -> list[dict]:
     path = Path(source).expanduser()
     name = path.name or source
     if not path.exists():
-        raise DatasetError(f"file not found (looked at {path.resolve()})", file=name)
+        saved = _saved_dataset_dir(source)
+        if saved is not None:
+            path = saved
+        else:
+            raise DatasetError(f"file not found (looked at {path.resolve()})", file=name)
+    if path.is_dir() and (path / "meta.json").is_file():
+        # A dataset prepared earlier: its rows are already canonical; read both splits.
+        train, val, _ = load_prepared(str(path))
+        return _require_rows(train + val, name)
     if path.is_dir():
         raise DatasetError("is a folder, not a file; pick one data file "
                            f"({', '.join(SUPPORTED_EXTENSIONS)})", file=name)
@@ -205,6 +222,51 @@ def load_records(source: str, *, max_bytes: int | None = None) -> list[dict]:
         raise DatasetError(f"unsupported {what} and the content is not JSON; supported: "
                            f"{', '.join(SUPPORTED_EXTENSIONS)}", file=name)
     return _require_rows(rows, name)
+
+
+def _saved_dataset_dir(name: str) -> Path | None:
+    """FINETUNE_HOME/datasets/<name> when `name` is the bare name of a prepared dataset."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+        return None
+    from .paths import datasets_dir
+    cand = datasets_dir() / name
+    return cand if (cand / "meta.json").is_file() else None
+
+
+def saved_datasets() -> list[dict]:
+    """The prepared datasets under FINETUNE_HOME/datasets, newest first: [{"name", "dir", "kind",
+    "format", "rows_train", "rows_validation", "created"}]. Folders without a readable meta.json
+    (half-written, or not ours) are left out."""
+    from .paths import datasets_dir
+    out = []
+    for d in datasets_dir().iterdir():
+        if d.name.startswith(".") or not (d / "meta.json").is_file():
+            continue
+        try:
+            meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        counts = meta.get("counts", {})
+        out.append({"name": d.name, "dir": str(d), "kind": meta.get("kind"),
+                    "format": meta.get("format"), "rows_train": counts.get("train"),
+                    "rows_validation": counts.get("validation"), "created": meta.get("created", "")})
+    out.sort(key=lambda m: (m["created"], m["name"]), reverse=True)
+    return out
+
+
+def hub_source(dataset_id: str, config: str | None = None, split: str | None = None) -> str:
+    """"hub:<id>[:config][:split]" from separate fields (the Dataset tab's Hub inputs)."""
+    dataset_id = (dataset_id or "").strip()
+    if dataset_id.startswith("hub:"):
+        dataset_id = dataset_id[4:]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?", dataset_id):
+        raise DatasetError(f"Hub dataset id {dataset_id!r} should look like owner/name",
+                           field="dataset_id")
+    config, split = (config or "").strip(), (split or "").strip()
+    for what, v in (("config", config), ("split", split)):
+        if ":" in v:
+            raise DatasetError(f"{what} {v!r} must not contain ':'", field=what)
+    return f"hub:{dataset_id}:{config}:{split or 'train'}"
 
 
 def _require_rows(rows: list[dict], name: str) -> list[dict]:
@@ -369,13 +431,23 @@ def _load_hub(source: str) -> list[dict]:
             config = parts[1] or None
     elif len(parts) >= 3:
         config, split = parts[1] or None, parts[2] or "train"
+    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+               if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
     try:
         import datasets
         ds = datasets.load_dataset(dataset_id, config, split=split)
     except Exception as e:
+        if offline:
+            why = (f"offline ({'=1, '.join(offline)}=1), and it is not in the local cache; connect "
+                   "to the network or upload the file instead")
+        elif "connect" in str(e).lower() or "resolve" in str(e).lower():
+            why = "the Hub cannot be reached (no network?); upload the file instead"
+        else:
+            why = f"{type(e).__name__}: {str(e)[:300]}"
         raise DatasetError(f"could not load '{dataset_id}' (config {config!r}, split {split!r}) "
-                           f"from the Hub: {type(e).__name__}: {str(e)[:300]}",
-                           file=source) from None
+                           f"from the Hub: {why}", file=source) from None
+    if hasattr(ds, "keys") and not hasattr(ds, "to_list"):  # a DatasetDict: no split was chosen
+        raise DatasetError(f"choose a split: {', '.join(ds.keys())}", file=source, field="split")
     return _require_rows(ds.to_list(), source)
 
 
@@ -593,7 +665,10 @@ def to_canonical(records: list[dict], fmt: str | None = None, mapping: dict[str,
     with _gc_paused():
         for i, rec in enumerate(records, 1):
             try:
-                rows.append(convert(rec, cols))
+                row = convert(rec, cols)
+                if GENERATED_KEY in rec:  # rows made by finetune.augment keep their marker
+                    row[GENERATED_KEY] = rec[GENERATED_KEY]
+                rows.append(row)
                 origin.append(i)
             except _RowError as e:
                 err = DatasetError(e.message, file=name, row=i, field=e.field, rule=e.rule)
@@ -1434,11 +1509,28 @@ def _render(convs: list[list[dict]], tok) -> list[str]:
     return res
 
 
+# Set to False to count with one plain batch encode of every text (bench/bench_data.py measures both).
+FAST_TOKEN_COUNT = True
+# Where a text may be cut into pieces that tokenize on their own: single spaces (the space starts
+# the next piece, as byte-level BPE pre-tokenizers attach it to the following word), and, tried
+# first, single newlines too. Rows with whitespace runs are encoded whole.
+_PIECE_PATTERNS = (re.compile(r" ?[^ \n]+|\n"), re.compile(r" ?[^ ]+"))
+_ODD_WS = ("  ", " \n", "\n ", "\n\n", "\t", "\r", "\x0b", "\x0c", "\x85", "\xa0", "\u3000")
+
+
 def _count_tokens(tok, texts: list[str], add_special_tokens: bool) -> list[int]:
     # The Rust tokenizer directly: no Python lists of ids, and it uses every core.
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is not None and (backend.truncation is not None or backend.padding is not None):
         backend = None  # left configured by an earlier call; counts would be cut or padded
+    if backend is not None and FAST_TOKEN_COUNT and len(texts) >= 2000:
+        counts = _count_by_pieces(backend, texts, add_special_tokens)
+        if counts is not None:
+            return counts
+    return _count_whole(tok, backend, texts, add_special_tokens)
+
+
+def _count_whole(tok, backend, texts: list[str], add_special_tokens: bool) -> list[int]:
     out: list[int] = []
     step = 8192
     for k in range(0, len(texts), step):
@@ -1451,6 +1543,60 @@ def _count_tokens(tok, texts: list[str], add_special_tokens: bool) -> list[int]:
                       truncation=False)["input_ids"]
             out.extend(len(x) for x in ids)
     return out
+
+
+def _piece_countable(backend) -> bool:
+    """Byte-level BPE (GPT-2, Llama 3, Qwen, the built-in model): tokens never cross a pre-token
+    boundary, so a text's count is the sum of its pieces' counts. Added tokens that swallow the
+    spaces around them (lstrip/rstrip) or BPE dropout would break that."""
+    try:
+        if type(backend.model).__name__ != "BPE" or getattr(backend.model, "dropout", None):
+            return False
+        if "ByteLevel" not in repr(backend.pre_tokenizer):
+            return False
+        return not any(t.lstrip or t.rstrip or t.single_word
+                       for t in backend.get_added_tokens_decoder().values())
+    except Exception:  # an unfamiliar tokenizer: count the plain way
+        return False
+
+
+def _count_by_pieces(backend, texts: list[str], add_special_tokens: bool) -> list[int] | None:
+    """Exact token counts from the counts of unique pieces (words with their leading space).
+
+    Natural text repeats a small vocabulary of words, so encoding each unique piece once and
+    summing does a fraction of the tokenizer's work (3-4x fewer CPU seconds on the bench's chat
+    rows). A sample of whole texts is encoded the plain way and must agree exactly, else None
+    (the caller then counts every text whole)."""
+    if not _piece_countable(backend):
+        return None
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    extra = backend.num_special_tokens_to_add(False) if add_special_tokens else 0
+    odd = [i for i, s in enumerate(texts) if not s or s[-1] == " " or any(w in s for w in _ODD_WS)]
+    odd_set = set(odd)
+    step = max(1, len(texts) // 200)
+    sample = [i for i in range(0, len(texts), step) if i not in odd_set][:200]
+    truth = [len(e) for e in encode([texts[i] for i in sample], add_special_tokens=add_special_tokens)]
+    for pattern in _PIECE_PATTERNS:
+        findall = pattern.findall
+        if [sum(len(e) for e in encode(findall(texts[i]), add_special_tokens=False)) + extra
+                for i in sample] != truth:
+            continue  # this tokenizer joins pieces across these boundaries: try coarser ones
+        with _gc_paused():
+            pieces = [None if i in odd_set else findall(s) for i, s in enumerate(texts)]
+            vocab_set: set[str] = set()
+            for p in pieces:
+                if p is not None:
+                    vocab_set.update(p)
+            vocab = list(vocab_set)
+            lookup = dict(zip(vocab, (len(e) for e in encode(vocab, add_special_tokens=False))))
+            get = lookup.__getitem__
+            counts = [sum(map(get, p)) + extra if p is not None else 0 for p in pieces]
+        if odd:
+            for i, n in zip(odd, _count_whole(None, backend, [texts[i] for i in odd],
+                                              add_special_tokens)):
+                counts[i] = n
+        return counts
+    return None
 
 
 def _token_lengths(rows: list[dict], kind: str, tokenizer=None) -> tuple[list[int], bool]:
@@ -1547,14 +1693,18 @@ def split_records(rows: list[dict], val_ratio: float = DEFAULT_VAL_RATIO, seed: 
 
 def inspect_dataset(source: str, *, fmt: str | None = None, mapping: dict | None = None,
                     tokenizer=None, max_seq_len: int | None = None,
-                    max_bytes: int | None = None) -> dict:
+                    max_bytes: int | None = None, min_examples: int | None = None) -> dict:
     """Everything the Data tab shows about a dataset, JSON-serialisable.
 
     Keys: source, format, confidence, evidence, kind, rows (records read), rows_valid (rows that
     convert), columns, mapping, issues, token_stats, preview (first 3 canonical rows),
-    quality_score (0-100), quality_reasons. Unreadable input raises DatasetError; a readable file
-    in no known format returns format "unknown" with the columns found, so the user can map them.
+    quality_score (0-100), quality_reasons, field_stats (chars per field), labels (classification
+    and KTO label counts, else None), requirement ({min_examples, have, reason}) and
+    meets_requirement, trained_tokens (share of tokens that carry loss, with a tokenizer) and
+    hint (how to map columns when the format is unknown). Unreadable input raises DatasetError; a
+    readable file in no known format returns format "unknown" with the columns found.
     tokenizer: a tokenizer object, a model id/path, or None (token counts are then estimated).
+    min_examples: the size the plan needs (default SFT_MIN_EXAMPLES, the decision tree's 1,000).
     """
     records = load_records(source, max_bytes=max_bytes)
     name = _display_name(source)
@@ -1579,11 +1729,14 @@ def inspect_dataset(source: str, *, fmt: str | None = None, mapping: dict | None
         "kind": None, "rows": len(records), "rows_valid": 0, "columns": columns,
         "mapping": {}, "issues": [], "token_stats": None,
         "preview": [], "quality_score": 0, "quality_reasons": [],
+        "field_stats": {}, "labels": None, "trained_tokens": None, "hint": None,
     }
     if fmt == "unknown":
         result["preview"] = _jsonable(_truncate(records[:3]))
         result["quality_reasons"] = list(det.evidence) + [
             "pick a format and map its fields to your columns"]
+        result["hint"] = mapping_hint(records, columns)
+        result.update(_requirement(0, min_examples))
         return result
     # The columns each canonical field was read from, so the UI can prefill its mapping controls.
     resolved = _resolve_columns(records, fmt, det)
@@ -1608,15 +1761,135 @@ def inspect_dataset(source: str, *, fmt: str | None = None, mapping: dict | None
                         else None, max_seq_len=max_seq_len, tally=tally, row_numbers=origin)
         lengths, approx = pending.result()
     stats = _stats(lengths, approx)
-    score, reasons = _quality(len(records), len(rows), confidence, issues, stats, max_seq_len)
+    labels = _label_counts(rows, fmt, kind)
+    score, reasons = _quality(len(records), len(rows), confidence, issues, stats, max_seq_len,
+                              labels)
     result.update({"kind": kind, "rows_valid": len(rows), "issues": issues, "token_stats": stats,
                    "preview": _jsonable(_truncate(rows[:3])), "quality_score": score,
-                   "quality_reasons": reasons})
+                   "quality_reasons": reasons, "field_stats": field_stats(rows, kind),
+                   "labels": labels})
+    result.update(_requirement(len(rows), min_examples))
+    if tok is not None:
+        result["trained_tokens"] = trained_token_share(rows, kind, tok, max_seq_len=max_seq_len)
     return result
 
 
+def mapping_hint(records: list[dict], columns: list[str] | None = None) -> str:
+    """One sentence for an "unknown" dataset: the columns found and a mapping to try."""
+    columns = columns if columns is not None else _columns(records)
+    sample = records[:200]
+    texty = [c for c in columns if sum(isinstance(r.get(c), str) for r in sample) > len(sample) / 2]
+    found = ", ".join(columns) or "(none)"
+    if len(texty) >= 2:
+        example = (f"e.g. format prompt_completion with prompt={texty[0]}, "
+                   f"completion={texty[1]}")
+    elif len(texty) == 1:
+        example = f"e.g. format text with text={texty[0]}"
+    else:
+        example = "e.g. instruction=<question column>, output=<answer column>"
+    return (f"Columns found: {found}. Pick a format and map its fields to these columns "
+            f"(field=column), {example}.")
+
+
+def field_stats(rows: list[dict], kind: str) -> dict[str, dict]:
+    """Characters per field (per role for chats): {"field": {"count", "mean_chars", "max_chars",
+    "empty_share"}}."""
+    acc: dict[str, list[int]] = {}
+    empty: dict[str, int] = {}
+    for row in rows:
+        for _, text, role in _fields(row, kind):
+            n = len(text.strip())
+            acc.setdefault(role, []).append(n)
+            if n == 0:
+                empty[role] = empty.get(role, 0) + 1
+    out = {}
+    for role, ns in acc.items():
+        out[role] = {"count": len(ns), "mean_chars": round(sum(ns) / len(ns), 1),
+                     "max_chars": max(ns), "empty_share": round(empty.get(role, 0) / len(ns), 4)}
+    return out
+
+
+def _label_counts(rows: list[dict], fmt: str, kind: str) -> dict | None:
+    key = "completion" if fmt == "classification" else ("label" if kind == "kto" else None)
+    if key is None:
+        return None
+    counts: dict[str, int] = {}
+    for r in rows:
+        v = r.get(key)
+        v = str(v).lower() if isinstance(v, bool) else str(v)
+        counts[v] = counts.get(v, 0) + 1
+    return {"field": "label", "counts": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+
+
+def _requirement(n_rows: int, min_examples: int | None) -> dict:
+    need = SFT_MIN_EXAMPLES if min_examples is None else int(min_examples)
+    if need < 0:
+        raise DatasetError(f"min_examples must be 0 or more, got {min_examples!r}",
+                           field="min_examples")
+    ok = n_rows >= need
+    if ok:
+        reason = f"{n_rows} usable rows ≥ {need} needed"
+    elif n_rows >= LORA_MIN_EXAMPLES:
+        reason = (f"{n_rows} usable rows < {need} needed; enough for a small LoRA adapter "
+                  f"(minimum {LORA_MIN_EXAMPLES}), or add rows (augmentation helps)")
+    else:
+        reason = (f"{n_rows} usable rows < {need} needed, and below the LoRA minimum of "
+                  f"{LORA_MIN_EXAMPLES}: collect or generate more data")
+    return {"meets_requirement": ok,
+            "requirement": {"min_examples": need, "have": n_rows, "reason": reason}}
+
+
+TRAINED_SHARE_WARN = 0.05
+
+
+def trained_token_share(rows: list[dict], kind: str, tokenizer, *, max_seq_len: int | None = None,
+                        max_rows: int = 2000) -> dict:
+    """How many tokens carry loss, through finetune.tokenize.tokenize_rows (the trainer's own
+    masking). Datasets over max_rows are measured on evenly spaced rows; when that sample trains
+    nothing, every row is checked before saying so. status: ok, low (< 5%), none, or
+    not_applicable (preference/KTO rows are not trained by SFT)."""
+    from .tokenize import TokenizeError, tokenize_rows
+    tok = _get_tokenizer(tokenizer)
+    base = {"rows": len(rows), "rows_checked": 0, "sampled": False, "tokens": 0,
+            "trained_tokens": 0, "share": None, "rows_without_trained_tokens": 0}
+    if kind not in ("messages", "prompt_completion", "text"):
+        return {**base, "status": "not_applicable",
+                "message": f"{kind} rows are trained by DPO/KTO, not by masking tokens"}
+    step = max(1, math.ceil(len(rows) / max_rows))
+    sample = rows[::step]
+    try:
+        _, summ = tokenize_rows(tok, sample, kind, max_seq_len)
+        if summ["trained_tokens"] == 0 and step > 1:
+            sample, step = rows, 1
+            _, summ = tokenize_rows(tok, rows, kind, max_seq_len)
+    except TokenizeError as e:
+        return {**base, "status": "none", "share": 0.0,
+                "message": f"no token would be trained: {e}"}
+    share = summ["trained_share"]
+    out = {**base, "rows_checked": len(sample), "sampled": step > 1, "tokens": summ["tokens"],
+           "trained_tokens": summ["trained_tokens"], "share": round(share, 4),
+           "rows_without_trained_tokens": summ["rows_without_trained_tokens"],
+           "notes": summ["notes"]}
+    where = f" (measured on {len(sample)} of {len(rows)} rows)" if step > 1 else ""
+    if summ["trained_tokens"] == 0:
+        cut = f" within max_seq_len {max_seq_len}" if max_seq_len else ""
+        out.update(status="none", message=(
+            f"no token would be trained{cut}: every label is masked. Rows must end with an "
+            "assistant answer (or a completion) that fits in the sequence length"))
+    elif share < TRAINED_SHARE_WARN:
+        out.update(status="low", message=(
+            f"only {share:.1%} of tokens are trained{where}; most compute goes to prompts. "
+            "Shorter prompts/system messages or a longer max_seq_len help"))
+    else:
+        out.update(status="ok", message=f"{share:.1%} of tokens are trained{where}")
+    if summ["rows_without_trained_tokens"] and out["status"] != "none":
+        out["message"] += (f"; {summ['rows_without_trained_tokens']} rows train nothing and "
+                           "will be skipped")
+    return out
+
+
 def _quality(n_records: int, n_rows: int, confidence: float, issues: list[dict], stats: dict,
-             max_seq_len: int | None) -> tuple[int, list[str]]:
+             max_seq_len: int | None, labels: dict | None = None) -> tuple[int, list[str]]:
     """A 0-100 score with one reason per deduction, so the number is never a mystery."""
     score = 100.0
     reasons = []
@@ -1651,6 +1924,12 @@ def _quality(n_records: int, n_rows: int, confidence: float, issues: list[dict],
         deduct(10, f"{n_rows} usable rows is small; a few hundred or more works better")
     if stats.get("count") and stats.get("mean", 0) < 3:
         deduct(10, "rows are very short (under 3 tokens on average)")
+    if labels and len(labels["counts"]) > 1:
+        c = list(labels["counts"].values())
+        if max(c) >= 10 * min(c):
+            deduct(5, f"labels are imbalanced ({max(c)} vs {min(c)} rows)")
+    elif labels and n_rows >= 10:
+        deduct(10, "every row has the same label; nothing to tell apart")
     if not reasons:
         reasons.append("no problems found")
     return max(0, min(100, int(score))), reasons
@@ -1697,13 +1976,18 @@ def _stratify_key(fmt: str, kind: str) -> str | None:
 def prepare_dataset(source: str, out_dir: str | None = None, *, val_ratio: float = DEFAULT_VAL_RATIO,
                     seed: int = DEFAULT_SEED, fmt: str | None = None, mapping: dict | None = None,
                     name: str | None = None, on_error: Literal["raise", "skip"] = "raise",
-                    max_bytes: int | None = None) -> dict:
+                    max_bytes: int | None = None, mask_pii: bool = False,
+                    dedupe: Literal["exact", "near"] | None = None, tokenizer=None,
+                    max_seq_len: int | None = None) -> dict:
     """Load, convert and split a dataset into out_dir/{train.jsonl, validation.jsonl, meta.json}.
 
     out_dir defaults to FINETUNE_HOME/datasets/<name or a slug of the source>. The folder appears
     whole or not at all: files are written to a temporary sibling folder that is renamed into
-    place (replacing an earlier one). Returns {"dir", "train_path", "validation_path", "format",
-    "kind", "rows_train", "rows_validation"}.
+    place (replacing an earlier one). mask_pii replaces e-mail addresses, phone numbers and keys
+    with [EMAIL], [PHONE], [SECRET]; dedupe="exact" drops repeated rows, "near" also rows at least
+    NEAR_DUP_THRESHOLD similar to an earlier one. With a tokenizer, a dataset in which no token
+    would be trained is refused. Returns {"dir", "train_path", "validation_path", "format", "kind",
+    "rows_train", "rows_validation", "cleaning"}; meta.json holds the same "cleaning" counts.
     """
     if name is not None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) or ".." in name:
@@ -1712,6 +1996,10 @@ def prepare_dataset(source: str, out_dir: str | None = None, *, val_ratio: float
     if not isinstance(val_ratio, (int, float)) or not 0 <= val_ratio < 1:
         raise DatasetError(f"val_ratio must be at least 0 and below 1, got {val_ratio!r}",
                            field="val_ratio")
+    if dedupe in ("", "none", "off"):
+        dedupe = None
+    if dedupe not in (None, "exact", "near"):
+        raise DatasetError(f"dedupe must be 'exact', 'near' or None, got {dedupe!r}", field="dedupe")
     records = load_records(source, max_bytes=max_bytes)
     display = _display_name(source)
     if fmt is None:
@@ -1729,6 +2017,19 @@ def prepare_dataset(source: str, out_dir: str | None = None, *, val_ratio: float
         raise DatasetError("no usable rows after conversion", file=display)
     if fmt_used == "unknown":
         fmt_used = fmt or "unknown"
+    cleaning: dict[str, Any] = {"skipped_invalid": len(skipped)}
+    if mask_pii:
+        rows, cleaning["pii_masked"] = mask_pii_rows(rows, kind)
+    if dedupe:
+        rows, removed = dedupe_rows(rows, kind, near=dedupe == "near")
+        cleaning["duplicates_removed"] = removed
+        if not rows:
+            raise DatasetError("no rows left after removing duplicates", file=display)
+    if tokenizer is not None:
+        trained = trained_token_share(rows, kind, tokenizer, max_seq_len=max_seq_len)
+        if trained["status"] == "none":
+            raise DatasetError(f"refusing to save: {trained['message']}", file=display)
+        cleaning["trained_share"] = trained["share"]
     strat = _stratify_key(fmt_used, kind)
     train, val = split_records(rows, val_ratio=val_ratio, seed=seed, stratify_key=strat)
 
@@ -1737,20 +2038,29 @@ def prepare_dataset(source: str, out_dir: str | None = None, *, val_ratio: float
         out = datasets_dir() / (name or _slug(source))
     else:
         out = Path(out_dir).expanduser()
-    out = out.resolve()
+    meta = {
+        "source": str(source), "format": fmt_used, "kind": kind,
+        "counts": {"train": len(train), "validation": len(val), "skipped": len(skipped)},
+        "seed": seed, "val_ratio": val_ratio, "stratify_key": strat,
+        "mapping": dict(mapping or {}), "cleaning": cleaning,
+    }
+    out = write_prepared(out, train, val, meta)
+    return {"dir": str(out), "train_path": str(out / "train.jsonl"),
+            "validation_path": str(out / "validation.jsonl"), "format": fmt_used, "kind": kind,
+            "rows_train": len(train), "rows_validation": len(val), "cleaning": cleaning}
+
+
+def write_prepared(out: str | os.PathLike, train: list[dict], val: list[dict], meta: dict) -> Path:
+    """Write train.jsonl, validation.jsonl and meta.json (plus a "created" time) into `out`,
+    atomically: a temporary sibling folder renamed into place, the old folder restored on failure."""
+    out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     old = None
     try:
         _write_jsonl(tmp / "train.jsonl", train)
         _write_jsonl(tmp / "validation.jsonl", val)
-        meta = {
-            "source": str(source), "format": fmt_used, "kind": kind,
-            "counts": {"train": len(train), "validation": len(val), "skipped": len(skipped)},
-            "seed": seed, "val_ratio": val_ratio, "stratify_key": strat,
-            "mapping": dict(mapping or {}),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        meta = {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         from .paths import atomic_write_json
         atomic_write_json(tmp / "meta.json", meta)
         if out.exists():
@@ -1764,9 +2074,77 @@ def prepare_dataset(source: str, out_dir: str | None = None, *, val_ratio: float
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return {"dir": str(out), "train_path": str(out / "train.jsonl"),
-            "validation_path": str(out / "validation.jsonl"), "format": fmt_used, "kind": kind,
-            "rows_train": len(train), "rows_validation": len(val)}
+    return out
+
+
+_PII_TOKENS = {"email": "[EMAIL]", "phone": "[PHONE]", "secret": "[SECRET]"}
+
+
+def mask_pii_text(text: str) -> tuple[str, dict[str, int]]:
+    """Replace e-mail addresses, phone numbers (9+ digits) and API keys/private-key headers with
+    [EMAIL], [PHONE], [SECRET]; return (text, counts per kind)."""
+    counts: dict[str, int] = {}
+
+    def sub(m: re.Match) -> str:
+        what = m.lastgroup
+        if what == "phone" and sum(c.isdigit() for c in m.group()) < 9:
+            return m.group()
+        counts[what] = counts.get(what, 0) + 1
+        return _PII_TOKENS[what]
+
+    return _PII.sub(sub, text), counts
+
+
+def mask_pii_rows(rows: list[dict], kind: str) -> tuple[list[dict], dict]:
+    """Masked copies of canonical rows and {"rows", "email", "phone", "secret"} counts."""
+    total = {"rows": 0, "email": 0, "phone": 0, "secret": 0}
+    candidates = _pii_candidates([_row_text(r, kind) for r in rows])
+
+    def mask(v: Any, found: dict) -> Any:
+        if isinstance(v, str):
+            new, c = mask_pii_text(v)
+            for k, n in c.items():
+                found[k] = found.get(k, 0) + n
+            return new
+        if isinstance(v, list):
+            return [mask(m, found) for m in v]
+        if isinstance(v, dict):
+            return {k: (mask(x, found) if k == "content" else x) for k, x in v.items()}
+        return v
+
+    out = []
+    for i, row in enumerate(rows):
+        if i not in candidates:
+            out.append(row)
+            continue
+        found: dict[str, int] = {}
+        new = {k: (mask(v, found) if k in _KIND_FIELDS[kind] else v) for k, v in row.items()}
+        if found:
+            total["rows"] += 1
+            for k, n in found.items():
+                total[k] += n
+        out.append(new)
+    return out, total
+
+
+def dedupe_rows(rows: list[dict], kind: str, *, near: bool = False) -> tuple[list[dict], dict]:
+    """Drop rows that repeat an earlier row exactly and, with near=True, rows whose word
+    3-shingles are at least NEAR_DUP_THRESHOLD similar to an earlier kept row (the same MinHash
+    test clean_report uses). Returns (kept rows in order, {"exact": n, "near": m})."""
+    seen: set[str] = set()
+    keep = []
+    for i, r in enumerate(rows):
+        t = _row_text(r, kind)
+        if t not in seen:
+            seen.add(t)
+            keep.append(i)
+    removed = {"exact": len(rows) - len(keep), "near": 0}
+    if near and len(keep) > 1:
+        texts = [_row_text(rows[i], kind, skip_system=True) for i in keep]
+        drop = {later for later, _, _ in _near_duplicates(texts)}
+        removed["near"] = len(drop)
+        keep = [i for j, i in enumerate(keep) if j not in drop]
+    return [rows[i] for i in keep], removed
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

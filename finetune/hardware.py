@@ -158,7 +158,31 @@ def detect_hardware(refresh: bool = False) -> dict:
     """Describe this machine as a tier named "local" (see module docstring). Cached per process."""
     if refresh:
         _detect_cached.cache_clear()
-    return copy.deepcopy(_detect_cached())
+    hw = copy.deepcopy(_detect_cached())
+    try:  # fresh each time: a busy machine trains slower than any estimate made when it was idle
+        hw["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        hw["load_avg_1m"] = None
+    return hw
+
+
+def describe(hw: dict | None = None) -> str:
+    """One line, for people: what was detected on this machine."""
+    hw = hw or detect_hardware()
+    if hw.get("device") == "cuda":
+        text = (f"CUDA: {hw.get('gpu_count', 1)} x {hw.get('gpu')} ({hw.get('gpu_memory_gb')} GB each, "
+                f"{'bf16' if hw.get('bf16') else 'fp16 only'}, ~{hw.get('peak_tflops') or '?'} TFLOP/s)")
+    else:
+        cpu = hw.get("cpu") or {}
+        feats = [f for f, on in (("AVX-512", cpu.get("avx512")), ("avx512_bf16", cpu.get("avx512_bf16")),
+                                 ("AMX", cpu.get("amx"))) if on]
+        text = (f"CPU only: {cpu.get('cpu_name', 'unknown')}, {hw.get('vcpu')} cores, {hw.get('ram_gb')} GB RAM "
+                f"({hw.get('ram_available_gb')} GB free), {', '.join(feats) or 'no AVX-512'}; bf16 autocast "
+                f"{'pays off' if hw.get('bf16') else 'would be emulated (fp32 is used)'}, ~{hw.get('peak_tflops')} TFLOP/s")
+    load, cores = hw.get("load_avg_1m"), hw.get("vcpu") or 1
+    if load is not None and hw.get("device") != "cuda" and load > 0.5 * cores:
+        text += f". Busy: load {load:g} on {cores} cores, so training will be slower than planned"
+    return text
 
 
 @functools.lru_cache(maxsize=1)

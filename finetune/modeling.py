@@ -6,10 +6,15 @@ found (it fails to import without one) and before transformers/peft in that proc
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from .builtin import resolve_model
+
+# bitsandbytes warns on every CPU import that an optional Hub-downloaded kernel is missing; we never
+# want that download (offline by design), so the warning is only noise in logs.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def set_threads() -> None:

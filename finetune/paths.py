@@ -26,22 +26,22 @@ def home() -> Path:
     return p
 
 
-def runs_dir() -> Path:
-    d = home() / "runs"
+def _sub(name: str) -> Path:
+    d = home() / name
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def runs_dir() -> Path:
+    return _sub("runs")
 
 
 def datasets_dir() -> Path:
-    d = home() / "datasets"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return _sub("datasets")
 
 
 def models_dir() -> Path:
-    d = home() / "models"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return _sub("models")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from .builtin import BUILDER_VERSION, DEMO_DATASET_ID, TINY_CHAT_CONFIG, TINY_CHAT_ID
+from .config import BUILTIN_DEMO_REASON, BUILTIN_DEMO_TRAIN
 from .hardware import get_tier, list_tiers, tier_names, tiers_meta, usable_memory_gb
 
 MODELS_FILE = Path(__file__).with_name("assets") / "models.json"
@@ -137,6 +138,11 @@ class PlanRequest:
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward: less memory, ~+30% time.")
     params_b: float | None = _f(None, "Model size in billions of parameters, for models the planner does not know.")
     dataset: str = _f("", "Dataset for the generated config: a Hub id, a local file, or builtin:demo.")
+    measured_tokens_per_s: float | None = _f(
+        None, "Training tokens/s measured on this machine by a dry run (finetune.calibrate.dry_run); "
+        "replaces the assumed MFU in the local time estimate.")
+    measured_overhead_s: float | None = _f(
+        None, "Fixed seconds every run pays on this machine (imports, loading model and data), from a dry run.")
 
     def __post_init__(self):
         def need(cond: bool, name: str, msg: str):
@@ -177,6 +183,11 @@ class PlanRequest:
         need(self.params_b is None or (is_num(self.params_b) and 0 < self.params_b <= 5000), "params_b",
              "must be a number of billions in (0, 5000], or empty")
         need(isinstance(self.dataset, str), "dataset", "must be text")
+        tps = self.measured_tokens_per_s
+        need(tps is None or (is_num(tps) and tps > 0),
+             "measured_tokens_per_s", "must be a number > 0, or empty")
+        need(self.measured_overhead_s is None or (is_num(self.measured_overhead_s) and self.measured_overhead_s >= 0),
+             "measured_overhead_s", "must be a number >= 0, or empty")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,9 +529,22 @@ def estimate_time(spec: dict, method: str, tokens: float, tier: str | dict, seq_
         "peak_tflops": round(peak / 1e12, 2),
         "tokens_per_s": round(tokens_per_s, 1),
         "hours": round(hours, 4),
+        "seconds": round(seconds, 1),
         "cost_usd": round(hours * float(t.get("price_usd_per_h") or 0.0), 4),
         "gpus": n_gpu,
+        "calibrated": False,
     }
+
+
+def calibrated_time(est: dict, tier: dict, tokens_per_s: float, overhead_s: float = 0.0) -> dict:
+    """An estimate_time() result redone from a measured throughput (a dry run on this machine)."""
+    seconds = (est["tokens"] / tokens_per_s if est["tokens"] else 0.0) + (overhead_s or 0.0)
+    peak = est["peak_tflops"] * 1e12
+    return dict(est, tokens_per_s=round(float(tokens_per_s), 1), seconds=round(seconds, 1),
+                hours=round(seconds / 3600, 4),
+                mfu=round(tokens_per_s * est["flops_per_token"] / peak, 4) if peak else None,
+                cost_usd=round(seconds / 3600 * float(tier.get("price_usd_per_h") or 0.0), 4),
+                calibrated=True, overhead_s=round(float(overhead_s or 0.0), 2))
 
 
 def inference_cost_per_1m(spec: dict, tier: dict) -> float | None:
@@ -554,8 +578,10 @@ def inference_cost_per_1m(spec: dict, tier: dict) -> float | None:
 
 def _hours(h: float) -> str:
     """A duration for people: minutes under an hour, hours under two days, then days."""
+    if h * 3600 < 90:
+        return f"{h * 3600:.0f} s"
     if h < 1:
-        return f"{max(h * 60, 0.1):.1f} min" if h * 60 < 10 else f"{h * 60:.0f} min"
+        return f"{h * 60:.1f} min" if h * 60 < 10 else f"{h * 60:.0f} min"
     return f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} days"
 
 
@@ -759,11 +785,16 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
     elif preset_name == "conservative":
         lr = 5e-5  # 1e-5 barely moves a freshly initialised (zero) LoRA B matrix
         why += "; 1e-5 is a full fine-tuning rate, LoRA needs ~5e-5 to move at all"
+    demo = req.model == TINY_CHAT_ID and method in ("lora", "dora")
+    if demo:  # the random demo model needs its own settings (finetune.config.BUILTIN_DEMO_TRAIN)
+        lr, why = BUILTIN_DEMO_TRAIN["learning_rate"], BUILTIN_DEMO_REASON
     add("learning_rate", lr, why)
 
     n = effective_examples
     if req.epochs is not None:
         epochs, why = req.epochs, "set by you"
+    elif demo:
+        epochs, why = BUILTIN_DEMO_TRAIN["epochs"], "the demo model learns the demo set in ~20 passes"
     else:
         epochs = p["num_train_epochs"]
         why = f"{preset_name} preset"
@@ -1282,6 +1313,16 @@ def plan(req: PlanRequest) -> dict:
     time = estimate_time(spec, tm, tokens, tier, req.seq_len, cfg.get("lora_r", 16), cfg["gradient_checkpointing"],
                          mean_tokens=mean_tokens, batch_size=cfg["per_device_train_batch_size"],
                          load_in_4bit=bool(load_4bit))
+    calibrate = req.measured_tokens_per_s is not None
+    if calibrate and tier["name"] == "local":
+        assumed = time["tokens_per_s"]
+        time = calibrated_time(time, tier, req.measured_tokens_per_s, req.measured_overhead_s or 0.0)
+        reasons.append(f"Time on this machine is calibrated: a dry run measured {req.measured_tokens_per_s:,.0f} "
+                       f"tokens/s (the uncalibrated model assumed {assumed:,.0f}) plus "
+                       f"{req.measured_overhead_s or 0:.0f} s to start: {_hours(time['hours'])} in all.")
+    elif calibrate:
+        reasons.append("The dry-run calibration applies to this machine (hardware local) only; "
+                       f"{tier['name']} keeps the uncalibrated estimate.")
 
     # Every tier: does the chosen method fit, how long, how much, and what serving costs.
     tiers_out = []
@@ -1297,11 +1338,14 @@ def plan(req: PlanRequest) -> dict:
         tt = estimate_time(spec, tm, tokens, t, req.seq_len, cfg.get("lora_r", 16), gc,
                            mean_tokens=mean_tokens, batch_size=cfg["per_device_train_batch_size"],
                            load_in_4bit=bool(load_4bit))
+        if calibrate and t["name"] == "local":
+            tt = calibrated_time(tt, t, req.measured_tokens_per_s, req.measured_overhead_s or 0.0)
         tiers_out.append({
             "name": t["name"], "label": t.get("label", t["name"]), "available": t.get("available", True),
+            "hardware": "this machine" if t["name"] == "local" else (t.get("gpu") or "CPU"),
             "price_usd_per_h": t.get("price_usd_per_h", 0.0), "vram_gb": e["total_gb"],
             "fits": bool(row["applicable"] and e["total_gb"] <= usable_memory_gb(t)),
-            "hours": tt["hours"], "cost_usd": tt["cost_usd"],
+            "hours": tt["hours"], "cost_usd": tt["cost_usd"], "calibrated": tt["calibrated"],
             "inference_usd_per_1m_tokens": inference_cost_per_1m(spec, t),
         })
     # Tiers worth recommending: fit, still offered, and finish within the time budget (or a day).
@@ -1369,6 +1413,8 @@ def plan(req: PlanRequest) -> dict:
         "fits": bool(fits),
         "feasibility": feas,
         "time_h": time["hours"],
+        "time_s": time["seconds"],
+        "calibrated": bool(time["calibrated"]),
         "cost_usd": time["cost_usd"],
         "time": time,
         "within_budget": within_budget,
@@ -1390,6 +1436,97 @@ def plan(req: PlanRequest) -> dict:
     out["readiness"] = _readiness(req, spec, fits, data, within_budget)
     out["report_md"] = _report_md(req, spec, out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Views of a plan for the UI and files (plain rows and text; the tab only displays them)
+
+MEMORY_PARTS = ("weights", "trainable_and_grads", "optimizer", "activations", "logits", "overhead")
+
+
+def memory_rows(p: dict) -> list[dict]:
+    """One row per (method, memory part) with GB, for a stacked bar chart; every part is present."""
+    rows = []
+    for m, row in (p.get("feasibility") or {}).items():
+        bd = row.get("breakdown") or {}
+        label = f"{m} ←" if m == p.get("training_method") else m
+        rows += [{"method": label, "part": part, "GB": float(bd.get(part, 0.0))} for part in MEMORY_PARTS]
+    return rows
+
+
+def tier_rows(p: dict) -> list[dict]:
+    """The tiers table: time, training cost, fit and serving cost per hardware tier."""
+    return [{"tier": t["name"], "fits": "yes" if t["fits"] else "no", "time": _hours(t["hours"]),
+             "training $": round(t["cost_usd"], 2), "$/h": t["price_usd_per_h"], "memory GB": t["vram_gb"],
+             "serving $/1M tokens": t["inference_usd_per_1m_tokens"],
+             "hours": t["hours"], "cost_usd": t["cost_usd"], "available": t["available"],
+             "calibrated": t.get("calibrated", False)} for t in p.get("tiers") or []]
+
+
+def tier_points(p: dict) -> list[dict]:
+    """The time-vs-cost chart: every tier still offered, with the kind of hardware (CPU, T4, A100, ...);
+    hours and cost are None where the plan does not fit, so the chart keeps the same series each time."""
+    return [{"tier": t["name"], "hardware": t.get("hardware", t["name"]),
+             "hours": t["hours"] if t["fits"] else None, "cost_usd": t["cost_usd"] if t["fits"] else None}
+            for t in p.get("tiers") or [] if t["available"]]
+
+
+def summary_md(p: dict) -> str:
+    """The headline and the reasons, numbered."""
+    fits = "fits" if p.get("fits") else "does NOT fit"
+    cal = " (calibrated by a dry run)" if p.get("calibrated") else ""
+    return (f"### Recommended: **{p['method']}** · {p['vram_gb']:.2f} GB ({fits} on {p['hardware']}) · "
+            f"{_hours(p['time_h'])}{cal} · ${p['cost_usd']:.2f}\n\n"
+            + "\n".join(f"{i}. {r}" for i, r in enumerate(p.get("reasons", []), 1)))
+
+
+def fmt_seconds(seconds: float) -> str:
+    return _hours(float(seconds or 0) / 3600)
+
+
+def train_settings(p: dict) -> dict | None:
+    """The Train tab's fields from a plan, or None when the advice is to prompt rather than train."""
+    if p.get("method") == "prompting":
+        return None
+    cfg = p.get("hyperparameters_dict") or {}
+    return {"method": p["training_method"], "learning_rate": cfg.get("learning_rate"),
+            "epochs": cfg.get("num_train_epochs"), "batch_size": cfg.get("per_device_train_batch_size"),
+            "max_seq_len": cfg.get("max_length"), "lora_rank": cfg.get("lora_r", 16)}
+
+
+def details_md(p: dict) -> str:
+    """Risks, dataset requirements, evaluation plan and readiness as Markdown."""
+    def table(rows, cols):
+        out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        out += ["| " + " | ".join(str(r.get(c, "")).replace("|", "\\|") for c in cols) + " |" for r in rows]
+        return "\n".join(out)
+
+    d, e = p["dataset_requirements"], p["evaluation_plan"]
+    ready = p["readiness"]
+    lines = [f"#### Readiness: {_bar(ready)} {ready}%", "",
+             "#### Risks", table(p["risks"], ["risk", "level", "symptom", "mitigation"]), "",
+             "#### Dataset requirements",
+             f"- **Format:** {d['format']} ({d['columns']})",
+             f"- **Size:** {d['have']} examples, recommended minimum {d['minimum_examples']} "
+             f"({'enough' if d['enough'] else 'fewer than recommended'}); validation split {d['validation_split']:.0%}"]
+    if d.get("synthetic_needed"):
+        lines.append("- **Synthetic data needed:** you have no labelled answers yet")
+    lines += [f"- {c}" for c in d["quality_checks"]]
+    lines += ["", "#### Evaluation plan", f"- **Metrics:** {', '.join(e['metrics'])}",
+              f"- **Test set:** {e['test_set']}", f"- **Baseline:** {e['baseline']}", f"- **Regression check:** {e['regression']}"]
+    return "\n".join(lines)
+
+
+def write_plan_files(p: dict, folder: str | os.PathLike | None = None) -> dict:
+    """Write plan.md, plan.yaml and train.py under FINETUNE_HOME/plans/<model>-<method>/; return paths."""
+    from .paths import atomic_write_text, home
+
+    d = Path(folder) if folder else home() / "plans" / f"{_slug(p['model'])}-{p['training_method']}"
+    d.mkdir(parents=True, exist_ok=True)
+    out = {"report_md": d / "plan.md", "trl_config_yaml": d / "plan.yaml", "python_script": d / "train.py"}
+    for key, path in out.items():
+        atomic_write_text(path, p[key])
+    return {k: str(v) for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

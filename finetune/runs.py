@@ -87,14 +87,12 @@ def read_status(run_id: str) -> dict:
     d = run_dir(run_id)
     st = read_json(d / "status.json", default=None) or {"run_id": run_id, "state": "failed", "error": "status.json unreadable"}
     st.setdefault("run_id", run_id)
-    if st.get("state") in ACTIVE and not _alive(st):
-        # The child is gone without saying so (killed, machine restarted): say what happened.
-        st = dict(st, state="failed", error=st.get("error") or "the training process ended unexpectedly",
-                  resumable=last_checkpoint(run_id) is not None)
-        if st.get("pid") or time.time() - os.path.getmtime(d / "status.json") > 30:
-            update_status(run_id, **{k: st[k] for k in ("state", "error", "resumable")})
-        else:
-            return read_json(d / "status.json", default=st)  # just queued: the child has not started yet
+    if st.get("state") in ACTIVE and not _alive(st, d):
+        # The child is gone. It may have written its final state just before exiting: read again.
+        st = read_json(d / "status.json", default=st) or st
+        if st.get("state") in ACTIVE:  # gone without saying so (killed, machine restarted)
+            st = update_status(d, state="failed", error=st.get("error") or "the training process ended "
+                               "unexpectedly (killed or out of memory?)", resumable=last_checkpoint(run_id) is not None)
     return st
 
 
@@ -147,15 +145,15 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _alive(st: dict) -> bool:
+def _alive(st: dict, d: Path) -> bool:
     run_id = st.get("run_id")
     proc = _PROCS.get(run_id)
     if proc is not None:
         return proc.poll() is None
     pid = st.get("pid")
     if not pid:
-        # queued and never started by anyone still alive: alive only if just created
-        return st.get("state") == "queued"
+        # Queued, child not started yet: give the launcher a minute before calling it lost.
+        return time.time() - os.path.getmtime(d / "status.json") < 60
     if not _pid_alive(int(pid)):
         return False
     try:  # the pid may have been reused by something else
@@ -181,7 +179,7 @@ def start_run(run_id: str, *, resume: bool = False, env: dict | None = None) -> 
     """Launch the training child for a run; return its pid. Secrets come only through `env`."""
     d = run_dir(run_id)
     st = read_status(run_id)
-    if st.get("state") in ("running", "stopping") and _alive(st):
+    if st.get("state") in ("running", "stopping") and _alive(st, d):
         raise RunError(f"run {run_id} is already running")
     if resume and last_checkpoint(run_id) is None:
         raise RunError(f"run {run_id} has no complete checkpoint to resume from")
@@ -219,7 +217,7 @@ def kill_run(run_id: str) -> None:
     """Last resort: terminate the child's process group (SIGTERM is also turned into a clean stop)."""
     st = read_status(run_id)
     pid = st.get("pid")
-    if pid and _alive(st):
+    if pid and _alive(st, run_dir(run_id)):
         try:
             os.killpg(int(pid), signal.SIGTERM)
         except OSError:

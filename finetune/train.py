@@ -229,6 +229,9 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
 
         bf16 = cuda and torch.cuda.is_bf16_supported()
         cb = _make_callback(d, holder)
+        from transformers import set_seed
+
+        set_seed(cfg.train.seed)  # adapter init draws from the global RNG: make runs reproducible
         common = dict(model=model, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
                       callbacks=[cb], peft_config=peft_config)
         if cfg.train.method == "dpo":

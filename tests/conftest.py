@@ -77,3 +77,24 @@ def _no_orphan_training():
                 os.killpg(proc.pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def serve_app():
+    """Build the real app and serve it on a free loopback port; returns (demo, url). Call demo.close()."""
+    import socket
+
+    from ui import build_demo
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_demo()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return demo, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model_dir):
+    demo, url = serve_app()
+    yield url
+    demo.close()

@@ -1,31 +1,16 @@
 """The Gradio API, driven with gradio_client against the real app on a free port:
 plan -> inspect_dataset -> prepare_dataset -> train -> status (until completed) -> evaluate -> compare."""
 
-import socket
 import time
 
 import pytest
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def client(tiny_model_dir):
+def client(app_url):
     from gradio_client import Client
 
-    from ui import build_demo
-
-    demo = build_demo()
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
+    return Client(app_url, verbose=False)
 
 
 def test_api_names_are_the_contract(client):
@@ -35,7 +20,7 @@ def test_api_names_are_the_contract(client):
 
 
 def test_full_loop_through_the_api(client):
-    plan = client.predict("builtin:tiny-chat", "auto", "instruction", "answer short questions", 477, False,
+    plan = client.predict("builtin:tiny-chat", "auto", "instruction", "answer short questions", 460, False,
                           "local", 256, 8, "quality", api_name="/plan")
     assert plan["method"] in ("lora", "full", "dora", "qlora", "prefix") and plan["vram_gb"] > 0 and plan["reasons"]
 

@@ -45,3 +45,12 @@ def test_bad_file_exits_2_naming_file_and_line(tmp_path):
     err = json.loads(out.stdout)["error"]
     assert "broken.jsonl" in err and "line 2" in err
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_data_augment_paraphrase(tmp_path):
+    out = _cli("data", "augment", "builtin:demo", "--out", str(tmp_path / "aug"), "--n", "10", "--json")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["kept"] == 10 and res["method"] == "paraphrase"
+    rows = [json.loads(line) for line in (tmp_path / "aug" / "train.jsonl").read_text().splitlines()]
+    assert sum(1 for r in rows if r.get("_generated") == "paraphrase") == 10

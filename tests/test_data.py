@@ -630,3 +630,150 @@ def test_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: prepared datasets, the Hub
+
+
+def test_prepared_folder_and_saved_name_are_sources(fresh_home):
+    res = D.prepare_dataset(str(DATA / "ds_kto.jsonl"), name="kto-saved")
+    for src in (res["dir"], "kto-saved"):
+        records = D.load_records(src)
+        assert len(records) == res["rows_train"] + res["rows_validation"]
+        info = D.inspect_dataset(src)
+        assert info["format"] == "kto" and info["rows_valid"] == len(records)
+    saved = D.saved_datasets()
+    assert [d["name"] for d in saved] == ["kto-saved"] and saved[0]["kind"] == "kto"
+
+
+def test_hub_source_fields_and_offline_message():
+    assert D.hub_source("owner/name", "", "") == "hub:owner/name::train"
+    assert D.hub_source("hub:owner/name", "en", "test") == "hub:owner/name:en:test"
+    assert "owner/name" in str(err(D.hub_source, "not a valid id!"))
+    e = err(D.load_records, D.hub_source("someone/does-not-exist", "cfg", "validation"))
+    assert str(e).startswith("hub:someone/does-not-exist:cfg:validation: could not load "
+                             "'someone/does-not-exist' (config 'cfg', split 'validation')")
+    assert "offline" in str(e) and "upload the file instead" in str(e)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality report extras
+
+
+def test_inspect_field_stats_labels_and_requirement(tokenizer):
+    info = D.inspect_dataset(str(DATA / "ds_classification.csv"), tokenizer=tokenizer)
+    assert info["labels"]["counts"] == {"positive": 3, "negative": 2, "neutral": 1}
+    assert set(info["field_stats"]) == {"prompt", "completion"}
+    assert info["field_stats"]["completion"]["max_chars"] == len("positive")
+    assert info["meets_requirement"] is False
+    assert info["requirement"]["min_examples"] == 1000
+    assert "below the LoRA minimum of 100" in info["requirement"]["reason"]
+    small = D.inspect_dataset(str(DATA / "ds_classification.csv"), min_examples=5)
+    assert small["meets_requirement"] is True and small["trained_tokens"] is None
+    kto = D.inspect_dataset(str(DATA / "ds_kto.jsonl"), tokenizer=tokenizer)
+    assert set(kto["labels"]["counts"]) == {"true", "false"}
+    assert kto["trained_tokens"]["status"] == "not_applicable"
+    demo = D.inspect_dataset("builtin:demo", tokenizer=tokenizer, min_examples=100)
+    assert demo["meets_requirement"] and "enough" not in demo["requirement"]["reason"]
+    roles = demo["field_stats"]
+    assert set(roles) == {"user", "assistant"} and roles["user"]["empty_share"] == 0
+
+
+def test_trained_share_ok_low_and_none(tokenizer, tmp_path):
+    info = D.inspect_dataset("builtin:demo", tokenizer=tokenizer)
+    tt = info["trained_tokens"]
+    assert tt["status"] == "ok" and 0.05 < tt["share"] < 1 and tt["rows_checked"] == info["rows_valid"]
+    # Long prompts, one-token answers: under 5% trained.
+    rows = [{"prompt": f"question {i}: " + "word " * 200, "completion": "y"} for i in range(20)]
+    low = D.inspect_dataset(jsonl(tmp_path / "low.jsonl", rows), tokenizer=tokenizer)
+    assert low["trained_tokens"]["status"] == "low" and "only" in low["trained_tokens"]["message"]
+    # Truncation cuts every answer: nothing would be trained, and prepare refuses.
+    none = D.inspect_dataset(str(tmp_path / "low.jsonl"), tokenizer=tokenizer, max_seq_len=16)
+    assert none["trained_tokens"]["status"] == "none" and none["trained_tokens"]["share"] == 0
+    e = err(D.prepare_dataset, str(tmp_path / "low.jsonl"), str(tmp_path / "out"),
+            tokenizer=tokenizer, max_seq_len=16)
+    assert "refusing to save: no token would be trained within max_seq_len 16" in str(e)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_format_hint_names_columns_and_mapping_fixes_it():
+    info = D.inspect_dataset(str(DATA / "ds_unknown.csv"))
+    assert info["format"] == "unknown"
+    assert info["hint"].startswith("Columns found: question_text, reply_text, topic.")
+    assert "prompt=question_text, completion=reply_text" in info["hint"]
+    fixed = D.inspect_dataset(str(DATA / "ds_unknown.csv"), fmt="prompt_completion",
+                              mapping={"prompt": "question_text", "completion": "reply_text"})
+    assert fixed["rows_valid"] == 3 and fixed["mapping"]["prompt"] == "question_text"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cleaning when preparing
+
+
+def test_prepare_masks_pii_and_drops_duplicates(tmp_path):
+    out = tmp_path / "clean"
+    res = D.prepare_dataset(str(DATA / "ds_pii.jsonl"), str(out), val_ratio=0, mask_pii=True,
+                            dedupe="near")
+    assert res["cleaning"]["pii_masked"] == {"rows": 3, "email": 1, "phone": 1, "secret": 1}
+    assert res["cleaning"]["duplicates_removed"] == {"exact": 1, "near": 1}
+    assert json.loads((out / "meta.json").read_text())["cleaning"] == res["cleaning"]
+    text = (out / "train.jsonl").read_text()
+    assert "[EMAIL]" in text and "[PHONE]" in text and "[SECRET]" in text
+    assert "example.com" not in text and "7946" not in text and "sk-proj" not in text
+    assert res["rows_train"] == 5
+    exact = D.prepare_dataset(str(DATA / "ds_pii.jsonl"), str(out), val_ratio=0, dedupe="exact")
+    assert exact["cleaning"]["duplicates_removed"] == {"exact": 1, "near": 0}
+    assert "pii_masked" not in exact["cleaning"] and exact["rows_train"] == 6
+    assert "dedupe" in str(err(D.prepare_dataset, "builtin:demo", dedupe="fuzzy"))
+
+
+def test_mask_pii_text_keeps_short_numbers():
+    text, counts = D.mask_pii_text("Call 555-1234 or +1 (415) 555-2671, mail a.b@c.org")
+    assert text == "Call 555-1234 or [PHONE], mail [EMAIL]" and counts == {"phone": 1, "email": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast token counting: exactly the plain batch encode's numbers
+
+
+def _counts(tok, texts, special, fast):
+    old = D.FAST_TOKEN_COUNT
+    D.FAST_TOKEN_COUNT = fast
+    try:
+        return D._count_tokens(tok, texts, special)
+    finally:
+        D.FAST_TOKEN_COUNT = old
+
+
+def _odd_texts(n=3000):
+    import random
+    rng = random.Random(0)
+    words = ["the", "cat", "sat", "on", "mat.", "Hello,", "world!", "42", "naïve", "café", "x=1;",
+             "<|im_end|>", "\n", "\n\n", "  ", "\t", "end.\n"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(n)]
+
+
+def test_fast_token_count_is_exact(tokenizer):
+    texts = _odd_texts()
+    for special in (False, True):
+        assert _counts(tokenizer, texts, special, True) == _counts(tokenizer, texts, special, False)
+    assert D._count_by_pieces(tokenizer.backend_tokenizer, texts, False) is not None  # took the fast path
+
+
+def test_fast_token_count_falls_back_for_newline_merging_tokenizers():
+    # A Llama-3-style pre-tokenizer joins punctuation with a following newline (".\n"), so
+    # splitting at newlines would change counts; the check must notice and split at spaces only.
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+               r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    texts = _odd_texts()
+    tk.train_from_iterator(texts * 3, trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk)
+    assert _counts(tok, texts, False, True) == _counts(tok, texts, False, False)

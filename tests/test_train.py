@@ -137,3 +137,22 @@ def test_cli_child_process_run(tiny_model_dir):
     bad = subprocess.run([sys.executable, "-m", "finetune", "status", "no-such-run", "--json"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no-such-run" in json.loads(bad.stdout)["error"]
+
+
+def test_killed_child_is_marked_failed_and_resumable(tiny_model_dir):
+    import signal
+    import time
+
+    from finetune.config import default_run_config
+    from finetune.runs import _PROCS, last_checkpoint, list_runs, read_status, start_training, wait
+
+    run_id = start_training(default_run_config(max_steps=400, save_steps=2, eval_steps=0))
+    deadline = time.time() + 120
+    while time.time() < deadline and last_checkpoint(run_id) is None:
+        time.sleep(0.3)
+    assert last_checkpoint(run_id) is not None
+    os.killpg(_PROCS[run_id].pid, signal.SIGKILL)  # as the OOM killer would
+    st = wait(run_id, timeout_s=30)
+    assert st["state"] == "failed" and "unexpectedly" in st["error"] and st["resumable"]
+    assert [r for r in list_runs() if r["run_id"] == run_id][0]["resumable"]
+    assert read_status(run_id)["state"] == "failed"

@@ -36,5 +36,6 @@ def build(run_box) -> None:
     table = gr.Dataframe(headers=["prompt", "base", "fine-tuned"], wrap=True, label="Side by side")
     raw = gr.JSON(visible=False)
     run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run_id, api_visibility="private")
+    run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
     go.click(compare_api, [run_id, prompts, max_new], raw, api_name="compare").then(
         render, raw, table, api_visibility="private")

@@ -38,5 +38,6 @@ def build(run_box) -> None:
     report = gr.Markdown()
     raw = gr.JSON(visible=False)
     run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run_id, api_visibility="private")
+    run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
     go.click(evaluate_api, [run_id, max_ex], raw, api_name="evaluate").then(
         render_report, raw, [headline, report], api_visibility="private")

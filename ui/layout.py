@@ -38,9 +38,9 @@ def build_demo() -> gr.Blocks:
                                 info="builtin:tiny-chat is a randomly initialised demo model built offline")
             data = gr.Dropdown(dataset_tab.dataset_choices(), value=DEMO_DATASET_ID, allow_custom_value=True,
                                label="Dataset", scale=2, info="builtin:demo, a saved dataset or a file path")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Plan", id="plan"):
-                plan_tab.build(model)
+                plan = plan_tab.build(model, data)
             with gr.Tab("Dataset", id="dataset"):
                 dataset_tab.build(model, data)
             with gr.Tab("Train", id="train"):
@@ -49,6 +49,7 @@ def build_demo() -> gr.Blocks:
                 evaluate_tab.build(t["run_id"])
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(t["run_id"])
+        plan_tab.connect_train(plan, t, tabs)  # "Use this plan" fills the Train tab
         # Jobs outlive the page: reattach to the run this browser was following.
         demo.load(lambda r: gr.Dropdown(choices=train_tab.run_choices(), value=r) if r else gr.skip(),
                   run_state, t["run_id"], api_visibility="private")

@@ -139,10 +139,12 @@ def build(model_box, data_box, run_state) -> dict:
     stop.click(stop_api, run_id, raw, api_name="stop")
     resume_btn.click(resume, run_id, run_id, api_visibility="private")
     refresh.click(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
+    run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
     hidden_status_in = gr.Textbox(visible=False)
     hidden_status_out = gr.JSON(visible=False)
     hidden_runs = gr.JSON(visible=False)
     hidden_btn = gr.Button(visible=False)
     hidden_btn.click(status_api, hidden_status_in, hidden_status_out, api_name="status")
     hidden_btn.click(runs_api, None, hidden_runs, api_name="runs")
-    return {"run_id": run_id}
+    return {"run_id": run_id, "method": method, "learning_rate": lr, "epochs": epochs, "batch_size": batch,
+            "max_seq_len": seq, "lora_rank": rank}
