@@ -186,8 +186,10 @@ def ensure_tiny_chat() -> Path:
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
 
-    tmp = out.with_name(out.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
+    import tempfile
+
+    # A private temp folder: the app and a training child may build at the same moment.
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "builtin.json").write_text(json.dumps({

@@ -68,13 +68,16 @@ class _PeakRSS:
 
 def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method: str = "lora", steps: int = 8,
             seq_len: int | None = None, batch_size: int | None = None, lora_rank: int | None = None,
-            *, save: bool = True) -> dict:
-    """Run `steps` measured SFT steps (after WARMUP_STEPS) and return what they cost on this machine.
+            *, min_seconds: float = 3.0, max_steps: int = 400, save: bool = True) -> dict:
+    """Run at least `steps` measured SFT steps (after WARMUP_STEPS), and more until `min_seconds` have
+    passed (up to `max_steps`): a small model's 8 steps last a fraction of a second, too short to average
+    out a busy machine. Returns what the steps cost on this machine.
 
     Returns tokens_per_s (non-padding tokens per second of training steps), step_s, mean_tokens
     (tokens per example of the dataset after the chat template), overhead_s (loading the model and
     data and building the trainer: the fixed cost every run pays), peak_memory_gb (CUDA: peak
-    allocated; CPU: peak RSS of this process) and the settings measured.
+    allocated; CPU: peak RSS of this process), the spread of step times (a busy machine shows as a
+    large step_s_max / step_s_p50) and the settings measured.
     """
     if method == "dpo":
         method = "lora"  # DPO needs preference pairs; a LoRA SFT step measures the same token cost
@@ -94,7 +97,8 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
 
     t_imported = time.perf_counter()
     cfg = default_run_config(model_id, source, method=method, batch_size=batch_size,
-                             max_steps=steps + WARMUP_STEPS, eval_steps=0, save_steps=10_000_000, logging_steps=10_000)
+                             max_steps=max(steps, max_steps) + WARMUP_STEPS, eval_steps=0, save_steps=10_000_000,
+                             logging_steps=10_000)
     if seq_len:
         cfg.data.max_seq_len = int(seq_len)
     if lora_rank:
@@ -118,6 +122,9 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
             times.append(time.perf_counter())
             tokens.append(int(state.num_input_tokens_seen or 0))
             control.should_save = False  # a dry run keeps nothing
+            n = len(times) - 1 - WARMUP_STEPS
+            if n >= steps and times[-1] - times[WARMUP_STEPS] >= min_seconds:
+                control.should_training_stop = True
 
     with _PeakRSS() as rss, tempfile.TemporaryDirectory(prefix="fts-dry-run-") as out:
         set_threads()
@@ -129,7 +136,7 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
         train, summary = tokenize_rows(tok, train_rows, kind, cfg.data.max_seq_len)
         if not train:
             raise ValueError("data.source: no row has a token to train on")
-        need = cfg.train.batch_size * (steps + WARMUP_STEPS)
+        need = cfg.train.batch_size * cfg.train.max_steps
         reps = -(-need // len(train))
         bf16 = cuda and torch.cuda.is_bf16_supported()
         args = to_sft_config(cfg, out, cuda=cuda, bf16=bf16, has_eval=False)
@@ -144,6 +151,7 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
     measured_s = times[-1] - times[WARMUP_STEPS]
     measured_tokens = tokens[-1] - tokens[WARMUP_STEPS]
     n_steps = len(times) - 1 - WARMUP_STEPS
+    step_times = sorted(b - a for a, b in zip(times[WARMUP_STEPS:], times[WARMUP_STEPS + 1:]))
     peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else rss.peak
     result = {
         "model": model_id, "source": source, "method": method, "device": "cuda" if cuda else "cpu",
@@ -151,6 +159,9 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
         "steps": n_steps, "warmup_steps": WARMUP_STEPS,
         "tokens_per_s": round(measured_tokens / measured_s, 1) if measured_s > 0 else None,
         "step_s": round(measured_s / n_steps, 4),
+        "step_s_p50": round(step_times[len(step_times) // 2], 4),
+        "step_s_max": round(step_times[-1], 4),
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "mean_tokens": max(1, round(summary["tokens"] / max(1, summary["rows"]))),
         "rows": summary["rows_kept"],
         # what every run pays once: loading the model and data, building the trainer, and the imports
@@ -161,7 +172,7 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
         "peak_memory_gb": round(peak, 3),
         "peak_memory_kind": "cuda max_memory_allocated" if cuda else "process RSS",
         "threads": torch.get_num_threads(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "measured_at": _now_iso(),
     }
     if save:
         save_calibration(result)
@@ -205,19 +216,29 @@ def _calibration_file() -> Path:
     return home() / "calibration.json"
 
 
-def save_calibration(result: dict) -> None:
+def _now_iso() -> str:  # the format of status.json's "started", so the two compare as strings
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def save_calibration(result: dict, keep: int = 20) -> None:
+    """Append a dry run to FINETUNE_HOME/calibration.json ({model: [runs, oldest first]})."""
     from .paths import atomic_write_json, read_json
 
     doc = read_json(_calibration_file(), default={}) or {}
-    doc[result["model"]] = result
+    doc[result["model"]] = (list(doc.get(result["model"]) or []) + [result])[-keep:]
     atomic_write_json(_calibration_file(), doc)
 
 
-def load_calibration(model_id: str) -> dict | None:
-    """The latest dry run of this model on this machine, or None."""
+def load_calibration(model_id: str, before: str | None = None) -> dict | None:
+    """The latest dry run of this model on this machine (measured before `before`, an ISO time, if
+    given and there is one), or None."""
     from .paths import read_json
 
-    return (read_json(_calibration_file(), default={}) or {}).get(model_id)
+    runs = (read_json(_calibration_file(), default={}) or {}).get(model_id) or []
+    earlier = [r for r in runs if before and r.get("measured_at", "") <= before]
+    return (earlier or runs or [None])[-1]
 
 
 def calibration_fields(cal: dict | None) -> dict:
@@ -279,7 +300,7 @@ def predicted_vs_actual(run_id: str, calibration: dict | None = None) -> dict:
     if not actual:
         raise ValueError(f"run {run_id} has no duration_s in status.json")
     cfg = load_config(run_id)
-    cal = calibration if calibration is not None else load_calibration(cfg.model.model_id)
+    cal = calibration if calibration is not None else load_calibration(cfg.model.model_id, st.get("started"))
     p0 = plan(plan_request_for_run(cfg, st))
     p1 = plan(plan_request_for_run(cfg, st, cal)) if cal else None
     train_s = st.get("train_runtime_s")
@@ -295,6 +316,7 @@ def predicted_vs_actual(run_id: str, calibration: dict | None = None) -> dict:
         "calibrated_error_pct": _err(p1["time"]["seconds"], actual) if p1 else None,
         "calibration": ({k: cal.get(k) for k in ("tokens_per_s", "overhead_s", "mean_tokens", "batch_size",
                                                    "measured_at")} if cal else None),
+        "calibrated_before_run": bool(cal and st.get("started") and cal.get("measured_at", "") <= st["started"]),
     }
     out["calibration_file"] = str(run_dir(run_id) / "calibration.json")
     out["recorded"] = bool(read_json(run_dir(run_id) / "calibration.json", default=None))
@@ -317,7 +339,8 @@ def comparison_md(r: dict) -> str:
 
     rows = [("uncalibrated", r["predicted_s"], r["error_pct"])]
     if r.get("predicted_calibrated_s") is not None:
-        rows.append(("calibrated (dry run)", r["predicted_calibrated_s"], r["calibrated_error_pct"]))
+        when = "before" if r.get("calibrated_before_run") else "after"
+        rows.append((f"calibrated (dry run {when} the run)", r["predicted_calibrated_s"], r["calibrated_error_pct"]))
     lines = [f"#### How far off was the plan? Latest completed run `{r['run_id']}`",
              f"{r['steps']} steps, {r['tokens']:,} tokens, {r.get('actual_tokens_per_s') or 0:,.0f} tokens/s", "",
              "| estimate | predicted | actual | off by |", "|---|---|---|---|"]
@@ -326,6 +349,17 @@ def comparison_md(r: dict) -> str:
     if r.get("recorded"):
         lines += ["", f"Saved to `{r['calibration_file']}`."]
     return "\n".join(lines)
+
+
+def latest_comparison_md(record: bool = False) -> str:
+    """comparison_md() of the newest completed run (recorded into its folder if asked), or why not."""
+    rid = latest_finished_run()
+    if not rid:
+        return "No completed run yet: train one, then see here how far off the plan was."
+    try:
+        return comparison_md(record_calibration(rid) if record else predicted_vs_actual(rid))
+    except (ValueError, OSError) as e:
+        return f"Cannot compare {rid}: {e}"
 
 
 def latest_finished_run() -> str | None:

@@ -96,7 +96,7 @@ def cmd_status(a) -> dict:
 def cmd_stop(a) -> dict:
     from . import runs
 
-    return runs.stop_run(a.run_id)
+    return runs.stop_run(a.run_id, force=a.force)
 
 
 def cmd_runs(a) -> dict:
@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     sub = p.add_subparsers(dest="cmd", required=True)
     js = argparse.ArgumentParser(add_help=False)
-    js.add_argument("--json", action="store_true", help="print one JSON object")
+    # SUPPRESS: a subcommand's own default must not overwrite `--json` given before the subcommand.
+    js.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object")
 
     s = sub.add_parser("plan", parents=[js], help="recommend a method and estimate memory, time and cost")
     s.add_argument("--model", default=TINY_CHAT_ID)
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                                ("compare", cmd_compare, "base and fine-tuned answers side by side")):
         s = sub.add_parser(name, parents=[js], help=helptext)
         s.add_argument("run_id")
+        if name == "stop":
+            s.add_argument("--force", action="store_true", help="kill it now (no final save)")
         if name == "status":
             s.add_argument("--events", action="store_true", help="include the logged events")
         if name == "eval":

@@ -251,8 +251,6 @@ def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, bf16: bool, has
         disable_tqdm=True,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
-        # On a CPU, length-grouped batches waste less compute on padding (no padding-free kernels there).
-        train_sampling_strategy="random" if cuda else "group_by_length",
         save_only_model=False,
     )
 
@@ -260,7 +258,10 @@ def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, bf16: bool, has
 def to_sft_config(cfg: RunConfig, output_dir: str, *, cuda: bool = False, bf16: bool = False, has_eval: bool = True):
     from trl import SFTConfig
 
+    # On a CPU, length-grouped batches waste less compute on padding (no padding-free kernels there).
+    # Only for SFT: the sampler needs an input_ids column, which DPO's tokenized rows do not have.
     return SFTConfig(**_common_args(cfg, output_dir, cuda=cuda, bf16=bf16, has_eval=has_eval),
+                     train_sampling_strategy="random" if cuda else "group_by_length",
                      max_length=cfg.data.max_seq_len, packing=False, dataset_num_proc=None)
 
 

@@ -176,12 +176,13 @@ def describe(hw: dict | None = None) -> str:
         cpu = hw.get("cpu") or {}
         feats = [f for f, on in (("AVX-512", cpu.get("avx512")), ("avx512_bf16", cpu.get("avx512_bf16")),
                                  ("AMX", cpu.get("amx"))) if on]
+        bf16 = "bf16 runs natively" if hw.get("bf16") else "bf16 would be emulated (fp32 is used)"
         text = (f"CPU only: {cpu.get('cpu_name', 'unknown')}, {hw.get('vcpu')} cores, {hw.get('ram_gb')} GB RAM "
-                f"({hw.get('ram_available_gb')} GB free), {', '.join(feats) or 'no AVX-512'}; bf16 autocast "
-                f"{'pays off' if hw.get('bf16') else 'would be emulated (fp32 is used)'}, ~{hw.get('peak_tflops')} TFLOP/s")
+                f"({hw.get('ram_available_gb')} GB free), {', '.join(feats) or 'no AVX-512'}; {bf16}, "
+                f"~{hw.get('peak_tflops')} TFLOP/s")
     load, cores = hw.get("load_avg_1m"), hw.get("vcpu") or 1
     if load is not None and hw.get("device") != "cuda" and load > 0.5 * cores:
-        text += f". Busy: load {load:g} on {cores} cores, so training will be slower than planned"
+        text += f". Busy when checked: load {load:g} on {cores} cores, so training may be slower than planned"
     return text
 
 

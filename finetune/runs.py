@@ -88,21 +88,34 @@ def read_status(run_id: str) -> dict:
     st = read_json(d / "status.json", default=None) or {"run_id": run_id, "state": "failed", "error": "status.json unreadable"}
     st.setdefault("run_id", run_id)
     if st.get("state") in ACTIVE and not _alive(st, d):
-        # The child is gone. It may have written its final state just before exiting: read again.
-        st = read_json(d / "status.json", default=st) or st
-        if st.get("state") in ACTIVE:  # gone without saying so (killed, machine restarted)
-            st = update_status(d, state="failed", error=st.get("error") or "the training process ended "
-                               "unexpectedly (killed or out of memory?)", resumable=last_checkpoint(run_id) is not None)
+        # Gone without saying so (killed, out of memory, machine restarted). The guard keeps a final
+        # state the child wrote just before exiting.
+        st = update_status(d, only_if_state=ACTIVE, state="failed",
+                           error=st.get("error") or "the training process ended unexpectedly (killed or out of memory?)",
+                           resumable=last_checkpoint(run_id) is not None)
     return st
 
 
-def update_status(run_id_or_dir, **fields) -> dict:
+def update_status(run_id_or_dir, *, only_if_state: tuple[str, ...] | None = None, **fields) -> dict:
+    """Read-modify-write status.json under a lock: the app and the training child both write it.
+
+    With `only_if_state`, nothing is written unless the current state is one of those (so a stop
+    request or a dead-process check never overwrites a run that has just finished)."""
+    import fcntl
+
     d = Path(run_id_or_dir) if isinstance(run_id_or_dir, Path) else run_dir(run_id_or_dir)
-    st = read_json(d / "status.json", default={}) or {}
-    st.update(fields)
-    st["updated"] = now_iso()
-    atomic_write_json(d / "status.json", st)
-    return st
+    lock = os.open(d, os.O_RDONLY)  # flock on the run folder itself: no extra file in it
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        st = read_json(d / "status.json", default={}) or {}
+        if only_if_state is not None and st.get("state") not in only_if_state:
+            return st
+        st.update(fields)
+        st["updated"] = now_iso()
+        atomic_write_json(d / "status.json", st)
+        return st
+    finally:
+        os.close(lock)  # releases the lock
 
 
 def read_events(run_id: str, offset: int = 0) -> tuple[list[dict], int]:
@@ -148,9 +161,11 @@ def _pid_alive(pid: int) -> bool:
 def _alive(st: dict, d: Path) -> bool:
     run_id = st.get("run_id")
     proc = _PROCS.get(run_id)
-    if proc is not None:
-        return proc.poll() is None
     pid = st.get("pid")
+    if proc is not None and (not pid or proc.pid == int(pid)):
+        return proc.poll() is None
+    if proc is not None:
+        proc.poll()  # an older child of ours for this run (resumed elsewhere since): reap it, judge by pid
     if not pid:
         # Queued, child not started yet: give the launcher a minute before calling it lost.
         return time.time() - os.path.getmtime(d / "status.json") < 60
@@ -163,9 +178,9 @@ def _alive(st: dict, d: Path) -> bool:
         return True
 
 
-def last_checkpoint(run_id: str) -> str | None:
-    """The newest complete checkpoint (its trainer_state.json exists)."""
-    ck = run_dir(run_id) / "checkpoints"
+def last_checkpoint(run: str | Path) -> str | None:
+    """The newest complete checkpoint (its trainer_state.json exists) of a run id or run folder."""
+    ck = (run if isinstance(run, Path) else run_dir(run)) / "checkpoints"
     best, best_step = None, -1
     if ck.is_dir():
         for c in ck.iterdir():
@@ -179,8 +194,10 @@ def start_run(run_id: str, *, resume: bool = False, env: dict | None = None) -> 
     """Launch the training child for a run; return its pid. Secrets come only through `env`."""
     d = run_dir(run_id)
     st = read_status(run_id)
-    if st.get("state") in ("running", "stopping") and _alive(st, d):
-        raise RunError(f"run {run_id} is already running")
+    if st.get("state") in ACTIVE and st.get("pid"):  # read_status has checked that pid is alive
+        raise RunError(f"run {run_id} is already {st.get('state')}")
+    if resume and st.get("state") == "completed":
+        raise RunError(f"run {run_id} has completed; start a new run to train further")
     if resume and last_checkpoint(run_id) is None:
         raise RunError(f"run {run_id} has no complete checkpoint to resume from")
     (d / "STOP").unlink(missing_ok=True)
@@ -190,11 +207,12 @@ def start_run(run_id: str, *, resume: bool = False, env: dict | None = None) -> 
     child_env = dict(os.environ)
     child_env.update(env or {})
     child_env["PYTHONUNBUFFERED"] = "1"
+    child_env["FINETUNE_HOME"] = str(runs_dir().parent)  # the child runs in another folder: same home
     # The child must find the finetune package even when the app was started from another folder.
     pkg_root = str(Path(__file__).resolve().parent.parent)
     child_env["PYTHONPATH"] = pkg_root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
     log = open(d / "train.log", "ab")
-    update_status(d, state="queued", error=None, resumed=resume, stop_requested=False)
+    update_status(d, state="queued", error=None, resumed=resume, stop_requested=False, pid=None)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=child_env, start_new_session=True, cwd=pkg_root)
     log.close()
@@ -203,25 +221,29 @@ def start_run(run_id: str, *, resume: bool = False, env: dict | None = None) -> 
     return proc.pid
 
 
-def stop_run(run_id: str) -> dict:
-    """Ask a run to stop: it finishes the current step, saves a checkpoint and the adapter, then exits."""
+def stop_run(run_id: str, *, force: bool = False) -> dict:
+    """Ask a run to stop: it finishes the current step, saves a checkpoint and the adapter, then exits.
+
+    A second request (or force=True) while it is already stopping kills the process group: for a
+    child stuck before its first step (loading a model, tokenizing), which never sees the STOP file."""
     d = run_dir(run_id)
     st = read_status(run_id)
     if st.get("state") not in ACTIVE:
         return st
+    if force or st.get("state") == "stopping":
+        pid = st.get("pid")
+        if pid and _alive(st, d):
+            try:
+                os.killpg(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+            proc = _PROCS.get(run_id)
+            if proc is not None:
+                proc.wait(timeout=10)
+        return update_status(d, only_if_state=ACTIVE, state="stopped", error="stopped by force",
+                             resumable=last_checkpoint(d) is not None)
     (d / "STOP").write_text(now_iso())
-    return update_status(d, state="stopping", stop_requested=True)
-
-
-def kill_run(run_id: str) -> None:
-    """Last resort: terminate the child's process group (SIGTERM is also turned into a clean stop)."""
-    st = read_status(run_id)
-    pid = st.get("pid")
-    if pid and _alive(st, run_dir(run_id)):
-        try:
-            os.killpg(int(pid), signal.SIGTERM)
-        except OSError:
-            pass
+    return update_status(d, only_if_state=ACTIVE, state="stopping", stop_requested=True)
 
 
 def wait(run_id: str, timeout_s: float = 600, poll_s: float = 0.5) -> dict:
@@ -280,7 +302,10 @@ def status_summary(run_id: str) -> dict:
     art = artifact_dir(run_id)
     out = dict(st)
     out["progress"] = round(100.0 * step / total, 1) if total else 0.0
-    out["events"] = events[-200:]
+    if len(events) > 400:  # keep the whole curve's shape, not just its end
+        stride = len(events) // 300 + 1
+        events = events[:-100:stride] + events[-100:]
+    out["events"] = events
     out["artifact"] = str(art) if art else None
     out["run_dir"] = str(run_dir(run_id))
     out.pop("pid", None)

@@ -113,8 +113,11 @@ def tokenize_row(tokenizer, row: dict, kind: str, max_seq_len: int | None = None
 def tokenize_rows(tokenizer, rows: list[dict], kind: str, max_seq_len: int | None = None) -> tuple[list[dict], dict]:
     """Tokenize many rows; return (examples with input_ids/labels, summary of what is trained)."""
     out, trained, total, empty, truncated, notes = [], 0, 0, 0, 0, set()
-    for r in rows:
-        t = tokenize_row(tokenizer, r, kind, max_seq_len)
+    for i, r in enumerate(rows, 1):
+        try:
+            t = tokenize_row(tokenizer, r, kind, max_seq_len)
+        except TokenizeError as exc:
+            raise TokenizeError(f"row {i}: {exc}") from None
         n = sum(1 for x in t["labels"] if x != IGNORE)
         trained += n
         total += len(t["input_ids"])

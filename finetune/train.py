@@ -247,13 +247,13 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
         update_status(d, trainable_params=trainable, total_params=total)
-        ckpt = last_checkpoint(run_id) if resume else None
+        ckpt = last_checkpoint(d) if resume else None
         if resume and ckpt is None:
             raise ValueError("no complete checkpoint to resume from")
         result = trainer.train(resume_from_checkpoint=ckpt)
         if cb.nonfinite:
             update_status(d, state="failed", error=f"Training stopped: {cb.nonfinite}. The last good checkpoint is kept; "
-                          "lower the learning rate and resume or start again.", resumable=last_checkpoint(run_id) is not None)
+                          "lower the learning rate and resume or start again.", resumable=last_checkpoint(d) is not None)
             return 1
         final_eval = None
         if eval_ds is not None and not cb.stopped:
@@ -270,13 +270,16 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
             eval_loss=final_eval if final_eval is not None else read_json(d / "status.json", {}).get("eval_loss"),
             train_loss_avg=metrics.get("train_loss"), duration_s=round(time.time() - t_start, 2),
             train_runtime_s=metrics.get("train_runtime"), finished=now_iso(),
-            resumable=state == "stopped" and last_checkpoint(run_id) is not None)
-        write_model_card(d, cfg, st)
+            resumable=state == "stopped" and last_checkpoint(d) is not None)
+        try:
+            write_model_card(d, cfg, st)
+        except Exception as exc:  # the adapter is saved; a card problem must not fail the run
+            sys.stderr.write(f"model card not written: {redact(str(exc))}\n")
         return 0
     except BaseException as exc:  # noqa: BLE001 -- every failure must land in status.json
         msg = friendly_error(exc)
         sys.stderr.write(redact(traceback.format_exc()))
-        update_status(d, state="failed", error=msg, resumable=last_checkpoint(run_id) is not None,
+        update_status(d, state="failed", error=msg, resumable=last_checkpoint(d) is not None,
                       duration_s=round(time.time() - t_start, 2))
         return 1
     finally:

@@ -54,3 +54,8 @@ def test_data_augment_paraphrase(tmp_path):
     assert res["kept"] == 10 and res["method"] == "paraphrase"
     rows = [json.loads(line) for line in (tmp_path / "aug" / "train.jsonl").read_text().splitlines()]
     assert sum(1 for r in rows if r.get("_generated") == "paraphrase") == 10
+
+
+def test_json_flag_before_the_command():
+    out = _cli("--json", "runs")
+    assert out.returncode == 0 and isinstance(json.loads(out.stdout)["runs"], list)

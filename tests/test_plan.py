@@ -416,12 +416,68 @@ def test_cpu_yaml_parses_with_trl_parser():
     ("model", ""), ("method", "magic"), ("task_type", "poetry"), ("examples", -1), ("examples", 1.5),
     ("mean_tokens", 0), ("has_labels", "yes"), ("hardware", "tpu-v5"), ("seq_len", 8), ("batch_size", 0),
     ("epochs", 0), ("priority", "fun"), ("budget_usd", -5), ("budget_h", 0), ("lora_rank", 0),
-    ("params_b", -1), ("gradient_checkpointing", None),
+    ("params_b", -1), ("gradient_checkpointing", None), ("measured_tokens_per_s", 0),
+    ("measured_overhead_s", -1.0),
 ])
 def test_validation_names_the_field(field, value):
     with pytest.raises(ValueError) as e:
         PlanRequest(**{field: value})
     assert str(e.value).startswith(f"{field}:")
+
+
+def test_calibration_replaces_the_assumed_throughput_on_this_machine_only():
+    from finetune.plan import calibrated_time
+
+    base = PlanRequest(examples=400, mean_tokens=20, epochs=10, batch_size=8, seq_len=256)
+    out = plan(base)
+    assert out["calibrated"] is False and out["time"]["seconds"] > 0
+    cal = plan(PlanRequest(**{**base.__dict__, "measured_tokens_per_s": 4000.0, "measured_overhead_s": 6.0}))
+    assert cal["calibrated"] and cal["time"]["calibrated"] and cal["time"]["tokens"] == 400 * 20 * 10
+    assert cal["time_s"] == pytest.approx(80_000 / 4000 + 6, abs=0.1)
+    t = cal["time"]
+    assert t["mfu"] == pytest.approx(4000 * t["flops_per_token"] / (t["peak_tflops"] * 1e12), rel=0.01)
+    assert cal["tiers"][0]["name"] == "local" and cal["tiers"][0]["calibrated"]
+    assert cal["tiers"][1:] == [dict(t, calibrated=False) for t in out["tiers"][1:]]
+    t = calibrated_time(out["time"], get_tier("t4-small"), 1000.0)
+    assert t["cost_usd"] == pytest.approx(t["hours"] * get_tier("t4-small")["price_usd_per_h"], abs=1e-4)
+
+
+def test_views_for_the_tab():
+    from finetune.plan import (MEMORY_PARTS, details_md, memory_rows, tier_points, tier_rows, train_settings,
+                               write_plan_files)
+
+    out = plan(PlanRequest(model="meta-llama/Llama-3.1-8B-Instruct", hardware="t4-small"))
+    rows = memory_rows(out)
+    assert len(rows) == len(METHODS) * len(MEMORY_PARTS) and "qlora ←" in {r["method"] for r in rows}
+    full = sum(r["GB"] for r in rows if r["method"] == "full")
+    assert full == pytest.approx(out["feasibility"]["full"]["vram_gb"], rel=0.02)
+    pts = tier_points(out)
+    offered = [t for t in out["tiers"] if t["available"]]
+    assert all((p["hours"] is None) == (not t["fits"]) for p, t in zip(pts, offered))
+    assert {r["tier"] for r in tier_rows(out)} == {t["name"] for t in out["tiers"]}
+    assert train_settings(out) == {"method": "qlora", "learning_rate": out["hyperparameters_dict"]["learning_rate"],
+                                   "epochs": out["hyperparameters_dict"]["num_train_epochs"],
+                                   "batch_size": out["hyperparameters_dict"]["per_device_train_batch_size"],
+                                   "max_seq_len": 512, "lora_rank": out["hyperparameters_dict"]["lora_r"]}
+    assert train_settings(plan(PlanRequest(prompting_sufficient=True))) is None
+    md = details_md(out)
+    assert "#### Risks" in md and "#### Evaluation plan" in md and "Readiness" in md
+    paths = write_plan_files(out, ROOT / ".pytest-plan-files")
+    try:
+        assert Path(paths["report_md"]).read_text() == out["report_md"]
+        assert Path(paths["python_script"]).read_text() == out["python_script"]
+    finally:
+        import shutil
+        shutil.rmtree(ROOT / ".pytest-plan-files")
+
+
+def test_builtin_model_gets_its_demo_settings():
+    from finetune.config import BUILTIN_DEMO_TRAIN
+
+    hp = plan(PlanRequest(model=TINY_CHAT_ID))["hyperparameters_dict"]
+    assert hp["learning_rate"] == BUILTIN_DEMO_TRAIN["learning_rate"]
+    assert hp["num_train_epochs"] == BUILTIN_DEMO_TRAIN["epochs"]
+    assert plan(PlanRequest(model=TINY_CHAT_ID, epochs=2))["hyperparameters_dict"]["num_train_epochs"] == 2
 
 
 def test_estimate_memory_rejects_unknown_method():
@@ -454,6 +510,10 @@ def test_detect_hardware_describes_this_machine():
     if hw["device"] == "cpu":
         assert {"avx512_bf16", "amx", "cpu_cores"} <= set(hw["cpu"])
     assert get_tier("local")["name"] == "local"
+    from finetune.hardware import describe
+
+    text = describe(hw)
+    assert ("CUDA" in text) if hw["device"] == "cuda" else (f"{hw['vcpu']} cores" in text and "bf16" in text)
 
 
 def test_import_is_light():

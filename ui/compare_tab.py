@@ -16,7 +16,7 @@ def compare_api(run_id: str, prompts: str, max_new_tokens: float) -> dict:
     if not run_id:
         raise gr.Error("Choose a run to compare.")
     lines = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
-    return compare_run(run_id.strip(), lines or None, max_new_tokens=int(max_new_tokens))
+    return compare_run(run_id.strip(), lines or None, max_new_tokens=int(max_new_tokens or 32))
 
 
 def render(result: dict):
@@ -37,5 +37,5 @@ def build(run_box) -> None:
     raw = gr.JSON(visible=False)
     run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run_id, api_visibility="private")
     run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
-    go.click(compare_api, [run_id, prompts, max_new], raw, api_name="compare").then(
+    go.click(compare_api, [run_id, prompts, max_new], raw, api_name="compare", concurrency_limit=1).then(
         render, raw, table, api_visibility="private")

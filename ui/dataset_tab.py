@@ -9,7 +9,7 @@ import gradio as gr
 from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 from finetune.data import FORMAT_FIELDS
 
-from .render import md_table, user_errors
+from .render import check_source, md_table, tokenizer_or_none, user_errors
 
 FORMATS = ["auto", "alpaca", "messages", "sharegpt", "text", "prompt_completion", "preference", "kto", "classification"]
 N_MAP = max(len(f) for f in FORMAT_FIELDS.values())  # one dropdown per canonical field
@@ -20,7 +20,7 @@ def _source(upload, source: str) -> str:
     src = path or (source or "").strip()
     if not src:
         raise gr.Error("Choose builtin:demo, a saved dataset, or upload a file.")
-    return src
+    return check_source(src, uploaded=bool(path))
 
 
 def _fmt(fmt):
@@ -50,10 +50,10 @@ def inspect_api(upload, source: str, fmt: str, mapping: str, model: str, max_seq
     """Detect the format, convert, and report quality, token statistics and the trained-token share
     (the `inspect_dataset` API). max_seq_len 0 means no limit."""
     from finetune.data import inspect_dataset
-    from finetune.modeling import load_tokenizer
 
-    tok = load_tokenizer(model or TINY_CHAT_ID)
-    return inspect_dataset(_source(upload, source), fmt=_fmt(fmt), mapping=_mapping(mapping), tokenizer=tok,
+    src = _source(upload, source)
+    tok = tokenizer_or_none(model or TINY_CHAT_ID)
+    return inspect_dataset(src, fmt=_fmt(fmt), mapping=_mapping(mapping), tokenizer=tok,
                            max_seq_len=int(max_seq_len or 0) or None, min_examples=int(min_examples or 0))
 
 
@@ -152,7 +152,6 @@ def _histogram(info: dict):
 def render_inspection(info: dict, model: str):
     if not info:
         return gr.skip(), gr.skip(), gr.skip()
-    from finetune.modeling import load_tokenizer
     from finetune.tokenize import TokenizeError, render_trained_tokens
 
     spans: list[tuple[str, str | None]] = []
@@ -161,8 +160,8 @@ def render_inspection(info: dict, model: str):
         spans.append((f"⛔ Refused: {tt.get('message')}\n\n", "problem"))
     elif tt.get("status") == "low":
         gr.Warning(tt.get("message"))
-    if info.get("kind") in ("messages", "prompt_completion", "text"):
-        tok = load_tokenizer(model or TINY_CHAT_ID)
+    tok = tokenizer_or_none(model or TINY_CHAT_ID) if info.get("kind") in ("messages", "prompt_completion", "text") else None
+    if tok is not None:
         for row in info.get("preview", [])[:3]:
             try:
                 for text, trained in render_trained_tokens(tok, row, info["kind"]):

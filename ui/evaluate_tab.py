@@ -14,7 +14,7 @@ def evaluate_api(run_id: str, max_examples: float) -> dict:
 
     if not run_id:
         raise gr.Error("Choose a run to evaluate.")
-    return evaluate_run(run_id.strip(), max_examples=int(max_examples))
+    return evaluate_run(run_id.strip(), max_examples=int(max_examples or 200))
 
 
 def render_report(r: dict):
@@ -39,5 +39,5 @@ def build(run_box) -> None:
     raw = gr.JSON(visible=False)
     run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run_id, api_visibility="private")
     run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
-    go.click(evaluate_api, [run_id, max_ex], raw, api_name="evaluate").then(
+    go.click(evaluate_api, [run_id, max_ex], raw, api_name="evaluate", concurrency_limit=1).then(
         render_report, raw, [headline, report], api_visibility="private")

@@ -1,8 +1,6 @@
 """Plan tab: task, data and hardware in; method, memory, time, cost and hyperparameters out.
 
-Everything shown comes from finetune.plan (plan, memory_rows, tier_rows, details_md, train_settings,
-write_plan_files) and finetune.calibrate (dry run, predicted vs actual); this module only wires it.
-"""
+What it shows comes from finetune.plan and finetune.calibrate (dry run, predicted vs actual)."""
 
 from __future__ import annotations
 
@@ -24,7 +22,7 @@ DEMO_MEAN_TOKENS = 23  # builtin:demo rows with tiny-chat's chat template ("Coun
 TRAIN_FIELDS = ("method", "learning_rate", "epochs", "batch_size", "max_seq_len", "lora_rank")
 PART_COLORS = {"weights": "#4c78a8", "trainable_and_grads": "#f58518", "optimizer": "#e45756",
                "activations": "#72b7b2", "logits": "#54a24b", "overhead": "#b8b8b8"}
-_PALETTE = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d"]
+_PALETTE = list(PART_COLORS.values()) + ["#eeca3b", "#b279a2", "#ff9da6", "#9d755d"]
 
 
 def model_choices() -> list[str]:
@@ -92,10 +90,8 @@ OUTPUTS = ("summary", "chart", "scatter", "tiers", "hyper", "details", "yaml", "
 
 
 def render_plan(p: dict):
-    """Plan dict -> the values of OUTPUTS. The charts get new data only, never new props: Gradio 6.31's
-    native plot fixes its color domain when it first draws and, when a prop changes with the data, may
-    redraw with the old data. So every part and every kind of hardware is always present (None where
-    a tier does not fit), and the first value already has them all."""
+    """Plan dict -> OUTPUTS. Charts get new data, never new props: Gradio 6.31's native plot keeps the color
+    domain of its first value, so every series is always present (a tier that does not fit has None)."""
     if not p:
         return (gr.skip(),) * len(OUTPUTS)
     v = _views(p)
@@ -128,16 +124,10 @@ def dry_run(model: str, source: str, method: str, seq_len: float, batch_size: fl
 
 
 def how_far_off(record: bool = False) -> str:
-    """The latest completed run: what the plan predicted vs how long it took (optionally saved)."""
-    from finetune.calibrate import comparison_md, latest_finished_run, predicted_vs_actual, record_calibration
+    """The latest completed run: what the plan predicted vs how long it took (saved to its folder if asked)."""
+    from finetune.calibrate import latest_comparison_md
 
-    rid = latest_finished_run()
-    if not rid:
-        return "No completed run yet: train one, then see here how far off the plan was."
-    try:
-        return comparison_md(record_calibration(rid) if record else predicted_vs_actual(rid))
-    except (ValueError, OSError) as e:
-        return f"Cannot compare {rid}: {e}"
+    return latest_comparison_md(record)
 
 
 def use_plan(p: dict):
@@ -238,7 +228,8 @@ def build(model, data=None) -> dict:
     dry.click(dry_run, [model, data, method, seq_len, batch],
               [tps, overhead, mean_tokens, dry_note], api_visibility="private").success(
         plan_api, inputs, raw, api_visibility="private").then(render_plan, raw, outputs, api_visibility="private")
-    # a measurement belongs to one model: clear it when the model changes
-    model.change(lambda: (None, None, ""), None, [tps, overhead, dry_note], api_visibility="private")
+    # a measurement belongs to one model, batch size and length: clear it when they change
+    gr.on([model.change, batch.release, seq_len.release], lambda: (None, None, ""), None, [tps, overhead, dry_note],
+          api_visibility="private")
     record.click(lambda: how_far_off(record=True), None, off, api_visibility="private")
     return {"use": use, "plan": raw}

@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import subprocess
+from pathlib import Path
 
 import gradio as gr
 
 
 def user_errors(fn):
-    """Turn the engine's ValueErrors (config, dataset, run errors) into a clear gr.Error."""
+    """Turn engine errors into one clear gr.Error: never a bare "Error" or a traceback in the page."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -18,10 +21,50 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (ValueError, KeyError, FileNotFoundError, OSError) as exc:
+        except KeyError as exc:
+            raise gr.Error(f"missing field {exc}", duration=None) from None
+        except (ValueError, OSError, TypeError, subprocess.SubprocessError) as exc:
             raise gr.Error(str(exc).strip() or type(exc).__name__, duration=None) from None
+        except RuntimeError as exc:  # torch raises OutOfMemoryError (a RuntimeError) among others
+            msg = str(exc).strip()
+            if "out of memory" in msg.lower():
+                msg = ("Out of memory: try fewer examples, a shorter max length, or a smaller model. "
+                       f"({msg[:200]})")
+            raise gr.Error(msg or type(exc).__name__, duration=None) from None
 
     return wrapper
+
+
+def on_space() -> bool:
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def check_source(source: str, *, uploaded: bool = False) -> str:
+    """On a public Space, a typed path could read any file on the server: allow only uploads,
+    builtin:, hub: and the datasets saved under the home folder. Locally, any path is yours."""
+    if uploaded or not on_space():
+        return source
+    from finetune.paths import datasets_dir
+
+    if source.startswith(("builtin:", "hub:")) or "/" not in source and "\\" not in source:
+        return source
+    try:
+        if Path(source).resolve().is_relative_to(datasets_dir().resolve()):
+            return source
+    except (OSError, ValueError):
+        pass
+    raise gr.Error(f"{source}: on a Space, upload the file instead of typing a server path")
+
+
+def tokenizer_or_none(model: str):
+    """The model's tokenizer, or None (approximate counts) when it cannot be loaded, e.g. offline."""
+    from finetune.modeling import load_tokenizer
+
+    try:
+        return load_tokenizer(model)
+    except Exception as exc:  # noqa: BLE001 -- inspection must still work without exact token counts
+        gr.Warning(f"Token counts are approximate: could not load the tokenizer of {model} ({str(exc)[:160]})")
+        return None
 
 
 def run_choices() -> list[str]:

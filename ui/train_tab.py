@@ -11,7 +11,7 @@ import pandas as pd
 from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 from finetune.config import BUILTIN_DEMO_REASON, TrainConfig, default_run_config, help_for
 
-from .render import fmt_duration, num, run_choices, user_errors
+from .render import check_source, fmt_duration, num, run_choices, user_errors
 
 _EMPTY = pd.DataFrame({"step": pd.Series([], dtype="int64"), "value": pd.Series([], dtype="float64"),
                        "series": pd.Series([], dtype="str")})
@@ -24,7 +24,12 @@ def train_api(model: str, data: str, method: str, learning_rate: float, epochs: 
     """Start a training run and return its run id at once (the `train` API)."""
     from finetune.runs import start_training
 
-    cfg = default_run_config(model or TINY_CHAT_ID, data or DEMO_DATASET_ID, method=method or "lora",
+    for label, value in (("Learning rate", learning_rate), ("Epochs", epochs), ("Batch size", batch_size),
+                         ("Max sequence length", max_seq_len), ("LoRA rank", lora_rank)):
+        if value is None:
+            raise gr.Error(f"{label} is empty: enter a number.")
+    data = check_source((data or DEMO_DATASET_ID).strip())
+    cfg = default_run_config(model or TINY_CHAT_ID, data, method=method or "lora",
                              learning_rate=float(learning_rate), epochs=float(epochs), batch_size=int(batch_size))
     cfg.data.max_seq_len = int(max_seq_len)
     cfg.lora.r, cfg.lora.alpha = int(lora_r), 2 * int(lora_r)
@@ -45,7 +50,8 @@ def status_api(run_id: str) -> dict:
 
 @user_errors
 def stop_api(run_id: str) -> dict:
-    """Stop a run cleanly: it finishes the step, saves, and ends as `stopped` (the `stop` API)."""
+    """Stop a run cleanly: it finishes the step, saves, and ends as `stopped` (the `stop` API).
+    A second stop while it is still stopping kills it (for a run stuck before its first step)."""
     from finetune.runs import stop_run
 
     if not run_id:
@@ -89,8 +95,8 @@ def poll(run_id: str):
         return gr.skip(), gr.skip()
     try:
         return render_status(status_api(run_id))
-    except gr.Error:
-        return gr.skip(), gr.skip()
+    except gr.Error as exc:
+        return f"**{exc.message}**", _EMPTY
 
 
 @user_errors
