@@ -33,6 +33,7 @@ from pathlib import Path
 from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 
 WARMUP_STEPS = 2  # the first steps build optimizer state and warm kernels: not representative
+UNSTEADY_RATIO = 3.0
 
 
 def _rss_gb() -> float:
@@ -161,6 +162,8 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
         "step_s": round(measured_s / n_steps, 4),
         "step_s_p50": round(step_times[len(step_times) // 2], 4),
         "step_s_max": round(step_times[-1], 4),
+        # one step taking several times the median: something else ran meanwhile, the figure is unsteady
+        "unsteady": step_times[-1] > UNSTEADY_RATIO * step_times[len(step_times) // 2],
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "mean_tokens": max(1, round(summary["tokens"] / max(1, summary["rows"]))),
         "rows": summary["rows_kept"],
@@ -183,7 +186,10 @@ def dry_run_md(r: dict) -> str:
     """One line for people: what a dry run measured."""
     return (f"Measured on this machine: **{r['tokens_per_s']:,.0f} tokens/s** ({r['step_s']:.3f} s/step at batch "
             f"{r['batch_size']}, {r['threads']} threads), {r['overhead_s']:.1f} s to start, peak memory "
-            f"{r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']}), {r['mean_tokens']} tokens per example.")
+            f"{r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']}), {r['mean_tokens']} tokens per example."
+            + (f" **Unsteady:** the slowest step took {r['step_s_max'] / r['step_s_p50']:.0f}x the median (load "
+               f"{r.get('load_avg_1m')}): other work shares this machine, so run it again when it is quieter."
+               if r.get("unsteady") else ""))
 
 
 def dry_run_in_child(timeout_s: float = 600, **kw) -> dict:
@@ -194,7 +200,11 @@ def dry_run_in_child(timeout_s: float = 600, **kw) -> dict:
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
     root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    from .paths import home
+
+    # The child runs in the package folder: give it the caller's home, not a ./finetune_home of its own.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+               FINETUNE_HOME=str(home()))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=root, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:

@@ -4,6 +4,7 @@ The offline switches are set before anything imports huggingface_hub, so no test
 network. Markers: `gpu` (skipped without CUDA) and `slow`.
 """
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -98,3 +99,28 @@ def app_url(tiny_model_dir):
     demo, url = serve_app()
     yield url
     demo.close()
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path():
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextlib.contextmanager
+def chromium_page(url: str, height: int = 1000):
+    """A page of Debian's headless Chromium (driven by Playwright) opened at url."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()

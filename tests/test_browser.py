@@ -15,18 +15,11 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 
 
 @pytest.fixture(scope="module")
-def page(app_url, home):
-    from playwright.sync_api import sync_playwright
+def page(app_url):
+    from conftest import chromium_page
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.goto(app_url)
+    with chromium_page(app_url) as pg:
         yield pg
-        browser.close()
 
 
 def _shot(page, home, name):

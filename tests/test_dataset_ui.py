@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import gradio as gr
@@ -89,51 +88,34 @@ def test_prepare_handler_cleans_and_refuses_untrainable(tmp_path, tiny_model_dir
 # The browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_browser_upload_inspect_shows_format_trained_tokens_and_histogram(tiny_model_dir, home, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_browser_upload_inspect_shows_format_trained_tokens_and_histogram(app_url, home, tmp_path):
+    from playwright.sync_api import expect
 
-    from ui import build_demo
+    from conftest import chromium_page
 
     upload = tmp_path / "my_chats.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
                           {"role": "assistant", "content": f"The sum is {2 * i}."}]} for i in range(40)]
     upload.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    demo = build_demo()
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.get_by_role("tab", name="Dataset").click()
-            page.locator("#dataset-upload input[type=file]").set_input_files(str(upload))
-            expect(page.locator("#dataset-upload").get_by_text("my_chats.jsonl")).to_be_visible(timeout=30_000)
-            page.get_by_role("button", name="Inspect", exact=True).click()
-            report = page.locator("#dataset-report")
-            expect(report).to_contain_text("Format: messages", timeout=60_000)
-            expect(report).to_contain_text("40 rows")
-            expect(report).to_contain_text("of tokens are trained")
-            preview = page.locator("#trained-preview")
-            expect(preview).to_contain_text("The sum is 0.", timeout=30_000)
-            trained = preview.locator(".token.highlighted", has_text="The sum is 0.")
-            expect(trained.first).to_be_visible()
-            expect(trained.first).to_contain_text("trained")  # the span's category label
-            colours = preview.locator(".token.highlighted").evaluate_all(
-                "els => [...new Set(els.map(e => getComputedStyle(e).backgroundColor))]")
-            assert len(colours) >= 2, colours  # trained and masked tokens look different
-            expect(page.locator("#token-hist .mark-rect path").first).to_be_visible(timeout=30_000)
-            shots = home / "screenshots"
-            shots.mkdir(exist_ok=True)
-            page.screenshot(path=str(shots / "dataset_tab.png"), full_page=True)
-            browser.close()
-    finally:
-        demo.close()
+    with chromium_page(app_url, height=1100) as page:
+        page.get_by_role("tab", name="Dataset").click()
+        page.locator("#dataset-upload input[type=file]").set_input_files(str(upload))
+        expect(page.locator("#dataset-upload").get_by_text("my_chats.jsonl")).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="Inspect", exact=True).click()
+        report = page.locator("#dataset-report")
+        expect(report).to_contain_text("Format: messages", timeout=60_000)
+        expect(report).to_contain_text("40 rows")
+        expect(report).to_contain_text("of tokens are trained")
+        preview = page.locator("#trained-preview")
+        expect(preview).to_contain_text("The sum is 0.", timeout=30_000)
+        trained = preview.locator(".token.highlighted", has_text="The sum is 0.")
+        expect(trained.first).to_be_visible()
+        expect(trained.first).to_contain_text("trained")  # the span's category label
+        colours = preview.locator(".token.highlighted").evaluate_all(
+            "els => [...new Set(els.map(e => getComputedStyle(e).backgroundColor))]")
+        assert len(colours) >= 2, colours  # trained and masked tokens look different
+        expect(page.locator("#token-hist .mark-rect path").first).to_be_visible(timeout=30_000)
+        shots = home / "screenshots"
+        shots.mkdir(exist_ok=True)
+        page.screenshot(path=str(shots / "dataset_tab.png"), full_page=True)

@@ -25,7 +25,7 @@ def train_api(model: str, data: str, method: str, learning_rate: float, epochs: 
     from finetune.runs import start_training
 
     for label, value in (("Learning rate", learning_rate), ("Epochs", epochs), ("Batch size", batch_size),
-                         ("Max sequence length", max_seq_len), ("LoRA rank", lora_rank)):
+                         ("Max sequence length", max_seq_len), ("LoRA rank", lora_r)):
         if value is None:
             raise gr.Error(f"{label} is empty: enter a number.")
     data = check_source((data or DEMO_DATASET_ID).strip())
