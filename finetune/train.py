@@ -42,7 +42,7 @@ def friendly_error(exc: BaseException) -> str:
     return redact(msg)
 
 
-def _make_callback(d: Path, start_step_holder: dict):
+def _make_callback(d: Path):
     from transformers import TrainerCallback
 
     class StudioCallback(TrainerCallback):
@@ -59,7 +59,6 @@ def _make_callback(d: Path, start_step_holder: dict):
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = time.time()
             self.start_step = state.global_step
-            start_step_holder["start"] = state.global_step
             self.last_tokens = (state.num_input_tokens_seen or 0, self.t0)
             update_status(d, state="running", total_steps=state.max_steps, step=state.global_step,
                           epochs=args.num_train_epochs)
@@ -212,11 +211,9 @@ def write_model_card(d: Path, cfg: RunConfig, status: dict) -> None:
 def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
     d = Path(run_path).resolve()
     cfg = RunConfig.from_dict(read_json(d / "config.json"))
-    run_id = d.name
     t_start = time.time()
     update_status(d, state="running", pid=os.getpid(), started=now_iso(), error=None)
     signal.signal(signal.SIGTERM, lambda *_: (d / "STOP").write_text("SIGTERM"))
-    holder: dict = {}
     try:
         from .modeling import set_threads
 
@@ -228,7 +225,7 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
         import torch
 
         bf16 = cuda and torch.cuda.is_bf16_supported()
-        cb = _make_callback(d, holder)
+        cb = _make_callback(d)
         from transformers import set_seed
 
         set_seed(cfg.train.seed)  # adapter init draws from the global RNG: make runs reproducible
