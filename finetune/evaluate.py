@@ -142,7 +142,10 @@ def report_markdown(r: dict) -> str:
              f"{'+' if (r['delta']['exact_match'] or 0) >= 0 else ''}{_fmt(r['delta']['exact_match'], True)} |",
              f"| perplexity | {_fmt(b['perplexity'])} | {_fmt(f['perplexity'])} | {_fmt(r['delta']['perplexity'])} |",
              "", "## Samples", "", "| prompt | reference | base | fine-tuned |", "|---|---|---|---|"]
-    cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")[:80]  # noqa: E731
+    def cell(v) -> str:  # model output may hold any control character: keep the table intact
+        text = "".join(ch if ch.isprintable() else " " for ch in str(v))
+        return text.replace("|", "\\|").replace("`", "'")[:80]
+
     for s in r["samples"][:10]:
         lines.append(f"| {cell(s['prompt'])} | {cell(s['reference'])} | {cell(s['base'])} | {cell(s['finetuned'])} |")
     return "\n".join(lines) + "\n"

@@ -108,3 +108,16 @@ def test_run_folder_is_atomic_and_listed(home):
     assert run_id in [r["run_id"] for r in list_runs()]
     with pytest.raises(RunError):
         run_dir("../etc")
+
+
+def test_eval_report_table_survives_any_model_output():
+    from finetune.evaluate import exact_match, report_markdown
+
+    garbage = "x\u2028y|z\x0b\r\nw"
+    r = {"run_id": "r", "model": "m", "method": "lora", "examples": 1,
+         "base": {"perplexity": 900.0, "exact_match": 0.0}, "finetuned": {"perplexity": 2.0, "exact_match": 1.0},
+         "delta": {"perplexity": -898.0, "exact_match": 1.0},
+         "samples": [{"prompt": "Q?", "reference": "Paris", "base": garbage, "finetuned": "Paris"}]}
+    last = report_markdown(r).strip().splitlines()[-1]
+    assert last.startswith("| Q?") and last.count(" | ") == 3 and "\\|" in last
+    assert exact_match(" Paris. ", "paris") and not exact_match("Lyon", "Paris")

@@ -33,7 +33,8 @@ def build(run_box) -> None:
     prompts = gr.Textbox(lines=5, label="Prompts, one per line (empty: the run's validation prompts)",
                          placeholder="What is the capital of France?\nIs 42 even or odd?")
     go = gr.Button("Compare", variant="primary")
-    table = gr.Dataframe(headers=["prompt", "base", "fine-tuned"], wrap=True, label="Side by side")
+    table = gr.Dataframe(headers=["prompt", "base", "fine-tuned"], wrap=True, label="Side by side",
+                         column_widths=["30%", "35%", "35%"])
     raw = gr.JSON(visible=False)
     run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run_id, api_visibility="private")
     run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")

@@ -98,7 +98,8 @@ def md_table(rows: list[dict], cols: list[str], headers: list[str] | None = None
     headers = headers or cols
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [str(r.get(c, "")).replace("|", "\\|").replace("\n", " ")[:120] for c in cols]
+        cells = ["".join(ch if ch.isprintable() else " " for ch in str(r.get(c, ""))).replace("|", "\\|")[:120]
+                 for c in cols]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
