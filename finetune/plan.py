@@ -347,7 +347,20 @@ def _cached_hub_config(model_id: str) -> dict | None:
         return None
     if isinstance(path, str) and os.path.isfile(path):
         return json.loads(Path(path).read_text())
-    return None
+    return _hub_config(model_id)
+
+
+def _hub_config(model_id: str) -> dict | None:
+    """config.json from the Hub (the user named this model), unless offline. A few KB, no weights."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(model_id, "config.json", etag_timeout=5)
+        return json.loads(Path(path).read_text())
+    except Exception:  # no network, gated without a token, no such repo: ask for the size instead
+        return None
 
 
 def model_spec(model_id: str, params_b: float | None = None) -> dict:
@@ -366,7 +379,7 @@ def model_spec(model_id: str, params_b: float | None = None) -> dict:
         raise ValueError(f"unknown model {key}: the built-in model is {TINY_CHAT_ID}")
     cfg = _cached_hub_config(key)
     if cfg is not None:
-        return _spec_from_config(cfg, key, source="Hugging Face cache")
+        return _spec_from_config(cfg, key, source="Hugging Face Hub config.json")
     if params_b:
         return _shape_from_params(params_b, key)
     m = re.search(r"(?<![\d.])(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])", key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -520,3 +521,55 @@ def test_import_is_light():
     code = "import sys, finetune.plan; print('torch' in sys.modules, 'gradio' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert r.stdout.split() == ["False", "False"]
+
+
+def test_unknown_hub_model_reads_its_config_from_the_hub(tmp_path):
+    """Online, an unregistered Hub id is sized from its config.json (served here by a loopback Hub)."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    config = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+              "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000,
+              "max_position_embeddings": 2048, "tie_word_embeddings": False}
+    body = json.dumps(config).encode()
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def _answer(self, with_body):
+            if not self.path.endswith("/resolve/main/config.json"):
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("ETag", '"abc"')
+            self.send_header("X-Repo-Commit", "0" * 40)
+            self.end_headers()
+            if with_body:
+                self.wfile.write(body)
+
+        def do_HEAD(self):
+            self._answer(False)
+
+        def do_GET(self):
+            self._answer(True)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}", HF_HUB_OFFLINE="0",
+                   HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1")
+        code = ("import json; from finetune.plan import model_spec; "
+                "s = model_spec('someone/tiny-llama-like'); print(json.dumps([s['layers'], s['hidden'], s['params']]))")
+        out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-1500:]
+        layers, hidden, params = json.loads(out.stdout.strip().splitlines()[-1])
+        assert (layers, hidden) == (22, 2048) and 1.0e9 < params < 1.2e9  # TinyLlama-1.1B's shape
+    finally:
+        server.shutdown()
