@@ -35,7 +35,22 @@ def train_api(model: str, data: str, method: str, learning_rate: float, epochs: 
     cfg.lora.r, cfg.lora.alpha = int(lora_r), 2 * int(lora_r)
     cfg.data.__post_init__()
     cfg.lora.__post_init__()
+    _warn_if_it_will_not_fit(cfg)
     return start_training(cfg)
+
+
+def _warn_if_it_will_not_fit(cfg) -> None:
+    """Estimate memory before launch (the planner's model) and say so when it will not fit here."""
+    from finetune.plan import PlanRequest, plan
+
+    try:
+        p = plan(PlanRequest(model=cfg.model.model_id, method=cfg.train.method, seq_len=cfg.data.max_seq_len,
+                             batch_size=cfg.train.batch_size, hardware="local", lora_rank=cfg.lora.r))
+    except ValueError:  # an unknown model offline: nothing to estimate from
+        return
+    if not p.get("fits"):
+        gr.Warning(f"Estimated {p['vram_gb']:.1f} GB will not fit on this machine ({p.get('usable_memory_gb')} GB "
+                   "usable): expect out-of-memory. Lower the batch size or sequence length, or use QLoRA on a GPU.")
 
 
 @user_errors

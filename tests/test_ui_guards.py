@@ -1,0 +1,46 @@
+"""UI guards: memory warning before launch, server paths refused on a public Space, clear errors."""
+
+import gradio as gr
+import pytest
+
+
+def test_memory_warning_before_launch(monkeypatch):
+    from finetune.config import default_run_config
+    from ui import train_tab
+
+    said = []
+    monkeypatch.setattr(train_tab.gr, "Warning", lambda msg, *a, **k: said.append(msg))
+    cfg = default_run_config("meta-llama/Llama-3.1-70B-Instruct", "builtin:demo", method="full")
+    train_tab._warn_if_it_will_not_fit(cfg)
+    assert said and "will not fit" in said[0] and "batch size" in said[0]
+    said.clear()
+    train_tab._warn_if_it_will_not_fit(default_run_config())
+    assert said == []
+
+
+def test_typed_server_paths_are_refused_on_a_space(monkeypatch, home, tmp_path):
+    from finetune.paths import datasets_dir
+    from ui.render import check_source
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not show")
+    assert check_source(str(secret)) == str(secret)  # locally, your own files are yours
+    monkeypatch.setenv("SPACE_ID", "someone/fine-tune-studio")
+    with pytest.raises(gr.Error, match="upload the file"):
+        check_source(str(secret))
+    with pytest.raises(gr.Error):
+        check_source("/etc/passwd")
+    assert check_source(str(secret), uploaded=True) == str(secret)
+    assert check_source("builtin:demo") == "builtin:demo"
+    assert check_source("my-saved-set") == "my-saved-set"
+    saved = datasets_dir() / "x"
+    assert check_source(str(saved)) == str(saved)
+
+
+def test_empty_number_fields_give_a_clear_error(tiny_model_dir):
+    from ui import train_tab
+
+    with pytest.raises(gr.Error, match="Learning rate is empty"):
+        train_tab.train_api("builtin:tiny-chat", "builtin:demo", "lora", None, 1, 8, 256, 16)
+    with pytest.raises(gr.Error, match="no-such-run"):
+        train_tab.status_api("no-such-run")
