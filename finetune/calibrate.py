@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
+from .runs import now_iso
 
 WARMUP_STEPS = 2  # the first steps build optimizer state and warm kernels: not representative
 UNSTEADY_RATIO = 3.0
@@ -87,14 +88,13 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
     cold = "trl" not in sys.modules
     t_start = time.perf_counter()
     import torch
-    from datasets import Dataset
+    from datasets import concatenate_datasets
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from .config import default_run_config, to_peft_config, to_sft_config
-    from .data import load_prepared
-    from .modeling import cuda_available, load_model, load_tokenizer, set_threads
-    from .tokenize import tokenize_rows
+    from .config import default_run_config, to_sft_config
+    from .modeling import cuda_available, set_threads
+    from .train import build_model, load_data
 
     t_imported = time.perf_counter()
     cfg = default_run_config(model_id, source, method=method, batch_size=batch_size,
@@ -129,14 +129,9 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
 
     with _PeakRSS() as rss, tempfile.TemporaryDirectory(prefix="fts-dry-run-") as out:
         set_threads()
-        tok = load_tokenizer(model_id)
-        model = load_model(model_id, load_in_4bit=(method == "qlora"))
-        train_rows, _val, kind = load_prepared(source, val_ratio=cfg.data.val_ratio, seed=cfg.data.seed)
-        if kind not in ("messages", "prompt_completion", "text"):
-            raise ValueError(f"data.source: a dry run needs supervised rows, this dataset is {kind!r}")
-        train, summary = tokenize_rows(tok, train_rows, kind, cfg.data.max_seq_len)
-        if not train:
-            raise ValueError("data.source: no row has a token to train on")
+        # The same model and data path as a real run (train.py), so the measurement is of that path.
+        model, tok, peft_config, _backend = build_model(cfg)
+        train, _val, summary = load_data(cfg, tok)
         need = cfg.train.batch_size * cfg.train.max_steps
         reps = -(-need // len(train))
         bf16 = cuda and torch.cuda.is_bf16_supported()
@@ -144,8 +139,8 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
         # Random batches measure the average example; a length-grouped sampler starts with the longest.
         args.train_sampling_strategy = "random"
         args.save_strategy = "no"
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train * reps),
-                             processing_class=tok, peft_config=to_peft_config(cfg), callbacks=[_Clock()])
+        trainer = SFTTrainer(model=model, args=args, train_dataset=concatenate_datasets([train] * reps),
+                             processing_class=tok, peft_config=peft_config, callbacks=[_Clock()])
         trainer.train()
     if len(times) < WARMUP_STEPS + 2:
         raise RuntimeError("the dry run ended before its measured steps")
@@ -175,7 +170,7 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
         "peak_memory_gb": round(peak, 3),
         "peak_memory_kind": "cuda max_memory_allocated" if cuda else "process RSS",
         "threads": torch.get_num_threads(),
-        "measured_at": _now_iso(),
+        "measured_at": now_iso(),
     }
     if save:
         save_calibration(result)
@@ -224,12 +219,6 @@ def _calibration_file() -> Path:
     from .paths import home
 
     return home() / "calibration.json"
-
-
-def _now_iso() -> str:  # the format of status.json's "started", so the two compare as strings
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def save_calibration(result: dict, keep: int = 20) -> None:

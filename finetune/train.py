@@ -114,7 +114,7 @@ def _make_callback(d: Path):
     return StudioCallback()
 
 
-def _load_data(cfg: RunConfig, tokenizer):
+def load_data(cfg: RunConfig, tokenizer):
     from datasets import Dataset
 
     from .data import load_prepared
@@ -136,7 +136,7 @@ def _load_data(cfg: RunConfig, tokenizer):
     return Dataset.from_list(train), (Dataset.from_list(val) if val else None), summary
 
 
-def _build_model(cfg: RunConfig):
+def build_model(cfg: RunConfig):
     """(model, tokenizer, peft_config or None, backend name)."""
     from .modeling import cuda_available, load_model, load_tokenizer, unsloth_available
 
@@ -218,8 +218,8 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
         from .modeling import set_threads
 
         set_threads()
-        model, tok, peft_config, backend = _build_model(cfg)
-        train_ds, eval_ds, summary = _load_data(cfg, tok)
+        model, tok, peft_config, backend = build_model(cfg)
+        train_ds, eval_ds, summary = load_data(cfg, tok)
         update_status(d, backend=backend, data_summary=summary)
         cuda = next(model.parameters()).is_cuda
         import torch

@@ -14,7 +14,7 @@ import pandas as pd
 from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 from finetune.hardware import describe, tier_names
 
-from .render import md_table, user_errors
+from .render import check_source, md_table, user_errors
 
 METHODS = ["auto", "lora", "qlora", "dora", "full", "prefix", "dpo"]
 TASK_TYPES = ["instruction", "chat", "classification", "extraction", "summarisation", "code", "preference"]
@@ -105,7 +105,7 @@ def count_from_dataset(source: str, model: str):
 
     if not source:
         raise gr.Error("Choose a dataset in the Dataset box at the top first.")
-    f = dataset_facts(source, model or None)
+    f = dataset_facts(check_source(source), model or None)
     gr.Info(f"{source}: {f['examples']} training rows ({f['kind']}), about {f['mean_tokens']} tokens each"
             + (" (approximate)" if f["approximate"] else ""))
     return f["examples"], f["has_labels"], f["has_preferences"], f["mean_tokens"], (
@@ -117,7 +117,7 @@ def dry_run(model: str, source: str, method: str, seq_len: float, batch_size: fl
     from finetune.calibrate import dry_run_in_child, dry_run_md
 
     gr.Info("Dry run: a few real training steps in a child process…")
-    r = dry_run_in_child(model_id=model or TINY_CHAT_ID, source=source or DEMO_DATASET_ID,
+    r = dry_run_in_child(model_id=model or TINY_CHAT_ID, source=check_source(source or DEMO_DATASET_ID),
                          method="lora" if method in ("auto", "dpo", None) else method,
                          seq_len=int(seq_len), batch_size=int(batch_size))
     return r["tokens_per_s"], r["overhead_s"], r["mean_tokens"], dry_run_md(r)
