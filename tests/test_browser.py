@@ -49,7 +49,9 @@ def test_five_tabs_and_a_live_run(page, home):
             break
         page.wait_for_timeout(500)
     assert progress.inner_text() != first, "the progress line did not move"
-    expect(page.locator("#loss-plot .mark-line path").first).to_be_visible(timeout=60_000)
+    line = page.locator("#loss-plot .mark-line path").first
+    expect(line).to_be_visible(timeout=60_000)
+    assert line.get_attribute("stroke") not in (None, "", "none")  # drawn in a color, not an invisible path
     _shot(page, home, "train")
     page.get_by_role("button", name="Stop").click()
     expect(page.get_by_text(re.compile(r": stopped$"))).to_be_visible(timeout=120_000)

@@ -13,8 +13,10 @@ from finetune.config import BUILTIN_DEMO_REASON, TrainConfig, default_run_config
 
 from .render import check_source, fmt_duration, num, run_choices, user_errors
 
-_EMPTY = pd.DataFrame({"step": pd.Series([], dtype="int64"), "value": pd.Series([], dtype="float64"),
-                       "series": pd.Series([], dtype="str")})
+# Both series from the first value on: Gradio 6.31's native plot keeps the color domain of its first
+# value, so a series missing then is drawn without a color later (an invisible line).
+_EMPTY = pd.DataFrame({"step": pd.Series([0, 0], dtype="int64"), "value": pd.Series([None, None], dtype="float64"),
+                       "series": ["training loss", "validation loss"]})
 _DEFAULTS = default_run_config().train
 
 
@@ -149,6 +151,7 @@ def build(model_box, data_box, run_state) -> dict:
             progress = gr.Markdown("No run yet. Press **Start training**.")
             plot = gr.LinePlot(_EMPTY, x="step", y="value", color="series", label="Loss", height=320,
                                x_title="step", y_title="loss",
+                               color_map={"training loss": "#4c78a8", "validation loss": "#f58518"},
                                elem_id="loss-plot")
             raw = gr.JSON(visible=False)
     timer = gr.Timer(1.0)
