@@ -165,17 +165,19 @@ def load_records(source: str, *, max_bytes: int | None = None) -> list[dict]:
             raise DatasetError(f"unknown built-in dataset {source!r}; the built-in dataset is "
                                f"{DEMO_DATASET_ID!r}")
         return [dict(r) for r in demo_records()]
+    from .sources import check_source, resolve_local  # hub ids, bare names, public-mode paths
+
+    check_source(source)
     if source.startswith("hub:"):
         return _load_hub(source)
 
-    path = Path(source).expanduser()
-    name = path.name or source
+    path = resolve_local(source)
+    name = Path(source).name or source
+    if path is None:
+        raise DatasetError("no saved dataset by that name under the home folder's datasets/ (a file in the "
+                           "working folder needs a path such as ./" + source + ")", file=name)
     if not path.exists():
-        saved = _saved_dataset_dir(source)
-        if saved is not None:
-            path = saved
-        else:
-            raise DatasetError(f"file not found (looked at {path.resolve()})", file=name)
+        raise DatasetError(f"file not found (looked at {path.resolve()})", file=name)
     if path.is_dir() and (path / "meta.json").is_file():
         # A dataset prepared earlier: its rows are already canonical; read both splits.
         train, val, _ = load_prepared(str(path))
@@ -2162,12 +2164,12 @@ def load_prepared(dir_or_source: str, *, val_ratio: float = DEFAULT_VAL_RATIO,
     dataset's name under FINETUNE_HOME/datasets, or any raw source (converted, then split with
     val_ratio and seed; a prepared folder keeps its own split)."""
     src = str(dir_or_source)
+    from .sources import check_source
+    check_source(src)
     p = Path(src).expanduser()
-    if not p.exists() and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", src) and ":" not in src:
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", src) and ".." not in src:
         from .paths import datasets_dir
-        cand = datasets_dir() / src
-        if (cand / "meta.json").is_file():
-            p = cand
+        p = datasets_dir() / src  # a bare name is a saved dataset, never a file in the working folder
     if p.is_dir():
         meta_path = p / "meta.json"
         if not meta_path.is_file():
