@@ -14,7 +14,7 @@ from .render import user_errors
 
 @user_errors
 def push_api(run_id: str, repo: str, public: bool = False, merged: bool = False, gguf: str = "none",
-             token: str = "", progress=gr.Progress()) -> dict:
+             write_token: str = "", progress=gr.Progress()) -> dict:
     """Push a run to the Hub in one commit; returns {url, commit, files} (the `push` API).
     repo is OWNER/NAME; new repos are private unless public is true; gguf is none, f16 or q8_0."""
     from finetune import access
@@ -25,8 +25,8 @@ def push_api(run_id: str, repo: str, public: bool = False, merged: bool = False,
     if not run_id:
         raise gr.Error("Choose a run to push.")
     ident = current()
-    if (token or "").strip():
-        tok = token.strip()  # the caller's own token, typed for this push only
+    if (write_token or "").strip():
+        tok = write_token.strip()  # the caller's own token, typed for this push only
     else:
         tok = access.hub_token(ident, for_push=True)
     if ident.public and not tok:
@@ -54,7 +54,7 @@ def build(run_box) -> None:
             public = gr.Checkbox(label="Public", value=False, scale=1)
             merged = gr.Checkbox(label="Also merged weights", value=False, scale=1)
             gguf = gr.Dropdown(["none", "f16", "q8_0"], value="none", label="GGUF (Llama family)", scale=1)
-        token = gr.Textbox(label="HF token (optional)", type="password",
+        token = gr.Textbox("", label="HF token (optional)", type="password",
                            info="Used for this push only, never saved. On a Space, logging in is enough.")
         go = gr.Button("Push", variant="primary")
         out = gr.Markdown()
