@@ -251,7 +251,8 @@ def check_training_limits(identity: Identity, model_id: str) -> None:
     try:
         from .plan import model_spec
 
-        params_b = float(model_spec(model_id).get("params_b") or 0)
+        spec = model_spec(model_id)
+        params_b = float(spec.get("params") or 0) / 1e9 or float(spec.get("params_b") or 0)
     except Exception as exc:
         raise AccessError(f"cannot tell the size of {model_id} ({exc}); this public Space only trains models it "
                           f"knows to be at most {max_model_b():g}B parameters") from None

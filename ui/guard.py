@@ -151,6 +151,8 @@ def guard_demo(demo: gr.Blocks) -> gr.Blocks:
             continue
         name = getattr(fn, "__name__", "")
         block_fn.fn = guard(fn, action_for(block_fn.api_name, block_fn.api_visibility, name))
+        if block_fn.api_name and block_fn.api_visibility != "private":
+            block_fn.fn.__name__ = block_fn.api_name  # MCP tools are named after the function: use the API name
     return demo
 
 
