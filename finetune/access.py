@@ -20,6 +20,7 @@ gr.OAuthProfile / gr.OAuthToken into plain strings and calls `identify`.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import ipaddress
 import os
@@ -34,6 +35,9 @@ _LISTEN: dict[str, str | None] = {"address": None}
 _WHOAMI: dict[str, tuple[float, str | None]] = {}
 _WHOAMI_TTL_S = 300.0
 _LOCK = threading.Lock()
+# The Hub token for loads made while handling one request (set by ui/guard.py): None = the library's
+# default (local use), False = send none, a string = the visitor's own token.
+_REQUEST_TOKEN: contextvars.ContextVar = contextvars.ContextVar("fts_hub_token", default=None)
 
 
 class AccessError(PermissionError):
@@ -279,9 +283,26 @@ def hub_token(identity: Identity, *, for_push: bool = False):
     return False
 
 
+def request_hub_token():
+    """The token a Hub load made for the current request may send (see _REQUEST_TOKEN)."""
+    tok = _REQUEST_TOKEN.get()
+    if tok is None and public_mode() and os.environ.get("FINETUNE_TOKEN_SCOPED") != "1":
+        return False  # no request context on a public Space: never fall back to the owner's secret
+    return tok
+
+
+def set_request_hub_token(token):
+    return _REQUEST_TOKEN.set(token)
+
+
+def reset_request_hub_token(handle) -> None:
+    _REQUEST_TOKEN.reset(handle)
+
+
 def child_env(identity: Identity) -> dict[str, str]:
     """Environment overrides for a training child: the caller's token only (never the owner's secret)."""
     if not identity.public:
         return {"HF_TOKEN": identity.token} if identity.token else {}
+    # FINETUNE_TOKEN_SCOPED: this process's HF_TOKEN is the visitor's own, so the library default may use it.
     return {"HF_TOKEN": identity.token or "", "HUGGING_FACE_HUB_TOKEN": "", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "0"
-            if identity.token else "1"}
+            if identity.token else "1", "FINETUNE_TOKEN_SCOPED": "1"}

@@ -331,7 +331,8 @@ def model_card(run_id: str, repo_id: str, *, merged: bool = False, gguf_files: l
     if cfg.model.model_id.startswith("builtin:"):
         lines.append("The base is Fine-Tune Studio's randomly initialised demo model: this repo only demonstrates "
                      "the pipeline and knows nothing else.")
-    return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines) + "\n"))
+    # Not through a Jinja template: file and dataset names are user input and must stay plain text.
+    return str(ModelCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(lines) + "\n"))
 
 
 def merge_run(run_id: str, out_dir: str | os.PathLike) -> Path:
@@ -454,7 +455,7 @@ def dataset_card(meta: dict, repo_id: str, counts: dict[str, int]) -> str:
              f"| split seed / validation share | {meta.get('seed')} / {meta.get('val_ratio')} |", "",
              "## Cleaning", "", "| step | rows |", "|---|---|"] + [f"| {k} | {v} |" for k, v in cleaning.items()]
     lines += ["", "Load it with `datasets.load_dataset(\"%s\")`." % repo_id]
-    return str(DatasetCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines) + "\n"))
+    return str(DatasetCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(lines) + "\n"))
 
 
 def push_dataset(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool = True,
@@ -535,15 +536,20 @@ def space_files(root: str | os.PathLike) -> dict[str, bytes | str]:
             if p.suffix in (".pyc", ".pyo"):
                 continue
             files[rel.as_posix()] = str(p)
-    fm = space_front_matter(root / "space.yaml")
+    fm: dict = {}
     body = ""
     readme = root / "README.md"
     if readme.is_file():
         text = readme.read_text(encoding="utf-8")
-        if text.startswith("---"):  # replace the old front matter: space.yaml is the source of truth
+        if text.startswith("---"):  # keep the README's cosmetic keys (emoji, colours); space.yaml decides the rest
             end = text.find("\n---", 3)
-            text = text[end + 4:].lstrip("\n") if end != -1 else text
+            if end != -1:
+                old = yaml.safe_load(text[3:end]) or {}
+                fm = {k: v for k, v in old.items() if k in ("emoji", "colorFrom", "colorTo", "pinned", "license",
+                                                           "short_description", "thumbnail")}
+                text = text[end + 4:].lstrip("\n")
         body = text
+    fm.update(space_front_matter(root / "space.yaml"))
     files["README.md"] = ("---\n" + yaml.safe_dump(fm, sort_keys=False) + "---\n\n" + body).encode()
     return files
 
@@ -562,8 +568,16 @@ def deploy_space(space_id: str, *, root: str | os.PathLike | None = None, token:
     ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=v) for p, v in sorted(files.items())]
     res = commit_once(api, space_id, ops, f"Fine-Tune Studio: deploy the app ({len(files)} files)", repo_type="space",
                       parent=parent, retries=retries, backoff_s=backoff_s)
+    import yaml
+
+    settings = yaml.safe_load((root / "space.yaml").read_text(encoding="utf-8")) or {}
+    variables = {k: str(v) for k, v in (settings.get("variables") or {}).items() if v not in (None, "")}
+    for key, value in variables.items():  # secrets are never sent: the owner sets them in the Space settings
+        _call(lambda: api.add_space_variable(space_id, key, value), "set a variable of", space_id,
+              retries=retries, backoff_s=backoff_s)
     from huggingface_hub import constants
 
     return {"url": f"{api.endpoint or constants.ENDPOINT}/spaces/{space_id}", "commit": res["commit"],
-            "files": sorted(files), "repo_id": space_id}
+            "files": sorted(files), "repo_id": space_id, "variables": sorted(variables),
+            "secrets_to_set": list(settings.get("secrets") or [])}
 

@@ -205,3 +205,5 @@ def test_deploy_writes_app_files_and_front_matter(fake_hub):
     assert fm["sdk"] == "gradio" and fm["app_file"] == "app.py" and fm["hf_oauth"] is True
     assert fm["hf_oauth_scopes"] == space["hf_oauth_scopes"] and fm["sdk_version"] == space["sdk_version"]
     assert fake_hub.repo("alice/studio", "space").sdk == "gradio"
+    assert fm["emoji"] and res["secrets_to_set"] == ["HF_TOKEN"]  # README's look kept; secrets never sent
+    assert b"HF_TOKEN" not in files["README.md"] or "secrets" not in fm

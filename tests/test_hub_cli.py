@@ -183,3 +183,27 @@ def test_allowlist_and_limits(monkeypatch):
     assert access.hub_token(access.Identity("alice", public=True), for_push=True) == "hf_owner_secret"
     assert access.child_env(access.Identity("bob", public=True))["HF_TOKEN"] == ""
     assert access.child_env(access.Identity("bob", "hf_bob", public=True))["HF_TOKEN"] == "hf_bob"
+
+
+def test_model_card_keeps_user_text_literal_and_paths_out(tiny_model_dir, home):
+    """Names come from users (an upload's file name): the card is not a template, and holds no path."""
+    from huggingface_hub import ModelCard
+
+    from finetune.config import default_run_config
+    from finetune.hub import model_card
+    from finetune.runs import create_run
+
+    cfg = default_run_config("builtin:tiny-chat", str(home / "datasets" / "{{ 7*7 }}.jsonl"))
+    run_id = create_run(cfg)
+    card = model_card(run_id, "alice/x")
+    assert "{{ 7*7 }}.jsonl" in card and "49" not in card.split("---")[2][:200]
+    assert str(home) not in card and "base_model:" not in card  # builtin: no Hub id to name
+    assert ModelCard(card).data.library_name == "peft"
+
+
+def test_hub_modules_import_light():
+    code = ("import sys, finetune.hub, finetune.access, finetune.sources, finetune.gguf_export, finetune.hub_cli\n"
+            "print(sorted(m for m in ('gradio', 'torch', 'transformers', 'peft', 'huggingface_hub', 'gguf', 'PIL')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

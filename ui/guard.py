@@ -67,6 +67,16 @@ def _check_inputs(ident: access.Identity, args) -> None:
             access.check_dataset(ident, name)
 
 
+def _bind(ident: access.Identity):
+    """Make the identity and its Hub token (the visitor's, or none) current for this call."""
+    return _IDENT.set(ident), access.set_request_hub_token(access.hub_token(ident))
+
+
+def _unbind(handles) -> None:
+    _IDENT.reset(handles[0])
+    access.reset_request_hub_token(handles[1])
+
+
 def _refuse(exc: Exception):
     raise gr.Error(str(exc), duration=None) from None
 
@@ -98,28 +108,28 @@ def guard(fn, action: str | None):
             ident = enter(fts_profile, fts_token, args)
             gen = fn(*args, **kwargs)
             while True:  # Gradio steps generators in fresh contexts: set the identity for each step
-                tok = _IDENT.set(ident)
+                handles = _bind(ident)
                 try:
                     item = next(gen)
                 except StopIteration:
                     return
                 finally:
-                    _IDENT.reset(tok)
+                    _unbind(handles)
                 yield item
     elif inspect.iscoroutinefunction(fn):
         async def wrapper(fts_profile, fts_token, *args, **kwargs):
-            tok = _IDENT.set(enter(fts_profile, fts_token, args))
+            handles = _bind(enter(fts_profile, fts_token, args))
             try:
                 return await fn(*args, **kwargs)
             finally:
-                _IDENT.reset(tok)
+                _unbind(handles)
     else:
         def wrapper(fts_profile, fts_token, *args, **kwargs):
-            tok = _IDENT.set(enter(fts_profile, fts_token, args))
+            handles = _bind(enter(fts_profile, fts_token, args))
             try:
                 return fn(*args, **kwargs)
             finally:
-                _IDENT.reset(tok)
+                _unbind(handles)
 
     for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
         try:
