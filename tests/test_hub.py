@@ -207,3 +207,22 @@ def test_deploy_writes_app_files_and_front_matter(fake_hub):
     assert fake_hub.repo("alice/studio", "space").sdk == "gradio"
     assert fm["emoji"] and res["secrets_to_set"] == ["HF_TOKEN"]  # README's look kept; secrets never sent
     assert b"HF_TOKEN" not in files["README.md"] or "secrets" not in fm
+
+
+def test_push_endpoint_through_gradio_client(fake_hub, trained_run):
+    """The `push` API of the running app (locally: a typed token; progress reported; one commit)."""
+    from gradio_client import Client
+
+    from conftest import serve_app
+
+    demo, url = serve_app()
+    try:
+        client = Client(url, verbose=False)
+        res = client.predict(trained_run, "alice/from-ui", False, False, "none", "hf_alice_write", api_name="/push")
+        assert res["commit"] == fake_hub.repo("alice/from-ui").head.oid and res["private"] is True
+        with pytest.raises(Exception, match="403"):
+            client.predict(trained_run, "alice/from-ui-2", False, False, "none", "hf_alice_read", api_name="/push")
+        with pytest.raises(Exception, match="repo"):
+            client.predict(trained_run, "not a repo", api_name="/push")
+    finally:
+        demo.close()

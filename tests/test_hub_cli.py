@@ -22,7 +22,7 @@ def _cli(args, env, timeout=600):
 def test_cli_push_data_push_deploy_and_the_token_never_lands(fake_hub, tmp_path, home):
     """A real training child and three CLI pushes run with a distinctive token; it appears in no file
     under the home folder, the run folder, the logs, nor in any stdout/stderr."""
-    from tests.conftest import hub_env
+    from conftest import hub_env
 
     fake_hub.add_user("tess", TOKEN)
     env = hub_env(fake_hub.url, tmp_path) | {"HF_TOKEN": TOKEN}

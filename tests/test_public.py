@@ -17,7 +17,7 @@ def public_app(fake_hub, monkeypatch, tiny_model_dir):
     import gradio.oauth as go
     from huggingface_hub import constants
 
-    from tests.conftest import serve_app
+    from conftest import serve_app
 
     fake_hub.add_user("carol", "hf_carol_write")
     for k, v in {"SPACE_ID": "alice/studio", "SYSTEM": "spaces", "FINETUNE_ALLOWED_USERS": "bob",
@@ -119,7 +119,7 @@ def test_allowlist_ownership_and_limits(public_app):
 
 def test_refusals_reach_the_browser_as_gr_error(public_app):
     """The same guard wraps UI events: an anonymous click on Train shows the login message."""
-    from tests.conftest import chromium_page
+    from conftest import chromium_page
 
     with chromium_page(public_app) as page:
         page.get_by_role("tab", name="Train").click()
