@@ -399,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(redact(text or type(exc).__name__), want_json, 2)
     from .show import human
 
-    print(json.dumps(result, default=str) if want_json else human(args, result))
+    try:
+        print(json.dumps(result, default=str) if want_json else human(args, result), flush=True)
+    except BrokenPipeError:  # `finetune ... | head`: the reader left; no traceback for that
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
