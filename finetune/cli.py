@@ -386,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(fn=fn)
     s = sub.add_parser("runs", parents=[js], help="list runs")
     s.set_defaults(fn=cmd_runs)
+    from .hub_cli import add_commands  # push, deploy, data push
+
+    add_commands(sub, js)
     return p
 
 
