@@ -102,6 +102,10 @@ def cmd_stop(a) -> dict:
 def cmd_runs(a) -> dict:
     from . import runs
 
+    if a.action == "delete":
+        if not a.run_id:
+            raise ValueError("runs delete: which run? (runs delete RUN_ID)")
+        return runs.delete_run(a.run_id)
     return {"runs": runs.list_runs()}
 
 
@@ -165,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", parents=[js], help="start a training run (returns its id at once)")
     s.add_argument("--model", default=TINY_CHAT_ID)
     s.add_argument("--data", default=DEMO_DATASET_ID)
-    s.add_argument("--method", default="lora", choices=["lora", "qlora", "dora", "full", "prefix", "dpo"])
+    from .config import METHODS
+
+    s.add_argument("--method", default="lora", choices=list(METHODS))
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--epochs", type=float, default=None)
     s.add_argument("--max-steps", type=int, default=None)
@@ -194,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--prompts", default=None, help="a file: one prompt per line, or JSONL with 'prompt'")
             s.add_argument("--max-new-tokens", type=int, default=64)
         s.set_defaults(fn=fn)
-    s = sub.add_parser("runs", parents=[js], help="list runs")
+    s = sub.add_parser("runs", parents=[js], help="list runs, or `runs delete RUN_ID`")
+    s.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
+    s.add_argument("run_id", nargs="?", default=None)
     s.set_defaults(fn=cmd_runs)
     return p
 
