@@ -73,9 +73,19 @@ def test_lora_run_trains_and_writes_the_run_folder(tiny_model_dir):
 def test_stop_file_stops_cleanly_and_resume_finishes(tiny_model_dir):
     from finetune.runs import create_run, read_status, run_dir
 
+    import threading
+
+    from finetune.paths import read_json
+
     cfg = _cfg(max_steps=12, save_steps=2, eval_steps=0)
     run_id = create_run(cfg)
-    (run_dir(run_id) / "STOP").write_text("test")  # seen at the end of the first step
+    d = run_dir(run_id)
+
+    def stop_after_first_step():  # as the Stop button does, while training runs
+        if _wait_for(lambda: (read_json(d / "status.json", {}) or {}).get("step", 0) >= 1, every=0.05):
+            (d / "STOP").write_text("test")
+
+    threading.Thread(target=stop_after_first_step, daemon=True).start()
     run_id, code = _run(cfg, run_id=run_id)
     st = read_status(run_id)
     assert code == 0 and st["state"] == "stopped" and st["step"] < 12
