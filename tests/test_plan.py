@@ -152,7 +152,7 @@ def test_memory_models_the_backend():
     trl = estimate_memory(spec, "qlora", **kw, backend="trl")
     uns = estimate_memory(spec, "qlora", **kw, backend="unsloth")
     assert trl["breakdown"]["logits"] == pytest.approx(4 * 152064 * 4096 * 2 / 1e9, rel=0.01)
-    assert uns["breakdown"]["logits"] == 0 and uns["breakdown"]["logits_chunk"] < 0.4
+    assert uns["breakdown"]["logits"] == pytest.approx(4 * 152064 * 512 / 1e9, rel=0.01)  # one chunk
     assert uns["breakdown"]["activations"] < trl["breakdown"]["activations"] / 3
     assert uns["total_gb"] < trl["total_gb"] - 5
     cpu = estimate_memory(spec, "lora", **kw, device="cpu", backend="unsloth")  # no Unsloth without CUDA
@@ -208,10 +208,12 @@ def test_feasibility_max_batch_and_length_are_tight():
     row = out["feasibility"]["qlora"]
     b = row["max_batch_size"]
     assert b >= 1
-    assert estimate_memory(spec, "qlora", 2048, b, 16)["total_gb"] <= cap + 0.01
-    assert estimate_memory(spec, "qlora", 2048, b + 1, 16)["total_gb"] > cap - 0.01
+    # a10g-large is one CUDA GPU: QLoRA runs through Unsloth there, and the planner models that backend
+    u = dict(backend="unsloth")
+    assert estimate_memory(spec, "qlora", 2048, b, 16, **u)["total_gb"] <= cap + 0.01
+    assert estimate_memory(spec, "qlora", 2048, b + 1, 16, **u)["total_gb"] > cap - 0.01
     s = row["max_seq_len"]
-    assert estimate_memory(spec, "qlora", s, 2, 16)["total_gb"] <= cap + 0.01
+    assert estimate_memory(spec, "qlora", s, 2, 16, **u)["total_gb"] <= cap + 0.01
     assert out["feasibility"]["full"]["fits"] is False
 
 

@@ -132,7 +132,7 @@ def _memory_parts(spec: dict, method: str, lora_rank: int, gradient_checkpointin
         act = (2 * h * L + per_layer_full) if gradient_checkpointing else per_layer_full * L
     per_token = {"activations": act, "logits": 0 if unsloth else 4 * V}
     if unsloth:
-        static["logits_chunk"] = 4 * V * UNSLOTH_CE_CHUNK_TOKENS
+        static["logits"] = 4 * V * UNSLOTH_CE_CHUNK_TOKENS  # one chunk, whatever the batch and length
     overhead = (CUDA_OVERHEAD_GB if device == "cuda" else CPU_OVERHEAD_GB) * GB
     if method == "dora":
         # PEFT's DoRA materialises W + BA (fp32) per layer to take its column norms.
@@ -155,8 +155,10 @@ def estimate_memory(spec: dict, method: str, seq_len: int, batch_size: int, lora
     static, per_token = _memory_parts(spec, method, lora_rank, gradient_checkpointing, load_in_4bit,
                                       optimizer, device, shards, backend)
     tokens = batch_size * seq_len * (2 if method == "dpo" else 1)
-    parts = {**{k: v for k, v in static.items() if k != "overhead"},
-             **{k: v * tokens for k, v in per_token.items()}, "overhead": static["overhead"]}
+    parts = {k: v for k, v in static.items() if k != "overhead"}
+    for k, v in per_token.items():
+        parts[k] = parts.get(k, 0) + v * tokens
+    parts["overhead"] = static["overhead"]
     breakdown = {k: round(v / GB, 3) for k, v in parts.items()}
     return {
         "total_gb": round(sum(parts.values()) / GB, 2),
