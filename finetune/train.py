@@ -416,7 +416,8 @@ def _train_run(d: Path, resume: bool) -> int:
     try:
         from .modeling import set_threads
 
-        set_threads()
+        threads, threads_why = set_threads()
+        update_status(d, threads=threads, threads_why=threads_why)
         if cfg.train.report_to == "tensorboard":  # transformers 5 reads the folder from the environment
             os.environ["TENSORBOARD_LOGGING_DIR"] = str(d / "tb")
         plan = resolve_plan(cfg)
