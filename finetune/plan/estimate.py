@@ -47,6 +47,7 @@ UNSLOTH_MINIMUM = dict(seq_len=2048, batch_size=1, lora_rank=16, gradient_checkp
 UNSLOTH_CE_CHUNK_TOKENS = 512  # rows of fp32 logits (and their grads) alive at once in the chunked loss
 UNSLOTH_METHODS = ("lora", "qlora")  # what the studio runs through Unsloth (finetune.config.UNSLOTH_METHODS)
 BACKENDS = ("trl", "unsloth")
+RUN_METHOD_AS = {"rslora": "lora", "cpt": "lora", "orpo": "dpo", "kto": "dpo"}  # trainer method -> planner method
 
 # Assumed model FLOPs utilisation on a GPU. QLoRA dequantises every weight on every matmul
 # (bitsandbytes), DoRA recomputes weight norms; both run well below plain LoRA.
@@ -299,3 +300,29 @@ def _shards(spec: dict, method: str, seq_len: int, batch_size: int, lora_rank: i
     est = estimate_memory(spec, method, seq_len, batch_size, lora_rank, gc, device="cuda",
                           optimizer=optimizer, load_in_4bit=load_in_4bit)
     return 1 if est["total_gb"] <= usable_memory_gb(tier) else n_gpu
+
+
+def estimate_run_memory(model: str, method: str, seq_len: int, batch_size: int, lora_rank: int = 16,
+                        gradient_checkpointing: bool = False, hardware: str = "local",
+                        params_b: float | None = None) -> dict:
+    """The one figure a run needs before it starts: peak memory per device for these settings on
+    this hardware, and whether it fits ({"vram_gb", "usable_gb", "fits", "hardware"}). The same
+    model as plan()'s row for the method, without the rest of the plan. ValueError for a model the
+    planner cannot size (an unknown Hub id offline) or a method it does not model."""
+    from .specs import model_spec
+
+    spec = model_spec(model, params_b)
+    tier = get_tier(hardware)
+    # The trainer's methods on the planner's: rsLoRA and continued pretraining cost what LoRA costs;
+    # ORPO and KTO put two completions per row through the model, as LoRA-DPO does.
+    method = RUN_METHOD_AS.get(method, method)
+    four_bit = method == "qlora" or (spec.get("prequantized_4bit", False) and method != "full")
+    optimizer = _default_optimizer("qlora" if four_bit else method, tier["device"])
+    shards = _shards(spec, method, seq_len, batch_size, lora_rank, gradient_checkpointing, tier, optimizer,
+                     four_bit)
+    est = estimate_memory(spec, method, seq_len, batch_size, lora_rank, gradient_checkpointing,
+                          load_in_4bit=four_bit, optimizer=optimizer, device=tier["device"], shards=shards,
+                          backend=planned_backend("qlora" if four_bit else method, tier, shards))
+    usable = usable_memory_gb(tier)
+    return {"vram_gb": est["total_gb"], "usable_gb": round(usable, 2), "fits": est["total_gb"] <= usable,
+            "hardware": tier["name"]}
