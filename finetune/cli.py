@@ -254,6 +254,10 @@ def cmd_stop(a) -> dict:
 def cmd_runs(a) -> dict:
     from . import runs
 
+    if a.action == "delete":
+        if not a.run_id:
+            raise ValueError("runs delete: which run? (runs delete RUN_ID)")
+        return runs.delete_run(a.run_id)
     return {"runs": runs.list_runs()}
 
 
@@ -384,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--prompts", default=None, help="a file: one prompt per line, or JSONL with 'prompt'")
             s.add_argument("--max-new-tokens", type=int, default=64)
         s.set_defaults(fn=fn)
-    s = sub.add_parser("runs", parents=[js], help="list runs")
+    s = sub.add_parser("runs", parents=[js], help="list runs, or `runs delete RUN_ID`")
+    s.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
+    s.add_argument("run_id", nargs="?", default=None)
     s.set_defaults(fn=cmd_runs)
     from .hub_cli import add_commands  # push, deploy, data push
 
