@@ -19,8 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .common import DatasetError, KINDS, MAX_FILE_BYTES, SUPPORTED_EXTENSIONS, _gc_paused, _type_name
-
+from .common import KINDS, MAX_FILE_BYTES, SUPPORTED_EXTENSIONS, DatasetError, _gc_paused, _type_name
 
 # =============================================================================================
 # Loading

@@ -17,14 +17,22 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from .common import (DEFAULT_SEED, DEFAULT_VAL_RATIO, DatasetError, FORMATS, LORA_MIN_EXAMPLES,
-    SFT_MIN_EXAMPLES, _display_name, _fields, _slug)
 from ..paths import is_safe_name
+from .common import (
+    DEFAULT_SEED,
+    DEFAULT_VAL_RATIO,
+    FORMATS,
+    LORA_MIN_EXAMPLES,
+    SFT_MIN_EXAMPLES,
+    DatasetError,
+    _display_name,
+    _fields,
+    _slug,
+)
+from .formats import _apply_mapping, _columns, _resolve_columns, _row_format, detect_format, to_canonical
 from .load import load_records, read_prepared
-from .formats import detect_format, to_canonical, _apply_mapping, _columns, _resolve_columns, _row_format
-from .tokens import trained_token_share, _get_tokenizer, _stats, _token_lengths
-from .quality import dedupe_rows, mask_pii_rows, _Tally, _clean, _quality
-
+from .quality import _clean, _quality, _Tally, dedupe_rows, mask_pii_rows
+from .tokens import _get_tokenizer, _stats, _token_lengths, trained_token_share
 
 # =============================================================================================
 # Split
