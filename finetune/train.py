@@ -168,6 +168,20 @@ class NonFiniteGuard:
         return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
 
+GROUP_BY_LENGTH_MIN_WASTE = 0.25  # below this much padding, varied random batches are worth more
+
+
+def padding_waste(lengths: list[int], batch_size: int, seed: int = 0) -> float:
+    """Share of a random batch's tokens that would be padding (rows padded to the batch's longest)."""
+    import random
+
+    lengths = list(lengths)
+    random.Random(seed).shuffle(lengths)
+    batches = [lengths[i:i + batch_size] for i in range(0, len(lengths), batch_size)]
+    padded = sum(len(b) * max(b) for b in batches if b)
+    return 1.0 - sum(lengths) / padded if padded else 0.0
+
+
 def _chunks(ids: list[int], n: int) -> list[list[int]]:
     return [ids[i:i + n] for i in range(0, len(ids), n)]
 
@@ -425,6 +439,12 @@ def _train_run(d: Path, resume: bool) -> int:
                       precision_why=plan["why"])
         model, tok, peft_config, backend = build_model(cfg, plan)
         train_ds, eval_ds, summary = load_data(cfg, tok)
+        if cfg.train.group_by_length and "input_ids" in train_ds.column_names:
+            waste = padding_waste([len(x) for x in train_ds["input_ids"]], cfg.train.batch_size, cfg.train.seed)
+            plan["group_by_length"] = waste >= GROUP_BY_LENGTH_MIN_WASTE
+            summary["random_batch_padding"] = round(waste, 3)
+            summary["batching"] = ("length-grouped" if plan["group_by_length"] else
+                                   f"random (random batches waste only {waste:.0%} on padding)")
         update_status(d, backend=backend, data_summary=summary)
         cb = _make_callback(d)
         from transformers import set_seed
