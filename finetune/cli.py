@@ -73,7 +73,9 @@ def cmd_train(a) -> dict:
     from .config import default_run_config
 
     cfg = default_run_config(a.model, a.data, learning_rate=a.lr, epochs=a.epochs, max_steps=a.max_steps,
-                             batch_size=a.batch_size, method=a.method)
+                             batch_size=a.batch_size, method=a.method,
+                             num_processes=getattr(a, "num_processes", None),
+                             accelerate_preset=getattr(a, "accelerate_preset", None))
     if a.max_seq_len:
         cfg.data.max_seq_len = a.max_seq_len
         cfg.data.__post_init__()
@@ -115,6 +117,18 @@ def cmd_compare(a) -> dict:
     from .compare import compare_run, read_prompts
 
     return compare_run(a.run_id, read_prompts(a.prompts) if a.prompts else None, max_new_tokens=a.max_new_tokens)
+
+
+def _add_parallel_flags(s: argparse.ArgumentParser) -> None:
+    """--num-processes / --accelerate-preset from TrainConfig's fields, unless a generated parser
+    already made them (the config-driven CLI does)."""
+    from .config import ACCELERATE_PRESETS, TrainConfig, help_for
+
+    if "--num-processes" not in s._option_string_actions:
+        s.add_argument("--num-processes", type=int, default=None, help=help_for(TrainConfig, "num_processes"))
+    if "--accelerate-preset" not in s._option_string_actions:
+        s.add_argument("--accelerate-preset", default=None, choices=ACCELERATE_PRESETS,
+                       help=help_for(TrainConfig, "accelerate_preset"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait until the run ends")
     s.add_argument("--timeout-s", type=float, default=3600)
     s.add_argument("--resume-id", default=None, help="resume this run from its last complete checkpoint")
+    _add_parallel_flags(s)
     s.add_argument("--run", default=None, help=argparse.SUPPRESS)  # the child process
     s.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(fn=cmd_train)

@@ -17,6 +17,9 @@ from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 
 Method = Literal["lora", "qlora", "dora", "full", "prefix", "dpo"]
 METHODS: tuple[str, ...] = get_args(Method)
+# Accelerate presets shipped under finetune/assets/accelerate/ (see finetune/parallel.py).
+AcceleratePreset = Literal["auto", "ddp", "zero2", "zero3", "zero3-offload", "fsdp"]
+ACCELERATE_PRESETS: tuple[str, ...] = get_args(AcceleratePreset)
 
 
 class ConfigError(ValueError):
@@ -122,6 +125,13 @@ class TrainConfig:
     seed: int = _help("Training seed.", default=42)
     dpo_beta: float = _help("DPO only: how far the model may move from the reference (higher = closer).",
                             default=0.1)
+    num_processes: int = _help("Training processes on this machine (one per GPU). More than 1 runs data-parallel "
+                               "through `accelerate launch`; batch size stays per process.", default=1)
+    accelerate_preset: AcceleratePreset = _help(
+        "How several processes share the work: ddp (a full copy per GPU), zero2 (DeepSpeed: shards optimizer "
+        "state and gradients), zero3 (DeepSpeed: also shards weights), zero3-offload (ZeRO-3 with optimizer "
+        "state and weights in CPU RAM), fsdp (PyTorch FSDP2: shards weights, gradients, optimizer state), or "
+        "auto (chosen from the planner's memory estimate).", default="auto")
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -141,6 +151,10 @@ class TrainConfig:
         _check_range("train.save_total_limit", self.save_total_limit, 1, 1000, integer=True)
         _check_range("train.seed", self.seed, 0, integer=True)
         _check_range("train.dpo_beta", self.dpo_beta, 1e-4, 10.0)
+        _check_range("train.num_processes", self.num_processes, 1, 64, integer=True)
+        if self.accelerate_preset not in ACCELERATE_PRESETS:
+            raise ConfigError("train.accelerate_preset",
+                              f"must be one of {', '.join(ACCELERATE_PRESETS)}, got {self.accelerate_preset!r}")
 
 
 @dataclass
@@ -252,6 +266,9 @@ def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, bf16: bool, has
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         save_only_model=False,
+        # Several processes: LoRA leaves the frozen base without grads; searching for unused
+        # parameters every step would only cost time (and breaks with gradient checkpointing).
+        ddp_find_unused_parameters=False if t.num_processes > 1 else None,
     )
 
 

@@ -21,7 +21,12 @@ def set_threads() -> None:
     import torch
 
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, n))
+    # Several ranks on one machine (accelerate launch) share the cores instead of oversubscribing them.
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    torch.set_num_threads(max(1, n // local))
 
 
 def cuda_available() -> bool:

@@ -11,7 +11,9 @@ A run lives in FINETUNE_HOME/runs/<run_id>/:
   eval/         report.json, report.md
   README.md     model card
 Training runs in a child process (`python -m finetune train --run RUN_DIR`), so a crash or an OOM
-never takes the app down. Stop writes a STOP file that the trainer checks at each step.
+never takes the app down; with train.num_processes > 1 the child is `accelerate launch` (see
+parallel.py), whose pid stands for the run and whose ranks record theirs in `rank_pids`.
+Stop writes a STOP file that the trainer checks at each step.
 """
 
 from __future__ import annotations
@@ -171,9 +173,14 @@ def _alive(st: dict, d: Path) -> bool:
         return time.time() - os.path.getmtime(d / "status.json") < 60
     if not _pid_alive(int(pid)):
         return False
-    try:  # the pid may have been reused by something else
+    return _cmdline_has(int(pid), str(run_id))
+
+
+def _cmdline_has(pid: int, run_id: str) -> bool:
+    """Whether process `pid` still runs this run (a pid may have been reused by something else)."""
+    try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return str(run_id).encode() in f.read()
+            return run_id.encode() in f.read()
     except OSError:
         return True
 
@@ -201,9 +208,16 @@ def start_run(run_id: str, *, resume: bool = False, env: dict | None = None) -> 
     if resume and last_checkpoint(run_id) is None:
         raise RunError(f"run {run_id} has no complete checkpoint to resume from")
     (d / "STOP").unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "finetune", "train", "--run", str(d)]
-    if resume:
-        cmd.append("--resume")
+    cfg = load_config(run_id)
+    launch = None
+    if cfg.train.num_processes > 1:
+        from .parallel import launch_command
+
+        cmd, launch = launch_command(d, cfg, resume=resume)  # raises a clear error for what cannot run here
+    else:
+        cmd = [sys.executable, "-m", "finetune", "train", "--run", str(d)]
+        if resume:
+            cmd.append("--resume")
     child_env = dict(os.environ)
     child_env.update(env or {})
     child_env["PYTHONUNBUFFERED"] = "1"
@@ -212,7 +226,8 @@ def start_run(run_id: str, *, resume: bool = False, env: dict | None = None) -> 
     pkg_root = str(Path(__file__).resolve().parent.parent)
     child_env["PYTHONPATH"] = pkg_root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
     log = open(d / "train.log", "ab")
-    update_status(d, state="queued", error=None, resumed=resume, stop_requested=False, pid=None)
+    update_status(d, state="queued", error=None, resumed=resume, stop_requested=False, pid=None, rank_pids=None,
+                  **({"launch": launch} if launch else {}))
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=child_env, start_new_session=True, cwd=pkg_root)
     log.close()
@@ -237,6 +252,14 @@ def stop_run(run_id: str, *, force: bool = False) -> dict:
                 os.killpg(int(pid), signal.SIGKILL)
             except OSError:
                 pass
+        # Ranks of a multi-process run live in sessions of their own (torchrun): they die with the
+        # launcher (PDEATHSIG), and are killed here too in case that did not reach them.
+        for rpid in st.get("rank_pids") or []:
+            if _pid_alive(int(rpid)) and _cmdline_has(int(rpid), run_id):
+                try:
+                    os.kill(int(rpid), signal.SIGKILL)
+                except OSError:
+                    pass
             proc = _PROCS.get(run_id)
             if proc is not None:
                 proc.wait(timeout=10)
@@ -289,6 +312,10 @@ def artifact_dir(run_id: str) -> Path | None:
 
 def start_training(cfg: RunConfig, *, env: dict | None = None) -> str:
     """Create a run for `cfg`, launch its child process and return the run id at once."""
+    if cfg.train.num_processes > 1:  # refuse what cannot run here before any run folder exists
+        from .parallel import choose_preset
+
+        choose_preset(cfg)
     run_id = create_run(cfg)
     start_run(run_id, env=env)
     return run_id
@@ -309,4 +336,5 @@ def status_summary(run_id: str) -> dict:
     out["artifact"] = str(art) if art else None
     out["run_dir"] = str(run_dir(run_id))
     out.pop("pid", None)
+    out.pop("rank_pids", None)
     return out

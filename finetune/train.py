@@ -18,6 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
+from . import parallel
 from .config import RunConfig, to_dpo_config, to_peft_config, to_sft_config
 from .paths import atomic_write_text, read_json
 from .runs import append_event, last_checkpoint, now_iso, update_status
@@ -46,9 +47,13 @@ def _make_callback(d: Path):
     from transformers import TrainerCallback
 
     class StudioCallback(TrainerCallback):
-        """Writes events and status, honours STOP, and stops on a non-finite loss."""
+        """Writes events and status, honours STOP, and stops on a non-finite loss.
+
+        With several processes every rank runs this callback; only rank 0 writes, and the ranks
+        agree on stopping (one all-reduce per step) so that none waits forever for the others."""
 
         def __init__(self):
+            self.world = parallel.world_size()
             self.t0 = time.time()
             self.start_step = 0
             self.last_status = 0.0
@@ -60,8 +65,9 @@ def _make_callback(d: Path):
             self.t0 = time.time()
             self.start_step = state.global_step
             self.last_tokens = (state.num_input_tokens_seen or 0, self.t0)
-            update_status(d, state="running", total_steps=state.max_steps, step=state.global_step,
-                          epochs=args.num_train_epochs)
+            if state.is_world_process_zero:
+                update_status(d, state="running", total_steps=state.max_steps, step=state.global_step,
+                              epochs=args.num_train_epochs)
 
         def _eta(self, state) -> float | None:
             done = state.global_step - self.start_step
@@ -69,11 +75,24 @@ def _make_callback(d: Path):
                 return None
             return (time.time() - self.t0) / done * (state.max_steps - state.global_step)
 
+        def _stop_requested(self, args) -> bool:
+            asked = (d / "STOP").exists()
+            if self.world > 1:  # ranks may see the file at different steps: take the decision together
+                import torch
+                import torch.distributed as dist
+
+                flag = torch.tensor([1.0 if asked else 0.0], device=args.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                asked = bool(flag.item())
+            return asked
+
         def on_step_end(self, args, state, control, **kw):
-            if (d / "STOP").exists() and not self.stopped:
+            if self._stop_requested(args) and not self.stopped:
                 self.stopped = True
                 control.should_training_stop = True
                 control.should_save = True
+            if not state.is_world_process_zero:
+                return
             now = time.time()
             if now - self.last_status > 1.0 or self.stopped:
                 self.last_status = now
@@ -95,6 +114,11 @@ def _make_callback(d: Path):
                   "mean_token_accuracy": logs.get("mean_token_accuracy", logs.get("eval_mean_token_accuracy"))}
             if "train_loss" in logs:
                 return  # the closing summary is not a step
+            # The logged loss and grad norm are already averaged over the ranks, so every rank takes
+            # the same non-finite decision below; only rank 0 writes.
+            self._check_finite(logs, state, control)
+            if not state.is_world_process_zero:
+                return
             append_event(d, ev)
             fields = {"step": state.global_step, "eta_s": self._eta(state)}
             if ev["loss"] is not None:
@@ -104,6 +128,8 @@ def _make_callback(d: Path):
             if tps:
                 fields["tokens_per_s"] = round(tps, 1)
             update_status(d, **fields)
+
+        def _check_finite(self, logs, state, control):
             for key in ("loss", "grad_norm", "eval_loss"):
                 v = logs.get(key)
                 if v is not None and not math.isfinite(float(v)):
@@ -173,12 +199,24 @@ def build_model(cfg: RunConfig):
     return model, tok, to_peft_config(cfg), "transformers"
 
 
-def _save_artifact(trainer, tokenizer, d: Path, method: str) -> Path:
-    """Save the adapter (or full model) into a temp folder, then move it into place."""
+def _save_artifact(trainer, tokenizer, d: Path, method: str) -> Path | None:
+    """Save the adapter (or full model) into a temp folder, then move it into place.
+
+    Several processes: sharded weights (FSDP, ZeRO-3) are gathered by trainer.save_model, which
+    every rank must call; otherwise rank 0 alone saves. Only rank 0 moves the folder into place."""
     name = "model" if method == "full" else "adapter"
     tmp = d / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
+    main = parallel.rank() == 0
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if parallel.world_size() > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        trainer.save_model(str(tmp))
+        if main:
+            (tmp / "training_args.bin").unlink(missing_ok=True)
+    elif main:
+        trainer.model.save_pretrained(tmp)
+    if not main:
+        return None
     tokenizer.save_pretrained(tmp)
     final = d / name
     if final.exists():
@@ -208,11 +246,35 @@ def write_model_card(d: Path, cfg: RunConfig, status: dict) -> None:
     atomic_write_text(d / "README.md", "\n".join(lines))
 
 
+def _add_rank_pid(d: Path, pid: int) -> None:
+    import fcntl
+
+    lock = os.open(d, os.O_RDONLY)  # the same lock as update_status: ranks append concurrently
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        st = read_json(d / "status.json", default={}) or {}
+        st["rank_pids"] = sorted(set(st.get("rank_pids") or []) | {pid})
+        from .paths import atomic_write_json
+
+        atomic_write_json(d / "status.json", st)
+    finally:
+        os.close(lock)
+
+
 def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
     d = Path(run_path).resolve()
     cfg = RunConfig.from_dict(read_json(d / "config.json"))
     t_start = time.time()
-    update_status(d, state="running", pid=os.getpid(), started=now_iso(), error=None)
+    world, main = parallel.world_size(), parallel.rank() == 0
+    if world > 1:
+        # Under accelerate launch the launcher's pid stays in status.json (Stop kills its group);
+        # each rank dies with the launcher and records its pid for a forced stop.
+        parallel.die_with_parent()
+        _add_rank_pid(d, os.getpid())
+        if main:
+            update_status(d, state="running", started=now_iso(), error=None, world_size=world)
+    else:
+        update_status(d, state="running", pid=os.getpid(), started=now_iso(), error=None)
     signal.signal(signal.SIGTERM, lambda *_: (d / "STOP").write_text("SIGTERM"))
     try:
         from .modeling import set_threads
@@ -220,7 +282,8 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
         set_threads()
         model, tok, peft_config, backend = build_model(cfg)
         train_ds, eval_ds, summary = load_data(cfg, tok)
-        update_status(d, backend=backend, data_summary=summary)
+        if main:
+            update_status(d, backend=backend, data_summary=summary)
         cuda = next(model.parameters()).is_cuda
         import torch
 
@@ -243,23 +306,28 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
                                                     has_eval=eval_ds is not None), **common)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
-        update_status(d, trainable_params=trainable, total_params=total)
+        if main:
+            update_status(d, trainable_params=trainable, total_params=total)
         ckpt = last_checkpoint(d) if resume else None
         if resume and ckpt is None:
             raise ValueError("no complete checkpoint to resume from")
         result = trainer.train(resume_from_checkpoint=ckpt)
+        if cb.nonfinite and not main:
+            return 1
         if cb.nonfinite:
             update_status(d, state="failed", error=f"Training stopped: {cb.nonfinite}. The last good checkpoint is kept; "
                           "lower the learning rate and resume or start again.", resumable=last_checkpoint(d) is not None)
             return 1
         final_eval = None
         if eval_ds is not None and not cb.stopped:
-            final_eval = trainer.evaluate().get("eval_loss")
-            if final_eval is not None:
+            final_eval = trainer.evaluate().get("eval_loss")  # every rank: evaluation is collective
+            if final_eval is not None and main:
                 append_event(d, {"step": trainer.state.global_step, "epoch": round(trainer.state.epoch or 0, 4),
                                  "loss": None, "eval_loss": final_eval, "learning_rate": None, "grad_norm": None,
                                  "tokens_per_s": None, "elapsed_s": round(time.time() - cb.t0, 3)})
         _save_artifact(trainer, tok, d, cfg.train.method)
+        if not main:
+            return 0
         state = "stopped" if cb.stopped else "completed"
         metrics = result.metrics or {}
         st = update_status(
@@ -276,10 +344,13 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
     except BaseException as exc:  # noqa: BLE001 -- every failure must land in status.json
         msg = friendly_error(exc)
         sys.stderr.write(redact(traceback.format_exc()))
-        update_status(d, state="failed", error=msg, resumable=last_checkpoint(d) is not None,
-                      duration_s=round(time.time() - t_start, 2))
+        if world > 1:  # the first rank to fail says why; the others' errors are its echoes
+            msg = f"rank {parallel.rank()}: {msg}"
+        update_status(d, only_if_state=("queued", "running", "stopping") if world > 1 else None, state="failed",
+                      error=msg, resumable=last_checkpoint(d) is not None, duration_s=round(time.time() - t_start, 2))
         return 1
     finally:
-        (d / "STOP").unlink(missing_ok=True)
-        shutil.rmtree(d / ".adapter.tmp", ignore_errors=True)
-        shutil.rmtree(d / ".model.tmp", ignore_errors=True)
+        if main:
+            (d / "STOP").unlink(missing_ok=True)
+            shutil.rmtree(d / ".adapter.tmp", ignore_errors=True)
+            shutil.rmtree(d / ".model.tmp", ignore_errors=True)
