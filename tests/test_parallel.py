@@ -164,3 +164,14 @@ def test_config_fields_validate():
         TrainConfig(num_processes=0)
     with pytest.raises(ConfigError, match="train.accelerate_preset"):
         TrainConfig(accelerate_preset="zero9")
+
+
+def test_train_api_refuses_more_processes_than_cores(home):
+    import gradio as gr
+
+    from ui import train_tab
+
+    before = set(os.listdir(home / "runs")) if (home / "runs").exists() else set()
+    with pytest.raises(gr.Error, match="num_processes"):
+        train_tab.train_api("builtin:tiny-chat", "builtin:demo", "lora", 2e-3, 1, 8, 256, 16, 999)
+    assert (set(os.listdir(home / "runs")) if (home / "runs").exists() else set()) == before

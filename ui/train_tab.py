@@ -10,6 +10,7 @@ import pandas as pd
 
 from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 from finetune.config import BUILTIN_DEMO_REASON, TrainConfig, default_run_config, help_for
+from finetune.hardware import detect_hardware
 
 from .render import check_source, fmt_duration, num, run_choices, user_errors
 
@@ -22,7 +23,7 @@ _DEFAULTS = default_run_config().train
 
 @user_errors
 def train_api(model: str, data: str, method: str, learning_rate: float, epochs: float, batch_size: float,
-              max_seq_len: float, lora_r: float) -> str:
+              max_seq_len: float, lora_r: float, num_processes: float = 1) -> str:
     """Start a training run and return its run id at once (the `train` API)."""
     from finetune.runs import start_training
 
@@ -32,7 +33,8 @@ def train_api(model: str, data: str, method: str, learning_rate: float, epochs: 
             raise gr.Error(f"{label} is empty: enter a number.")
     data = check_source((data or DEMO_DATASET_ID).strip())
     cfg = default_run_config(model or TINY_CHAT_ID, data, method=method or "lora",
-                             learning_rate=float(learning_rate), epochs=float(epochs), batch_size=int(batch_size))
+                             learning_rate=float(learning_rate), epochs=float(epochs), batch_size=int(batch_size),
+                             num_processes=int(num_processes or 1))
     cfg.data.max_seq_len = int(max_seq_len)
     cfg.lora.r, cfg.lora.alpha = int(lora_r), 2 * int(lora_r)
     cfg.data.__post_init__()
@@ -92,6 +94,8 @@ def render_status(st: dict):
              f"`{bar}` {st.get('progress', 0):.0f}% · step {step}/{total or '?'} · ETA {fmt_duration(st.get('eta_s'))}"
              f" · loss {num(st.get('loss'))} · validation loss {num(st.get('eval_loss'))}"
              + (f" · {st.get('tokens_per_s')} tokens/s" if st.get("tokens_per_s") else "")]
+    if st.get("launch"):
+        lines.append(f"\n{st['launch'].get('num_processes')} processes, {st['launch'].get('reason')}.")
     if st.get("error"):
         lines.append(f"\n**Error:** {st['error']}")
     if st.get("artifact"):
@@ -140,6 +144,8 @@ def build(model_box, data_box, run_state) -> dict:
             batch = gr.Slider(1, 64, value=_DEFAULTS.batch_size, step=1, **_num_field("batch_size"))
             seq = gr.Slider(32, 4096, value=256, step=32, label="Max sequence length (tokens)")
             rank = gr.Slider(1, 128, value=16, step=1, label="LoRA rank", info="alpha is set to 2 x rank")
+            gpus = detect_hardware().get("gpu_count") or 0  # one process per GPU; shown only with several
+            procs = gr.Slider(1, max(2, gpus), value=1, step=1, visible=gpus > 1, **_num_field("num_processes"))
             start = gr.Button("Start training", variant="primary")
             with gr.Row():
                 stop = gr.Button("Stop", variant="stop")
@@ -155,7 +161,7 @@ def build(model_box, data_box, run_state) -> dict:
                                elem_id="loss-plot")
             raw = gr.JSON(visible=False)
     timer = gr.Timer(1.0)
-    start.click(train_api, [model_box, data_box, method, lr, epochs, batch, seq, rank], run_id, api_name="train").then(
+    start.click(train_api, [model_box, data_box, method, lr, epochs, batch, seq, rank, procs], run_id, api_name="train").then(
         lambda r: (r, gr.Dropdown(choices=run_choices(), value=r)), run_id, [run_state, run_id], api_visibility="private")
     timer.tick(poll, run_id, [progress, plot], api_visibility="private", show_progress="hidden")
     run_id.change(lambda r: r, run_id, run_state, api_visibility="private").then(
@@ -171,4 +177,4 @@ def build(model_box, data_box, run_state) -> dict:
     hidden_btn.click(status_api, hidden_status_in, hidden_status_out, api_name="status")
     hidden_btn.click(runs_api, None, hidden_runs, api_name="runs")
     return {"run_id": run_id, "method": method, "learning_rate": lr, "epochs": epochs, "batch_size": batch,
-            "max_seq_len": seq, "lora_rank": rank}
+            "max_seq_len": seq, "lora_rank": rank, "num_processes": procs}
