@@ -67,6 +67,13 @@ def cmd_train(a) -> dict:
         if code:
             raise SystemExit(code)
         return st
+    if getattr(a, "in_job", False):  # inside a Hugging Face Job (see jobs.py)
+        from .jobs import run_in_job
+
+        code = run_in_job(a.config_json, a.hub_repo, a.hub_data)
+        if code:
+            raise SystemExit(code)
+        return {"state": "completed"}
     if a.resume_id:
         runs.start_run(a.resume_id, resume=True)
         return {"run_id": a.resume_id, "state": "queued", "resumed": True}
@@ -79,6 +86,12 @@ def cmd_train(a) -> dict:
     if a.max_seq_len:
         cfg.data.max_seq_len = a.max_seq_len
         cfg.data.__post_init__()
+    if a.backend == "hf-jobs":
+        from .jobs import submit
+
+        if not a.flavor:
+            raise ValueError("--flavor: Hugging Face Jobs need a flavor (e.g. a10g-small); see the Train tab's list")
+        return {"run_id": submit(cfg, flavor=a.flavor, timeout=a.timeout, image=a.image)}
     run_id = runs.start_training(cfg)
     if a.wait:
         st = runs.wait(run_id, timeout_s=a.timeout_s)
@@ -90,6 +103,11 @@ def cmd_status(a) -> dict:
     from . import runs
 
     st = runs.status_summary(a.run_id)
+    if st.get("remote") and st.get("follower"):  # reattach to a Hugging Face job with this shell's token
+        from .jobs import ensure_follower
+
+        if ensure_follower(a.run_id):
+            st = runs.status_summary(a.run_id)
     if not a.events:
         st.pop("events", None)
     return st
@@ -189,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout-s", type=float, default=3600)
     s.add_argument("--resume-id", default=None, help="resume this run from its last complete checkpoint")
     _add_parallel_flags(s)
+    s.add_argument("--backend", default="local", choices=["local", "hf-jobs"],
+                   help="where to train: this machine, or Hugging Face Jobs (needs HF_TOKEN)")
+    s.add_argument("--flavor", default=None, help="hf-jobs: the hardware flavor, e.g. a10g-small")
+    s.add_argument("--timeout", default="2h", help="hf-jobs: the job's time limit (90m, 2h, 3600)")
+    s.add_argument("--image", default=None, help="hf-jobs: the image (default: this Space's, or FINETUNE_JOBS_IMAGE)")
+    s.add_argument("--in-job", action="store_true", help=argparse.SUPPRESS)  # inside a Hugging Face Job
+    s.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--hub-repo", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--hub-data", default=None, help=argparse.SUPPRESS)
     s.add_argument("--run", default=None, help=argparse.SUPPRESS)  # the child process
     s.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(fn=cmd_train)

@@ -89,7 +89,11 @@ def read_status(run_id: str) -> dict:
     d = run_dir(run_id)
     st = read_json(d / "status.json", default=None) or {"run_id": run_id, "state": "failed", "error": "status.json unreadable"}
     st.setdefault("run_id", run_id)
-    if st.get("state") in ACTIVE and not _alive(st, d):
+    if st.get("state") in ACTIVE and st.get("remote") and not _alive(st, d):
+        # A Hugging Face job runs on without its local follower: say so, keep the state (jobs.ensure_follower
+        # restarts the follower when a token is at hand, e.g. `python -m finetune status RUN_ID`).
+        st["follower"] = "not running"
+    elif st.get("state") in ACTIVE and not _alive(st, d):
         # Gone without saying so (killed, out of memory, machine restarted). The guard keeps a final
         # state the child wrote just before exiting.
         st = update_status(d, only_if_state=ACTIVE, state="failed",
@@ -203,6 +207,8 @@ def start_run(run_id: str, *, resume: bool = False, env: dict | None = None) -> 
     st = read_status(run_id)
     if st.get("state") in ACTIVE and st.get("pid"):  # read_status has checked that pid is alive
         raise RunError(f"run {run_id} is already {st.get('state')}")
+    if st.get("remote"):
+        raise RunError(f"run {run_id} ran on Hugging Face Jobs: start a new run instead of resuming it")
     if resume and st.get("state") == "completed":
         raise RunError(f"run {run_id} has completed; start a new run to train further")
     if resume and last_checkpoint(run_id) is None:
@@ -245,6 +251,10 @@ def stop_run(run_id: str, *, force: bool = False) -> dict:
     st = read_status(run_id)
     if st.get("state") not in ACTIVE:
         return st
+    if st.get("remote") == "hf-jobs":  # a run on Hugging Face Jobs: cancel the job (jobs.py)
+        from .jobs import stop_job
+
+        return stop_job(run_id, force=force)
     if force or st.get("state") == "stopping":
         pid = st.get("pid")
         if pid and _alive(st, d):
