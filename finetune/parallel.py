@@ -93,7 +93,7 @@ def _estimate(cfg, preset: str, n: int, hw: dict) -> float | None:
         return None
     est = estimate_memory(spec, cfg.train.method, cfg.data.max_seq_len, cfg.train.batch_size, cfg.lora.r,
                           cfg.train.gradient_checkpointing, device=hw.get("device", "cpu"),
-                          preset=preset, processes=n)
+                          shards=n, preset=preset)
     return est["total_gb"]
 
 

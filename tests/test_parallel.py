@@ -175,3 +175,43 @@ def test_train_api_refuses_more_processes_than_cores(home):
     with pytest.raises(gr.Error, match="num_processes"):
         train_tab.train_api("builtin:tiny-chat", "builtin:demo", "lora", 2e-3, 1, 8, 256, 16, 999)
     assert (set(os.listdir(home / "runs")) if (home / "runs").exists() else set()) == before
+
+
+def test_planner_divides_what_each_preset_shards():
+    from finetune.plan import estimate_memory, model_spec
+
+    spec = model_spec("meta-llama/Llama-3.1-8B-Instruct")
+    est = {p: estimate_memory(spec, "full", 2048, 1, shards=8, preset=p)
+           for p in ("ddp", "zero2", "zero3", "zero3-offload", "fsdp")}
+    b = {p: e["breakdown"] for p, e in est.items()}
+    assert b["ddp"] == estimate_memory(spec, "full", 2048, 1)["breakdown"]  # nothing sharded
+    assert b["zero2"]["weights"] == b["ddp"]["weights"]  # ZeRO-2 keeps the weights whole
+    assert b["zero2"]["optimizer"] == pytest.approx(b["ddp"]["optimizer"] / 8, rel=1e-2)
+    assert b["zero2"]["trainable_and_grads"] == pytest.approx(b["ddp"]["trainable_and_grads"] / 8, rel=1e-2)
+    assert b["zero3"] == b["fsdp"] and b["zero3"]["weights"] == pytest.approx(b["ddp"]["weights"] / 8, rel=1e-2)
+    assert b["zero3-offload"]["optimizer"] == 0 and est["zero3-offload"]["cpu_offload_gb"] == pytest.approx(b["zero3"]["optimizer"] + b["zero3"]["weights"] - b["zero3-offload"]["weights"], abs=0.01)
+    assert b["zero3"]["activations"] == b["ddp"]["activations"]  # activations are per process, never sharded
+    totals = [est[p]["total_gb"] for p in ("ddp", "zero2", "zero3", "zero3-offload")]
+    assert totals == sorted(totals, reverse=True)
+
+
+def test_auto_preset_follows_the_memory_estimate(monkeypatch):
+    from finetune import parallel
+    from finetune.config import default_run_config
+
+    def cfg(model, method, n):
+        c = default_run_config(model, "builtin:demo", method=method, num_processes=n, batch_size=1)
+        c.data.max_seq_len = 2048
+        return c
+
+    h100x8 = {"device": "cuda", "gpu_count": 8, "gpu_memory_gb": 80, "bf16": True}
+    preset, why = parallel.choose_preset(cfg("meta-llama/Llama-3.1-8B-Instruct", "lora", 8), h100x8)
+    assert preset == "ddp" and "fits" in why
+    monkeypatch.setattr(parallel, "deepspeed_installed", lambda: False)
+    preset, why = parallel.choose_preset(cfg("meta-llama/Llama-3.1-8B-Instruct", "full", 8), h100x8)
+    assert preset == "fsdp" and "more than" in why and "8 GPUs" in why
+    monkeypatch.setattr(parallel, "deepspeed_installed", lambda: True)  # the lightest sharding that fits
+    preset, why = parallel.choose_preset(cfg("meta-llama/Llama-3.1-8B-Instruct", "full", 8), h100x8)
+    assert preset == "zero2"
+    cmd, launch = parallel.launch_command("/tmp/run", cfg("meta-llama/Llama-3.1-8B-Instruct", "full", 8), hw=h100x8)
+    assert cmd[cmd.index("--config_file") + 1].endswith("zero2.yaml") and cmd[cmd.index("--mixed_precision") + 1] == "bf16"
