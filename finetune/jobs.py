@@ -370,6 +370,10 @@ def _final_fields(d: Path, hub, japi, st: dict, job) -> dict:
                                                 f"{st['hub_repo']} (see the job's logs: {st.get('job_url')}).")
         else:
             fields.update(state=remote_state if remote_state in ("completed", "stopped") else "completed", error=None)
+            if not (d / "README.md").exists():  # the card did not come back: write it here from the mirrored status
+                from .train import write_model_card
+
+                write_model_card(d, RunConfig.from_dict(read_json(d / "config.json")), dict(st, **fields))
         return fields
     if stage == "CANCELED":
         return dict(fields, state="stopped", error="stopped: the Hugging Face job was cancelled"
@@ -479,8 +483,6 @@ class _Pusher:
         self.api, self.repo, self.sent = HfApi(), repo, {}
 
     def push(self, d: Path, *, final: bool = False) -> None:
-        from huggingface_hub import CommitOperationAdd
-
         from .runs import last_checkpoint
 
         files = {"status.json": d / "status.json", "events.jsonl": d / "events.jsonl"}
@@ -493,8 +495,6 @@ class _Pusher:
                 if (d / name).is_dir():
                     files = {k: v for k, v in files.items() if not k.startswith("adapter/")}
                     files.update({f"{name}/{p.name}": p for p in (d / name).iterdir() if p.is_file()})
-            if (d / "README.md").is_file():
-                files["README.md"] = d / "README.md"
         ops = []
         for name, p in files.items():
             try:
@@ -504,13 +504,24 @@ class _Pusher:
             key = (len(data), hash(data))
             if self.sent.get(name) != key:
                 ops.append((name, data, key))
-        if not ops:
-            return
+        if ops:
+            self._commit(ops, "Fine-Tune Studio: final adapter and status" if final else "Fine-Tune Studio: progress")
+        if final and (d / "README.md").is_file():
+            # The model card goes on its own: the Hub validates its YAML, and a card it dislikes must
+            # not cost the adapter.
+            data = (d / "README.md").read_bytes()
+            try:
+                self._commit([("README.md", data, (len(data), hash(data)))], "Fine-Tune Studio: model card")
+            except Exception as exc:
+                print(f"model card not pushed: {_redact(str(exc), _token())}", flush=True)
+
+    def _commit(self, ops: list, message: str) -> None:
+        from huggingface_hub import CommitOperationAdd
+
         for attempt in range(4):
             try:
                 self.api.create_commit(self.repo, operations=[CommitOperationAdd(n, b) for n, b, _ in ops],
-                                       commit_message="Fine-Tune Studio: progress" if not final else
-                                       "Fine-Tune Studio: final adapter and status")
+                                       commit_message=message)
                 break
             except Exception as exc:
                 code = getattr(getattr(exc, "response", None), "status_code", None)
