@@ -412,6 +412,9 @@ def follow(run_path: str | os.PathLike, poll_s: float | None = None) -> int:
                 return 0
             st = _submit_job(d, token)
         while True:
+            if (d / "STOP").exists() and not st.get("cancel_sent"):
+                _cancel(st, token)
+                st = update_status(d, cancel_sent=True, stop_requested=True)
             job = japi.inspect_job(job_id=st["job_id"], namespace=st.get("namespace"))
             stage = str(job.status.stage)
             fields = {"job_stage": stage}
@@ -419,8 +422,9 @@ def follow(run_path: str | os.PathLike, poll_s: float | None = None) -> int:
                 fields.update(_mirror(d, hub, st))
             except Exception as exc:  # the Hub may lag behind the Job: try again next round
                 sys.stderr.write(f"mirror: {_redact(str(exc), token)}\n")
-            if stage == "RUNNING":
-                fields["state"] = "stopping" if st.get("stop_requested") else "running"
+            stopping = st.get("stop_requested") or (d / "STOP").exists()
+            if stage in ("RUNNING", "SCHEDULING"):
+                fields["state"] = "stopping" if stopping else ("running" if stage == "RUNNING" else "queued")
             st = update_status(d, **fields)
             if stage in TERMINAL:
                 st = update_status(d, **_final_fields(d, hub, japi, st, job))
@@ -435,24 +439,34 @@ def follow(run_path: str | os.PathLike, poll_s: float | None = None) -> int:
         import shutil
 
         shutil.rmtree(d / ".remote", ignore_errors=True)
+        (d / "STOP").unlink(missing_ok=True)
 
 
 def stop_job(run_id: str, *, force: bool = False, token: str | None = None) -> dict:
-    """Stop a Jobs run: cancel the Job; the follower then pulls what came back and ends the run."""
+    """Stop a Jobs run: a STOP file asks the follower (which holds the token) to cancel the Job, as a
+    local run's trainer would stop; with no follower alive, the token at hand cancels it here."""
     from .runs import ACTIVE, read_status, run_dir, update_status
 
     d = run_dir(run_id)
     st = read_status(run_id)
     if st.get("state") not in ACTIVE:
         return st
-    (d / "STOP").write_text("stop")  # a follower that has not submitted yet stops there
-    if st.get("job_id") and str(st.get("job_stage")) not in TERMINAL:
-        _, japi = _apis(_token(token))
-        try:
-            japi.cancel_job(job_id=st["job_id"], namespace=st.get("namespace"))
-        except Exception as exc:
-            raise JobsError(explain_http_error(exc, token=_token(token))) from None
+    (d / "STOP").write_text("stop")
+    if st.get("follower") and st.get("job_id") and str(st.get("job_stage")) not in TERMINAL:
+        token = _token(token)
+        if not token:
+            raise JobsError("This run's follower is not running and no token is at hand to cancel job "
+                            f"{st['job_id']}: set HF_TOKEN, or cancel it at {st.get('job_url')}")
+        _cancel(st, token)
     return update_status(d, only_if_state=ACTIVE, state="stopping", stop_requested=True)
+
+
+def _cancel(st: dict, token: str) -> None:
+    _, japi = _apis(token)
+    try:
+        japi.cancel_job(job_id=st["job_id"], namespace=st.get("namespace"))
+    except Exception as exc:
+        raise JobsError(explain_http_error(exc, token=token)) from None
 
 
 def ensure_follower(run_id: str, token: str | None = None) -> bool:

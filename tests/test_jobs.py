@@ -124,7 +124,7 @@ def test_job_completes_and_its_adapter_comes_back(jobs, fake_hub, tmp_path, tiny
 
 def test_stop_cancels_the_job(jobs, tiny_model_dir):
     from finetune.jobs import submit
-    from finetune.runs import stop_run
+    from finetune.runs import run_dir, stop_run
 
     run_id = submit(_cfg(max_steps=5000, save_steps=5000), flavor="cpu-basic", token=TOKEN)
     st = _wait(run_id, lambda s: (s.get("step") or 0) >= 1 or _final(s))
@@ -134,17 +134,22 @@ def test_stop_cancels_the_job(jobs, tiny_model_dir):
     assert st["state"] == "stopped" and st["job_stage"] == "CANCELED", st
     job = jobs.jobs[st["job_id"]]
     assert job["stage"] == "CANCELED" and job["proc"].poll() is not None
+    # Cancel reached the job as SIGTERM: it stopped cleanly and pushed its adapter, which came back.
+    assert "adapter last pushed came back" in st["error"]
+    assert (run_dir(run_id) / "adapter" / "adapter_model.safetensors").exists()
 
 
 def test_errors_say_what_happened(jobs, home, tiny_model_dir):
     from finetune.jobs import JobsError, submit
 
-    runs_before = set(os.listdir(home / "runs"))
+    from finetune.paths import runs_dir
+
+    runs_before = set(os.listdir(runs_dir()))
     with pytest.raises(JobsError, match="unknown flavor 'h1000'.*cpu-basic"):
         submit(_cfg(), flavor="h1000", token=TOKEN)
     with pytest.raises(JobsError, match="need your token"):
         submit(_cfg(), flavor="cpu-basic", token=None)
-    assert set(os.listdir(home / "runs")) == runs_before  # refused before any run folder
+    assert set(os.listdir(runs_dir())) == runs_before  # refused before any run folder
 
     jobs.credits = False
     run_id = submit(_cfg(), flavor="cpu-basic", token=TOKEN)
