@@ -200,3 +200,32 @@ def test_timeout_parsing():
     for bad in ("soon", "10s", "9d"):
         with pytest.raises(JobsError, match="--timeout"):
             parse_timeout(bad)
+
+
+def test_train_tab_flavor_picker_and_jobs_api(jobs, fake_hub, tiny_model_dir):
+    from gradio_client import Client
+
+    from conftest import serve_app
+    from ui import jobs_panel
+
+    # The picker: every Jobs flavor, with the planner's time and cost for this config.
+    dd = jobs_panel.flavors_api("builtin:tiny-chat", "builtin:demo", "lora", 2e-3, 1, 8, 256, 16, TOKEN)
+    labels = {value: label for label, value in dd.choices}
+    assert set(labels) == {"cpu-basic", "cpu-upgrade", "t4-small", "a10g-largex2"}
+    assert labels["t4-small"].startswith("t4-small: 1x T4 16 GB, $0.40/h, ~") and "$" in labels["t4-small"][30:]
+    assert "2x A10G" in labels["a10g-largex2"] and dd.value in ("t4-small", "a10g-largex2")
+
+    demo, url = serve_app()
+    try:
+        client = Client(url, verbose=False)
+        run_id = client.predict("builtin:tiny-chat", "builtin:demo", "lora", 2e-3, 1, 8, 256, 16, "cpu-basic", "1h",
+                                TOKEN, api_name="/train_jobs")
+        st = _wait(run_id, lambda s: s.get("job_id") or _final(s))
+        assert st.get("job_id") and jobs.specs[-1]["secrets"] == {"HF_TOKEN": TOKEN}
+        client.predict(run_id, api_name="/stop")
+        st = _wait(run_id, _final)
+        assert st["state"] == "stopped" and st["job_stage"] == "CANCELED"
+        shown = client.predict(run_id, api_name="/status")
+        assert shown["job_id"] == st["job_id"] and shown["job_url"].endswith(st["job_id"])
+    finally:
+        demo.close()

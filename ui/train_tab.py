@@ -12,6 +12,7 @@ from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 from finetune.config import BUILTIN_DEMO_REASON, TrainConfig, default_run_config, help_for
 from finetune.hardware import detect_hardware
 
+from . import jobs_panel
 from .render import check_source, fmt_duration, num, run_choices, user_errors
 
 # Both series from the first value on: Gradio 6.31's native plot keeps the color domain of its first
@@ -27,6 +28,13 @@ def train_api(model: str, data: str, method: str, learning_rate: float, epochs: 
     """Start a training run and return its run id at once (the `train` API)."""
     from finetune.runs import start_training
 
+    cfg = run_config(model, data, method, learning_rate, epochs, batch_size, max_seq_len, lora_r, num_processes)
+    _warn_if_it_will_not_fit(cfg)
+    return start_training(cfg)
+
+
+def run_config(model, data, method, learning_rate, epochs, batch_size, max_seq_len, lora_r, num_processes=1):
+    """The run config from the tab's widgets (also used by Run on Hugging Face Jobs)."""
     for label, value in (("Learning rate", learning_rate), ("Epochs", epochs), ("Batch size", batch_size),
                          ("Max sequence length", max_seq_len), ("LoRA rank", lora_r)):
         if value is None:
@@ -39,8 +47,7 @@ def train_api(model: str, data: str, method: str, learning_rate: float, epochs: 
     cfg.lora.r, cfg.lora.alpha = int(lora_r), 2 * int(lora_r)
     cfg.data.__post_init__()
     cfg.lora.__post_init__()
-    _warn_if_it_will_not_fit(cfg)
-    return start_training(cfg)
+    return cfg
 
 
 def _warn_if_it_will_not_fit(cfg) -> None:
@@ -94,6 +101,11 @@ def render_status(st: dict):
              f"`{bar}` {st.get('progress', 0):.0f}% · step {step}/{total or '?'} · ETA {fmt_duration(st.get('eta_s'))}"
              f" · loss {num(st.get('loss'))} · validation loss {num(st.get('eval_loss'))}"
              + (f" · {st.get('tokens_per_s')} tokens/s" if st.get("tokens_per_s") else "")]
+    if st.get("job_id"):
+        lines.append(f"\nHugging Face job [{st['job_id']}]({st.get('job_url')}) on {st.get('flavor')}: "
+                     f"{st.get('job_stage')}" + (" (not followed: reattach with a token)" if st.get("follower") else ""))
+    elif st.get("remote") and st.get("job_stage"):
+        lines.append(f"\nHugging Face Jobs: {st['job_stage'].lower()} ({st.get('flavor')})")
     if st.get("launch"):
         lines.append(f"\n{st['launch'].get('num_processes')} processes, {st['launch'].get('reason')}.")
     if st.get("error"):
@@ -147,6 +159,7 @@ def build(model_box, data_box, run_state) -> dict:
             gpus = detect_hardware().get("gpu_count") or 0  # one process per GPU; shown only with several
             procs = gr.Slider(1, max(2, gpus), value=1, step=1, visible=gpus > 1, **_num_field("num_processes"))
             start = gr.Button("Start training", variant="primary")
+            jobs = jobs_panel.build()
             with gr.Row():
                 stop = gr.Button("Stop", variant="stop")
                 resume_btn = gr.Button("Resume")
@@ -161,6 +174,7 @@ def build(model_box, data_box, run_state) -> dict:
                                elem_id="loss-plot")
             raw = gr.JSON(visible=False)
     timer = gr.Timer(1.0)
+    jobs_panel.wire(jobs, [model_box, data_box, method, lr, epochs, batch, seq, rank], run_id, run_state, run_choices)
     start.click(train_api, [model_box, data_box, method, lr, epochs, batch, seq, rank, procs], run_id, api_name="train").then(
         lambda r: (r, gr.Dropdown(choices=run_choices(), value=r)), run_id, [run_state, run_id], api_visibility="private")
     timer.tick(poll, run_id, [progress, plot], api_visibility="private", show_progress="hidden")
