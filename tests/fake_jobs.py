@@ -102,6 +102,18 @@ class FakeJobs:
                 except OSError:
                     pass
                 proc.wait(timeout=10)
+        # A job's own children (its training process, in a session of its own) end with the
+        # container on the real platform; here, end whatever still runs out of a job's home.
+        root = str(self.tmp_root).encode()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if root in f.read():
+                        os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
