@@ -229,3 +229,35 @@ def test_train_tab_flavor_picker_and_jobs_api(jobs, fake_hub, tiny_model_dir):
         assert shown["job_id"] == st["job_id"] and shown["job_url"].endswith(st["job_id"])
     finally:
         demo.close()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="Debian's chromium is not installed")
+def test_jobs_panel_in_the_browser(jobs, fake_hub, tiny_model_dir):
+    """The panel next to Start training: ↻ lists the flavors with time and cost, the button starts a job,
+    and the Train view shows the job like a run."""
+    import re
+
+    from playwright.sync_api import expect
+
+    from conftest import chromium_page, serve_app
+    from finetune.runs import list_runs, stop_run
+
+    demo, url = serve_app()
+    try:
+        with chromium_page(url) as page:
+            page.get_by_role("tab", name="Train").click()
+            page.get_by_text("Run on Hugging Face Jobs").first.click()
+            page.get_by_role("button", name="↻", exact=True).click()
+            flavor = page.get_by_label("Flavor")
+            expect(flavor).to_have_value(re.compile(r"^(t4-small|a10g-largex2): .*\$\d"), timeout=60_000)
+            flavor.click()
+            expect(page.get_by_role("option", name=re.compile(r"^cpu-basic: 2 vCPU, \$0\.01.h, ~"))).to_be_visible()
+            page.get_by_role("option", name=re.compile(r"^cpu-basic")).click()
+            page.get_by_label("HF token (optional)").fill(TOKEN)
+            page.get_by_role("button", name="Run on Hugging Face Jobs", exact=True).click()
+            expect(page.get_by_text(re.compile(r"Hugging Face job \w+ on cpu-basic"))).to_be_visible(timeout=90_000)
+            run_id = next(r["run_id"] for r in list_runs())
+            stop_run(run_id)
+            _wait(run_id, _final)
+    finally:
+        demo.close()
