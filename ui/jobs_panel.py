@@ -2,8 +2,9 @@
 for each flavor, a time limit, and the button that submits the same run config as a Job.
 
 The run then shows in the Train view like a local run (state, steps, loss, ETA, Stop), mirrored by
-the engine (finetune/jobs.py). The token is the caller's: their HF login on a Space
-(gr.OAuthToken), else a token typed here, else HF_TOKEN locally; never stored or shown.
+the engine (finetune/jobs.py). The token is the caller's: a token typed here, else their HF login
+on a Space (ui/guard.py's identity), else HF_TOKEN locally; never stored or shown. Access (login,
+allowlist) is the `train` permission, checked by the guard around every handler.
 """
 
 from __future__ import annotations
@@ -12,37 +13,39 @@ import os
 
 import gradio as gr
 
-from .render import on_space, user_errors
+from .render import user_errors
 
 
-def _caller_token(typed: str, oauth: gr.OAuthToken | None) -> str | None:
+def _caller_token(typed: str) -> str | None:
+    from finetune import access
+
+    from .guard import current
+
     if (typed or "").strip():
         return typed.strip()
-    if oauth is not None and getattr(oauth, "token", None):
-        return oauth.token
-    if not on_space():  # a local app may use its own HF_TOKEN; a public Space never lends the owner's
-        return os.environ.get("HF_TOKEN") or None
-    return None
+    ident = current()
+    if ident.public:  # the visitor's own login; the owner's HF_TOKEN secret only for the owner
+        return access.hub_token(ident, for_push=True) or None
+    return ident.token or os.environ.get("HF_TOKEN") or None
 
 
 @user_errors
 def flavors_api(model: str, data: str, method: str, learning_rate: float, epochs: float, batch_size: float,
-                max_seq_len: float, lora_r: float, typed_token: str = "", oauth: gr.OAuthToken | None = None):
+                max_seq_len: float, lora_r: float, typed_token: str = ""):
     """The flavors of Hugging Face Jobs with the planner's time and cost for this run's config."""
     from finetune.jobs import flavor_estimates, flavor_label, list_flavors
 
     from .train_tab import run_config
 
     cfg = run_config(model, data, method, learning_rate, epochs, batch_size, max_seq_len, lora_r)
-    rows = flavor_estimates(cfg, list_flavors(_caller_token(typed_token, oauth)))
+    rows = flavor_estimates(cfg, list_flavors(_caller_token(typed_token)))
     gpu = next((r["name"] for r in rows if r.get("gpus") and r.get("fits")), rows[0]["name"] if rows else None)
     return gr.Dropdown(choices=[(flavor_label(r), r["name"]) for r in rows], value=gpu)
 
 
 @user_errors
 def jobs_api(model: str, data: str, method: str, learning_rate: float, epochs: float, batch_size: float,
-             max_seq_len: float, lora_r: float, flavor: str, timeout: str = "2h", typed_token: str = "",
-             oauth: gr.OAuthToken | None = None) -> str:
+             max_seq_len: float, lora_r: float, flavor: str, timeout: str = "2h", typed_token: str = "") -> str:
     """Train this config on Hugging Face Jobs (flavor e.g. a10g-small, timeout e.g. 2h); returns the run id at
     once (the `train_jobs` API). The run is then followed like a local one (`status`, `stop`)."""
     from finetune.jobs import submit
@@ -51,10 +54,13 @@ def jobs_api(model: str, data: str, method: str, learning_rate: float, epochs: f
 
     if not flavor:
         raise gr.Error("Pick a flavor first (↻ loads them from Hugging Face).")
-    token = _caller_token(typed_token, oauth)
+    from .guard import current
+
+    token = _caller_token(typed_token)
     if not token:
         raise gr.Error("Hugging Face Jobs run on your account: log in, or paste a token with write access.")
     cfg = run_config(model, data, method, learning_rate, epochs, batch_size, max_seq_len, lora_r)
+    cfg.owner = current().owner  # the run belongs to the caller, like a local one
     return submit(cfg, flavor=flavor, timeout=timeout or "2h", token=token)
 
 

@@ -26,11 +26,11 @@ _DEFAULTS = default_run_config().train
 def train_api(model: str, data: str, method: str, learning_rate: float, epochs: float, batch_size: float,
               max_seq_len: float, lora_r: float, num_processes: float = 1) -> str:
     """Start a training run and return its run id at once (the `train` API)."""
-    from finetune.runs import start_training
-
     cfg = run_config(model, data, method, learning_rate, epochs, batch_size, max_seq_len, lora_r, num_processes)
     _warn_if_it_will_not_fit(cfg)
-    return start_training(cfg)
+    from .guard import start_as_caller  # owner, public-mode limits, the caller's token only
+
+    return start_as_caller(cfg)
 
 
 def run_config(model, data, method, learning_rate, epochs, batch_size, max_seq_len, lora_r, num_processes=1):
@@ -86,7 +86,9 @@ def runs_api() -> list[dict]:
     """All runs with their state, newest first (the `runs` API)."""
     from finetune.runs import list_runs
 
-    return list_runs()
+    from .guard import visible_runs
+
+    return visible_runs(list_runs())
 
 
 def render_status(st: dict):
@@ -131,9 +133,9 @@ def poll(run_id: str):
 
 @user_errors
 def resume(run_id: str) -> str:
-    from finetune.runs import start_run
+    from .guard import resume_as_caller
 
-    start_run(run_id, resume=True)
+    resume_as_caller(run_id)
     return run_id
 
 

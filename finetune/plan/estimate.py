@@ -27,7 +27,6 @@ from __future__ import annotations
 from ..hardware import get_tier, usable_memory_gb
 from .common import GB, METHODS, PREFIX_VIRTUAL_TOKENS
 
-
 # bytes per NF4 linear weight: 4 bits + an fp8 absmax per 64 weights + an fp32 absmax per 256 blocks.
 NF4_BYTES = 0.52
 CUDA_OVERHEAD_GB = 0.5

@@ -10,11 +10,17 @@ from ..config import BUILTIN_DEMO_REASON, BUILTIN_DEMO_TRAIN
 from ..data.common import SFT_MIN_EXAMPLES  # the decision tree's threshold for supervised fine-tuning
 from ..hardware import get_tier, list_tiers, tiers_meta, usable_memory_gb
 from .common import GB, METHODS, PREFIX_VIRTUAL_TOKENS, PlanRequest, _hours, _slug
-from .specs import model_spec
-from .estimate import (calibrated_time, estimate_memory, estimate_time, inference_cost_per_1m,
-    _default_optimizer, _max_fit, _shards)
+from .estimate import (
+    _default_optimizer,
+    _max_fit,
+    _shards,
+    calibrated_time,
+    estimate_memory,
+    estimate_time,
+    inference_cost_per_1m,
+)
 from .export import _python_script, _report_md, _trl_config, _yaml
-
+from .specs import model_spec
 
 FULL_FT_MIN_EXAMPLES = 10000  # below this, full fine-tuning rarely beats LoRA and forgets more
 
