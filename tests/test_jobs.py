@@ -261,3 +261,24 @@ def test_jobs_panel_in_the_browser(jobs, fake_hub, tiny_model_dir):
             _wait(run_id, _final)
     finally:
         demo.close()
+
+
+from test_public import _client, _error, public_app  # noqa: E402,F401  -- the public Space fixture
+
+
+def test_public_space_jobs_need_a_login_and_use_the_callers_own_token(public_app, jobs):
+    from finetune.runs import load_config
+
+    args = ("builtin:tiny-chat", "builtin:demo", "lora", 2e-3, 1, 8, 256, 16, "cpu-basic", "1h", "")
+    assert "Log in" in _error(_client(public_app).predict, *args, api_name="/train_jobs")
+    assert "allowlist" in _error(_client(public_app, "hf_carol_write").predict, *args, api_name="/train_jobs")
+    bob = _client(public_app, "hf_bob_write")
+    run_id = bob.predict(*args, api_name="/train_jobs")
+    st = _wait(run_id, lambda s: s.get("job_id") or _final(s))
+    # bob's job runs on bob's account with bob's token, never the Space owner's HF_TOKEN secret
+    assert st.get("job_id") and jobs.jobs[st["job_id"]]["owner"] == "bob"
+    assert jobs.specs[-1]["secrets"] == {"HF_TOKEN": "hf_bob_write"}
+    assert load_config(run_id).owner == "bob"
+    assert "no run" in _error(_client(public_app, "hf_alice_write").predict, run_id, api_name="/stop")
+    bob.predict(run_id, api_name="/stop")
+    assert _wait(run_id, _final)["state"] == "stopped"
