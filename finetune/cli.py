@@ -220,8 +220,9 @@ def cmd_train(a) -> dict:
     if a.resume_id:
         runs.start_run(a.resume_id, resume=True)
         return {"run_id": a.resume_id, "state": "queued", "resumed": True}
+    where = _where(a)
     cfg = config_from_args(a)
-    if a.backend == "hf-jobs":
+    if where == "hf-jobs":
         from .jobs import submit
 
         if not a.flavor:
@@ -272,6 +273,10 @@ def cmd_stop(a) -> dict:
 def cmd_runs(a) -> dict:
     from . import runs
 
+    if a.action == "delete":
+        if not a.run_id:
+            raise ValueError("runs delete: which run? (runs delete RUN_ID)")
+        return runs.delete_run(a.run_id)
     return {"runs": runs.list_runs()}
 
 
@@ -301,6 +306,29 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise _UsageError(f"{self.prog}: {message}")
+
+
+WHERE = ("local", "hf-jobs")  # --backend values that say where to train, not how to load the model
+
+
+def _add_where_to_backend(s: argparse.ArgumentParser) -> None:
+    """One --backend for both meanings: the generated train.backend (auto, transformers: how the
+    model is loaded) and where the run trains (local, or hf-jobs: Hugging Face Jobs, needs HF_TOKEN
+    and --flavor)."""
+    act = s._option_string_actions["--backend"]
+    act.choices = list(act.choices) + list(WHERE)
+    act.metavar = "{" + ",".join(map(str, act.choices)) + "}"
+    act.help = (act.help or "") + "; local or hf-jobs: where to train (hf-jobs: Hugging Face Jobs, needs HF_TOKEN and --flavor)"
+
+
+def _where(a: argparse.Namespace) -> str:
+    """'local' or 'hf-jobs', taking a where-value out of --backend so the config never sees it."""
+    key = f"{_CFG}train__backend"
+    value = getattr(a, key, None)
+    if value in WHERE:
+        delattr(a, key)
+        return value
+    return "local"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,8 +409,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait until the run ends")
     s.add_argument("--timeout-s", type=float, default=3600, help="with --wait: give up after this long")
     s.add_argument("--resume-id", default=None, help="resume this run from its last complete checkpoint")
-    s.add_argument("--backend", default="local", choices=["local", "hf-jobs"],
-                   help="where to train: this machine, or Hugging Face Jobs (needs HF_TOKEN)")
     s.add_argument("--flavor", default=None, help="hf-jobs: the hardware flavor, e.g. a10g-small")
     s.add_argument("--timeout", default="2h", help="hf-jobs: the job's time limit (90m, 2h, 3600)")
     s.add_argument("--image", default=None, help="hf-jobs: the image (default: this Space's, or FINETUNE_JOBS_IMAGE)")
@@ -393,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", default=None, help=argparse.SUPPRESS)  # the child process
     s.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     add_config_options(s)
+    _add_where_to_backend(s)
     s.set_defaults(fn=cmd_train)
 
     for name, fn, helptext in (("status", cmd_status, "a run's state, step, total steps and latest loss"),
@@ -411,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--prompts", default=None, help="a file: one prompt per line, or JSONL with 'prompt'")
             s.add_argument("--max-new-tokens", type=int, default=64)
         s.set_defaults(fn=fn)
-    s = sub.add_parser("runs", parents=[js], help="list runs")
+    s = sub.add_parser("runs", parents=[js], help="list runs, or `runs delete RUN_ID`")
+    s.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
+    s.add_argument("run_id", nargs="?", default=None)
     s.set_defaults(fn=cmd_runs)
     from .hub_cli import add_commands  # push, deploy, data push
 
