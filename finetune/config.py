@@ -17,6 +17,9 @@ from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 
 Method = Literal["lora", "rslora", "dora", "qlora", "full", "prefix", "cpt", "dpo", "orpo", "kto"]
 METHODS: tuple[str, ...] = get_args(Method)
+# Accelerate presets shipped under finetune/assets/accelerate/ (see finetune/parallel.py).
+AcceleratePreset = Literal["auto", "ddp", "zero2", "zero3", "zero3-offload", "fsdp"]
+ACCELERATE_PRESETS: tuple[str, ...] = get_args(AcceleratePreset)
 # What each method does, for people (the UI shows it next to the choice; the CLI's --method help lists it).
 METHOD_HELP: dict[str, str] = {
     "lora": "LoRA: small low-rank adapters on the frozen base (the default).",
@@ -151,6 +154,13 @@ class TrainConfig:
     report_to: Literal["none", "tensorboard", "trackio"] = _help(
         "Experiment tracking: none, tensorboard (logs under the run's tb/ folder) or trackio (must be installed).",
         default="none")
+    num_processes: int = _help("Training processes on this machine (one per GPU). More than 1 runs data-parallel "
+                               "through `accelerate launch`; batch size stays per process.", default=1)
+    accelerate_preset: AcceleratePreset = _help(
+        "How several processes share the work: ddp (a full copy per GPU), zero2 (DeepSpeed: shards optimizer "
+        "state and gradients), zero3 (DeepSpeed: also shards weights), zero3-offload (ZeRO-3 with optimizer "
+        "state and weights in CPU RAM), fsdp (PyTorch FSDP2: shards weights, gradients, optimizer state), or "
+        "auto (chosen from the planner's memory estimate).", default="auto")
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -180,6 +190,10 @@ class TrainConfig:
         if self.init_from_run and self.method not in PREFERENCE_METHODS:
             raise ConfigError("train.init_from_run", f"only DPO, ORPO and KTO continue a finished run's adapter, "
                                                      f"not {self.method}")
+        _check_range("train.num_processes", self.num_processes, 1, 64, integer=True)
+        if self.accelerate_preset not in ACCELERATE_PRESETS:
+            raise ConfigError("train.accelerate_preset",
+                              f"must be one of {', '.join(ACCELERATE_PRESETS)}, got {self.accelerate_preset!r}")
 
 
 @dataclass
@@ -383,6 +397,9 @@ def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, prec: dict, has
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         save_only_model=False,
+        # Several processes: LoRA leaves the frozen base without grads; searching for unused
+        # parameters every step would only cost time (and breaks with gradient checkpointing).
+        ddp_find_unused_parameters=False if t.num_processes > 1 else None,
     )
 
 
