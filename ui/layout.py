@@ -46,7 +46,7 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 t = train_tab.build(model, data, run_state)
             with gr.Tab("Evaluate", id="evaluate"):
-                evaluate_tab.build(t["run_id"])
+                evaluate_tab.build(t["run_id"], t, tabs)  # Diagnose's "Apply" fills the Train tab
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(t["run_id"])
         plan_tab.connect_train(plan, t, tabs)  # "Use this plan" fills the Train tab
