@@ -50,10 +50,11 @@ def render(result: dict):
     curves = pd.DataFrame(runs.get("curves") or [], columns=["run", "step", "value", "series"])
     if len(curves):
         curves["curve"] = curves["run"].str[-12:] + " " + curves["series"]
-    metric_cols = list(dict.fromkeys(k for row in runs.get("metrics") or [] for k in row))
+    rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in runs.get("metrics") or []]
+    metric_cols = list(dict.fromkeys(k for row in rows for k in row))
     diff = runs.get("config_diff") or []
     return (table, info, gr.LinePlot(value=curves if len(curves) else None),
-            md_table(runs.get("metrics") or [], metric_cols),
+            md_table(rows, metric_cols),
             md_table(diff, ["setting"] + runs.get("runs", [])) if diff else "_the configs are the same_")
 
 
@@ -129,7 +130,7 @@ def build(run_box) -> None:
         with gr.Row():
             vote_a, vote_b, vote_tie = gr.Button("A is better"), gr.Button("B is better"), gr.Button("Tie")
         export = gr.Button("Export votes as a DPO dataset")
-        export_file = gr.File(label="Preference dataset (prompt / chosen / rejected)", interactive=False)
+        export_file = gr.File(label="Preference dataset (prompt / chosen / rejected)", interactive=False, height=90)
     pair = gr.JSON(visible=False)  # {pair_id, a, b}: nothing that names a model
 
     def refresh(r=None):

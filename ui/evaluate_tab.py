@@ -68,10 +68,6 @@ def build(run_box, train: dict | None = None, tabs=None) -> None:
         go = gr.Button("Evaluate", variant="primary", scale=1)
         diag = gr.Button("Diagnose", scale=1)
     headline = gr.Markdown("Choose a finished run and press **Evaluate** (runs in its own process) or **Diagnose**.")
-    with gr.Row():
-        report = gr.Markdown(elem_id="eval-report")
-        chart = gr.Image(label="Metrics: base (grey) vs fine-tuned (blue)", type="filepath", height=300,
-                         interactive=False, scale=0, min_width=360)
     raw = gr.JSON(visible=False)
     flags = gr.JSON(visible=False)
 
@@ -94,8 +90,13 @@ def build(run_box, train: dict | None = None, tabs=None) -> None:
                 btn.click(lambda s=fl["settings"], k=keys: settings_updates(s, k), None,
                           [train[k] for k in keys] + [tabs], api_visibility="private")
 
+    with gr.Row():
+        report = gr.Markdown(elem_id="eval-report")
+        chart = gr.Image(label="Metrics: base (grey) vs fine-tuned (blue)", type="filepath", height=300,
+                         interactive=False, scale=0, min_width=360)
     run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run_id, api_visibility="private")
     run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
     go.click(evaluate_api, [run_id, max_ex], raw, api_name="evaluate", concurrency_limit=1,
-             concurrency_id="model_work").then(render_report, raw, [headline, report, chart], api_visibility="private")
+             concurrency_id="model_work").then(render_report, raw, [headline, report, chart], api_visibility="private").then(
+        lambda r, rep: diagnose_api(r) if rep else gr.skip(), [run_id, raw], flags, api_visibility="private")
     diag.click(diagnose_api, run_id, flags, api_name="diagnose")

@@ -85,9 +85,10 @@ def is_classification(refs: list[str]) -> bool:
     labels = [normalize_answer(r) for r in refs]
     if len(labels) < 4:
         return False
-    distinct = set(labels)
+    counts = Counter(labels)
     short = all(0 < len(x.split()) <= 3 for x in labels)
-    return short and len(distinct) <= max(2, min(20, len(labels) // 3))
+    repeated = sum(c for c in counts.values() if c >= 2) / len(labels)  # free answers rarely repeat
+    return short and repeated >= 0.8 and len(counts) <= max(2, min(20, len(labels) // 2))
 
 
 def task_metrics(preds: list[str], refs: list[str], task_type: str) -> dict:

@@ -84,14 +84,18 @@ def hardware() -> dict:
 
 def chart_png(path: Path, base: dict, tuned: dict) -> Path | None:
     """Grouped bars, base (grey) vs fine-tuned (blue), for the metrics on a 0..1 scale."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     names = [k for k in tuned if k != "perplexity" and _num(tuned.get(k)) and 0 <= tuned[k] <= 1]
     if not names:
         return None
-    w, h, top, bottom, left = max(360, 90 * len(names) + 80), 300, 30, 50, 40
+    w, h, top, bottom, left = max(420, 100 * len(names) + 90), 320, 34, 50, 48
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
+    try:
+        d.font = ImageFont.load_default(size=14)
+    except TypeError:  # Pillow < 10.1: the small bitmap font
+        pass
     plot_h = h - top - bottom
     for frac in (0, 0.25, 0.5, 0.75, 1.0):
         y = top + plot_h * (1 - frac)
@@ -107,10 +111,10 @@ def chart_png(path: Path, base: dict, tuned: dict) -> Path | None:
                 y = top + plot_h * (1 - max(0.0, min(1.0, v)))
                 d.rectangle([x0 + j * bw, y, x0 + (j + 1) * bw - 2, top + plot_h], fill=color)
         d.text((x0, h - bottom + 8), name[:14], fill="#222222")
-    d.rectangle([w - 170, 6, w - 160, 16], fill="#9e9e9e")
-    d.text((w - 155, 5), "base", fill="#222222")
-    d.rectangle([w - 110, 6, w - 100, 16], fill="#4c78a8")
-    d.text((w - 95, 5), "fine-tuned", fill="#222222")
+    d.rectangle([w - 190, 8, w - 178, 20], fill="#9e9e9e")
+    d.text((w - 172, 6), "base", fill="#222222")
+    d.rectangle([w - 120, 8, w - 108, 20], fill="#4c78a8")
+    d.text((w - 102, 6), "fine-tuned", fill="#222222")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
     img.save(tmp, format="PNG")
