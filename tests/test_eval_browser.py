@@ -82,13 +82,19 @@ def test_compare_and_a_blind_vote(page, home, overfit_run):
     page.get_by_label("Max new tokens").first.fill("8")
     page.get_by_role("button", name="Compare", exact=True).click()
     expect(page.get_by_text("ms/prompt")).to_be_visible(timeout=300_000)
-    expect(page.get_by_text("Opposite of fast?").first).to_be_visible()
+    assert overfit_run in page.get_by_text("ms/prompt").inner_text()  # latency per model
+    expect(page.get_by_text("Opposite of fast?", exact=True).locator("visible=true").first).to_be_visible()
 
     page.get_by_label("Prompt for a blind pair").fill("Is 7 even or odd?")
     page.get_by_role("button", name="New blind pair").click()
     expect(page.get_by_text("Which answer is better?")).to_be_visible(timeout=120_000)
-    stored = page.evaluate("() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])")
-    assert overfit_run not in stored  # nothing kept in the browser names the models
+    # What the browser keeps of the pair (Gradio's run history in localStorage holds each call's outputs):
+    # the random id and the two answers, nothing that says which model wrote which side.
+    stored = page.evaluate("() => Object.entries(localStorage).concat(Object.entries(sessionStorage))")
+    calls = [c for _, v in stored if v.startswith("[") for c in json.loads(v) if isinstance(c, dict)]
+    pair_calls = [c for c in calls if c.get("api_name") == "/ab_pair"]
+    assert pair_calls and all(set(o) == {"pair_id", "a", "b"} for c in pair_calls for o in c["outputs"])
+    assert overfit_run not in json.dumps([c["outputs"] for c in pair_calls])
     note = page.get_by_text("Which answer is better?").inner_text()
     assert overfit_run not in note and "base" not in note
     page.get_by_role("button", name="A is better").click()
