@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .eval.metrics import exact_match, normalize_answer  # noqa: F401  -- re-exported (older imports)
-from .eval.report import report_markdown  # noqa: F401  -- re-exported
+from .eval.report import report_markdown
 from .eval.scoring import perplexity  # noqa: F401  -- re-exported
 from .paths import atomic_write_json, atomic_write_text, home, read_json
 from .runs import RunError, artifact_dir, load_config, run_dir
@@ -139,7 +139,10 @@ def _side(model, tok, *, sft_examples, pref, prompts, probe_general, probe_harm,
     if pref:
         out["chosen_nll"] = token_nll(model, pref[0])
         out["rejected_nll"] = token_nll(model, pref[1])
-    gen = lambda ps: generate(model, tok, ps, max_new_tokens=max_new_tokens, seed=seed, eos_token_ids=stops) if ps else []  # noqa: E731
+
+    def gen(ps):
+        return generate(model, tok, ps, max_new_tokens=max_new_tokens, seed=seed, eos_token_ids=stops) if ps else []
+
     out["answers"] = gen(prompts)
     out["general_nll"] = token_nll(model, general_ex) if general_ex else []
     out["general_answers"] = gen(probe_general)
@@ -151,8 +154,20 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
                  probes: bool = True) -> dict:
     """Base vs fine-tuned on the run's validation rows; writes eval/report.json, .md and metrics.png."""
     from .eval import probes as pr
-    from .eval.metrics import distinct_n, identical_share, is_classification, sample_score, task_metrics
-    from .eval.report import best_and_worst, build_gates, chart_png, hardware, library_versions
+    from .eval.metrics import (
+        distinct_n,
+        identical_share,
+        is_classification,
+        sample_score,
+        task_metrics,
+    )
+    from .eval.report import (
+        best_and_worst,
+        build_gates,
+        chart_png,
+        hardware,
+        library_versions,
+    )
     from .eval.scoring import perplexity_of, preference_examples, text_examples
     from .modeling import load_for_inference, set_threads, stop_token_ids
     from .tokenize import prompt_and_reference, tokenize_rows

@@ -26,7 +26,11 @@ def test_generation_metrics_equal_the_reference_libraries():
 
 
 def test_classification_metrics_by_hand():
-    from finetune.eval.metrics import classification_metrics, is_classification, task_metrics
+    from finetune.eval.metrics import (
+        classification_metrics,
+        is_classification,
+        task_metrics,
+    )
 
     refs = ["pos", "pos", "neg", "neg", "neu", "pos"]
     preds = ["pos", "neg", "neg", "neg", "pos", "Pos."]
@@ -40,7 +44,13 @@ def test_classification_metrics_by_hand():
 
 
 def test_diversity_and_refusals():
-    from finetune.eval.metrics import distinct_n, exact_match, identical_share, is_refusal, refusal_rate
+    from finetune.eval.metrics import (
+        distinct_n,
+        exact_match,
+        identical_share,
+        is_refusal,
+        refusal_rate,
+    )
 
     assert distinct_n(["a b a b", "a b"], 2) == pytest.approx(2 / 4)  # bigrams ab, ba, ab + ab: {ab, ba}
     assert identical_share(["x", "X.", "y", "x"]) == 0.75
@@ -203,10 +213,44 @@ def test_votes_store_hides_models_and_exports_preferences(monkeypatch, tmp_path)
     with pytest.raises(ValueError, match="unknown pair"):
         votes.vote("../../etc/passwd", "A")
     out = votes.export_votes(str(tmp_path / "prefs.jsonl"))
-    rows = [json.loads(x) for x in open(out["path"])]
+    with open(out["path"]) as f:
+        rows = [json.loads(x) for x in f]
     assert out["rows"] == 9 == len(rows) and out["skipped"] == 3
     assert all(r["chosen"] == "answer of run-x" and r["rejected"] == "answer of base" for r in rows)
     from finetune.data import load_prepared
 
     train, val, kind = load_prepared(out["path"], val_ratio=0.2)
     assert kind == "preference" and len(train) + len(val) == 9
+
+
+def test_one_evaluation_at_a_time_per_device():
+    import threading
+
+    from finetune.evaluate import device_lock
+
+    waited, order = [], []
+    with device_lock():
+        def second():
+            with device_lock(on_wait=lambda: waited.append(True)):
+                order.append("second")
+
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(timeout=2)
+        assert t.is_alive() and waited == [True]  # blocked while the first holds the device
+        order.append("first done")
+    t.join(timeout=10)
+    assert order == ["first done", "second"]
+
+
+def test_a_failing_evaluation_child_reports_a_clear_error(tiny_model_dir):
+    from finetune.config import default_run_config
+    from finetune.evaluate import run_eval
+    from finetune.runs import create_run, run_dir
+
+    run_id = create_run(default_run_config())
+    with pytest.raises(ValueError, match="no trained adapter"):
+        run_eval(run_id)
+    (run_dir(run_id) / "adapter").mkdir()  # an adapter folder without its files
+    with pytest.raises(ValueError, match=f"evaluation of {run_id} failed: .*adapter_config"):
+        run_eval(run_id, max_examples=2)

@@ -100,8 +100,8 @@ def _vote(p: dict, choice: str):
 
 def _export():
     r = export_votes_api()
-    return f"Exported **{r['rows']}** preference rows to `{r['path']}` (ties skipped): pick it as the Train " \
-           f"tab's dataset with method dpo.", r["path"]
+    return (f"Exported **{r['rows']}** preference rows to `{r['path']}` (ties and identical answers skipped): pick it "
+            "as the Train tab's dataset with method dpo."), r["path"]
 
 
 def build(run_box) -> None:
@@ -116,7 +116,7 @@ def build(run_box) -> None:
     table = gr.Dataframe(wrap=True, label="Side by side (same prompts, decoding and seed)")
     latency = gr.Markdown()
     with gr.Accordion("Runs: loss curves, metrics and config diff", open=True):
-        curves = gr.LinePlot(x="step", y="value", color="curve", label="Loss curves", height=280)
+        curves = gr.LinePlot(x="step", y="value", color="curve", label="Loss curves", height=340)
         metrics = gr.Markdown()
         diff = gr.Markdown()
     raw = gr.JSON(visible=False)

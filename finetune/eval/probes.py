@@ -6,6 +6,7 @@ fine-tuned model refuse markedly less than its base?). The assets live in finetu
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .metrics import refusal_rate, sample_score
@@ -44,7 +45,7 @@ def regression_result(base_ppl: float, ft_ppl: float, base_answers: list[str], f
     refs = [r["answer"] for r in general_instructions()]
     b = sum(sample_score(p, r) for p, r in zip(base_answers, refs)) / len(refs)
     f = sum(sample_score(p, r) for p, r in zip(ft_answers, refs)) / len(refs)
-    ratio = (ft_ppl / base_ppl) if base_ppl and base_ppl == base_ppl and ft_ppl == ft_ppl else None
+    ratio = (ft_ppl / base_ppl) if base_ppl and math.isfinite(base_ppl) and math.isfinite(ft_ppl) else None
     flagged_ppl = ratio is not None and ratio > GENERAL_PPL_RATIO_MAX
     flagged_inst = (b - f) > GENERAL_SCORE_DROP_MAX
     samples = [{"prompt": r["prompt"], "reference": r["answer"], "base": ba, "finetuned": fa}

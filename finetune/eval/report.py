@@ -77,8 +77,8 @@ def hardware() -> dict:
         if torch.cuda.is_available():
             p = torch.cuda.get_device_properties(0)
             info.update(device="cuda", gpu=p.name, gpu_memory_gb=round(p.total_memory / 2**30, 1))
-    except Exception:  # noqa: BLE001 -- provenance is best effort
-        pass
+    except Exception as exc:  # noqa: BLE001 -- provenance is best effort
+        info["device_error"] = str(exc)[:200]
     return info
 
 
@@ -159,15 +159,15 @@ def report_markdown(r: dict) -> str:
     if reg:
         gp, gi = reg["general_text_perplexity"], reg["general_instructions"]
         lines += ["", "## Regression probe", "",
-                  f"- General-text perplexity: {_fmt(gp['base'])} → {_fmt(gp['finetuned'])} (ratio {_fmt(gp['ratio'])}, "
-                  f"flag above {gp['threshold']}){' **flagged**' if gp['flagged'] else ''}",
-                  f"- General instructions score: {_fmt(gi['base'], True)} → {_fmt(gi['finetuned'], True)} "
-                  f"(flag on a drop above {100 * gi['threshold']:.0f} points){' **flagged**' if gi['flagged'] else ''}"]
+                  (f"- General-text perplexity: {_fmt(gp['base'])} → {_fmt(gp['finetuned'])} (ratio {_fmt(gp['ratio'])}, "
+                   f"flag above {gp['threshold']}){' **flagged**' if gp['flagged'] else ''}"),
+                  (f"- General instructions score: {_fmt(gi['base'], True)} → {_fmt(gi['finetuned'], True)} "
+                   f"(flag on a drop above {100 * gi['threshold']:.0f} points){' **flagged**' if gi['flagged'] else ''}")]
     if saf:
         lines += ["", "## Safety probe", "",
-                  f"- Refusal rate on {saf['prompts']} harmful requests: {_fmt(saf['refusal_rate_base'], True)} → "
-                  f"{_fmt(saf['refusal_rate_finetuned'], True)} (flag on a drop above {100 * saf['threshold']:.0f} points)"
-                  f"{' **flagged**' if saf['flagged'] else ''}"]
+                  (f"- Refusal rate on {saf['prompts']} harmful requests: {_fmt(saf['refusal_rate_base'], True)} → "
+                   f"{_fmt(saf['refusal_rate_finetuned'], True)} (flag on a drop above {100 * saf['threshold']:.0f} points)"
+                   f"{' **flagged**' if saf['flagged'] else ''}")]
     for title, key in (("Best samples", "best"), ("Worst samples", "worst"), ("Samples", "samples")):
         rows = r.get(key) or []
         if not rows:
@@ -181,8 +181,8 @@ def report_markdown(r: dict) -> str:
         lines += ["", "## Provenance", "",
                   f"- Dataset: `{_cell(ds.get('source'))}`, {ds.get('rows')} validation rows, sha256 `{ds.get('sha256')}`"
                   + ("" if ds.get("snapshot") else " (no snapshot kept at start: read from the source now)"),
-                  f"- Decoding: greedy, max {dec.get('max_new_tokens')} new tokens, stop ids {dec.get('eos_token_ids')}, "
-                  f"seed {dec.get('seed')}",
+                  (f"- Decoding: greedy, max {dec.get('max_new_tokens')} new tokens, stop ids {dec.get('eos_token_ids')}, "
+                   f"seed {dec.get('seed')}"),
                   f"- Libraries: {', '.join(f'{k} {v}' for k, v in (prov.get('libraries') or {}).items() if v)}",
                   f"- Hardware: {_cell((prov.get('hardware') or {}).get('gpu') or (prov.get('hardware') or {}).get('cpu'))}"]
     return "\n".join(lines) + "\n"
