@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
-from finetune.config import BUILTIN_DEMO_REASON, TrainConfig, default_run_config, help_for
+from finetune.config import BUILTIN_DEMO_REASON, METHODS, TrainConfig, build_run_config, default_run_config, help_for
 
 from .render import check_source, fmt_duration, num, run_choices, user_errors
 
@@ -31,27 +31,25 @@ def train_api(model: str, data: str, method: str, learning_rate: float, epochs: 
         if value is None:
             raise gr.Error(f"{label} is empty: enter a number.")
     data = check_source((data or DEMO_DATASET_ID).strip())
-    cfg = default_run_config(model or TINY_CHAT_ID, data, method=method or "lora",
-                             learning_rate=float(learning_rate), epochs=float(epochs), batch_size=int(batch_size))
-    cfg.data.max_seq_len = int(max_seq_len)
-    cfg.lora.r, cfg.lora.alpha = int(lora_r), 2 * int(lora_r)
-    cfg.data.__post_init__()
-    cfg.lora.__post_init__()
+    cfg = build_run_config(model or TINY_CHAT_ID, data, {
+        "train": {"method": method or "lora", "learning_rate": float(learning_rate), "epochs": float(epochs),
+                  "batch_size": int(batch_size)},
+        "data": {"max_seq_len": int(max_seq_len)}, "lora": {"r": int(lora_r), "alpha": 2 * int(lora_r)}})
     _warn_if_it_will_not_fit(cfg)
     return start_training(cfg)
 
 
 def _warn_if_it_will_not_fit(cfg) -> None:
     """Estimate memory before launch (the planner's model) and say so when it will not fit here."""
-    from finetune.plan import PlanRequest, plan
+    from finetune.plan import estimate_run_memory
 
     try:
-        p = plan(PlanRequest(model=cfg.model.model_id, method=cfg.train.method, seq_len=cfg.data.max_seq_len,
-                             batch_size=cfg.train.batch_size, hardware="local", lora_rank=cfg.lora.r))
+        p = estimate_run_memory(cfg.model.model_id, cfg.train.method, cfg.data.max_seq_len, cfg.train.batch_size,
+                                cfg.lora.r, cfg.train.gradient_checkpointing)
     except ValueError:  # an unknown model offline: nothing to estimate from
         return
-    if not p.get("fits"):
-        gr.Warning(f"Estimated {p['vram_gb']:.1f} GB will not fit on this machine ({p.get('usable_memory_gb')} GB "
+    if not p["fits"]:
+        gr.Warning(f"Estimated {p['vram_gb']:.1f} GB will not fit on this machine ({p['usable_gb']} GB "
                    "usable): expect out-of-memory. Lower the batch size or sequence length, or use QLoRA on a GPU.")
 
 
@@ -133,7 +131,7 @@ def build(model_box, data_box, run_state) -> dict:
                 "initialised**, so a run shows the pipeline working, not a useful model.")
     with gr.Row():
         with gr.Column(scale=1):
-            method = gr.Dropdown(["lora", "dora", "qlora", "full", "prefix", "dpo"], value="lora",
+            method = gr.Dropdown(list(METHODS), value="lora",
                                  **_num_field("method"))
             lr = gr.Number(value=_DEFAULTS.learning_rate, **_num_field("learning_rate"))
             epochs = gr.Number(value=_DEFAULTS.epochs, minimum=0, **_num_field("epochs"))
@@ -164,11 +162,7 @@ def build(model_box, data_box, run_state) -> dict:
     resume_btn.click(resume, run_id, run_id, api_visibility="private")
     refresh.click(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
     run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
-    hidden_status_in = gr.Textbox(visible=False)
-    hidden_status_out = gr.JSON(visible=False)
-    hidden_runs = gr.JSON(visible=False)
-    hidden_btn = gr.Button(visible=False)
-    hidden_btn.click(status_api, hidden_status_in, hidden_status_out, api_name="status")
-    hidden_btn.click(runs_api, None, hidden_runs, api_name="runs")
+    gr.api(status_api, api_name="status")  # API-only endpoints: no hidden components needed
+    gr.api(runs_api, api_name="runs")
     return {"run_id": run_id, "method": method, "learning_rate": lr, "epochs": epochs, "batch_size": batch,
             "max_seq_len": seq, "lora_rank": rank}
