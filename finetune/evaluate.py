@@ -119,10 +119,6 @@ def device_lock(on_wait=None):
 # The evaluation itself (runs in the child)
 
 
-def _prompt_text(p) -> str:
-    return p[-1]["content"] if isinstance(p, list) and p else str(p)
-
-
 def _answer_text(a) -> str:
     if isinstance(a, list):
         return " ".join(str(m.get("content") or "") for m in a if m.get("role") == "assistant")
@@ -170,7 +166,7 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
     )
     from .eval.scoring import perplexity_of, preference_examples, text_examples
     from .modeling import load_for_inference, set_threads, stop_token_ids
-    from .tokenize import prompt_and_reference, tokenize_rows
+    from .tokenize import prompt_and_reference, prompt_text, tokenize_rows
 
     d = run_dir(run_id)
     cfg = load_config(run_id)
@@ -243,7 +239,7 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
         samples = []
         for i, (p, r) in enumerate(zip(prompts, refs)):
             bp, fp = base["answers"][i], tuned["answers"][i]
-            samples.append({"prompt": _prompt_text(p), "reference": r, "base": bp, "finetuned": fp,
+            samples.append({"prompt": prompt_text(p), "reference": r, "base": bp, "finetuned": fp,
                             "base_match": exact_match(bp, r), "finetuned_match": exact_match(fp, r),
                             "score": round(sample_score(fp, r), 4)})
         best, worst = best_and_worst(samples)
@@ -272,6 +268,8 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
         report["delta"] = {k: (report["finetuned"][k] - report["base"][k])
                            if report["finetuned"][k] is not None and report["base"][k] is not None else None
                            for k in ("perplexity", "exact_match")}
+        report["notes"] = [] if sft_examples else [
+            f"perplexity is n/a: no validation row keeps a trained token within max_seq_len {cfg.data.max_seq_len}"]
         report["gates"] = build_gates(report)
         out = d / "eval"
         report["chart"] = str(chart_png(out / "metrics.png", base_metrics, metrics) or "") or None

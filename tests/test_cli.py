@@ -190,7 +190,7 @@ def test_every_command_from_another_folder(tmp_path, tiny_model_dir):
     assert run_id in [r["run_id"] for r in _json(_cli("runs", "--json", cwd=work))["runs"]]
     ev = _json(_cli("eval", run_id, "--max-examples", "4", "--json", cwd=work))
     assert "perplexity" in ev["finetuned"] and ev["samples"]
-    assert set(ev["gates"]) >= {"perplexity"} and ev["report_md"].endswith("report.md")
+    assert "exact_match" in ev["gates"] and ev["report_md"].endswith("report.md")
     cmp_ = _json(_cli("compare", run_id, "--base", "--prompts", "prompts.txt", "--max-new-tokens", "4", "--json",
                       cwd=work))
     assert [r["prompt"] for r in cmp_["rows"]] == ["What is the capital of France?", "Name a primary colour."]
@@ -198,7 +198,8 @@ def test_every_command_from_another_folder(tmp_path, tiny_model_dir):
     diag = _json(_cli("diagnose", run_id, "--json", cwd=work))
     assert diag["run_id"] == run_id and isinstance(diag["flags"], list)
     votes = _json(_cli("votes", "export", "--out", "votes.jsonl", "--json", cwd=work))
-    assert votes["path"] == str(work / "votes.jsonl") and votes["rows"] == 0
+    assert votes["path"] == str(work / "votes.jsonl")
+    assert votes["rows"] == len((work / "votes.jsonl").read_text().splitlines())
     check = _json(_cli("calibrate", "check", run_id, "--json", cwd=work))
     assert check["run_id"] == run_id and check["predicted_s"] > 0
     dry = _json(_cli("calibrate", "dry-run", "--steps", "1", "--json", cwd=work))  # trainer logs go to stderr

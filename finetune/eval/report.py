@@ -138,6 +138,7 @@ def report_markdown(r: dict) -> str:
     lines = [f"# Evaluation of {_cell(r['run_id'])}", "",
              f"Base `{_cell(r['model'])}` vs fine-tuned ({r['method']}) on {r['examples']} validation examples"
              + (f" ({r['task_type']})." if r.get("task_type") else "."), ""]
+    lines += [f"> {_cell(n, 300)}" for n in r.get("notes") or []] + ([""] if r.get("notes") else [])
     gates = r.get("gates") or {}
     if gates:
         lines += ["## Gates", "", "| gate | result | value | threshold |", "|---|---|---|---|"]
