@@ -17,9 +17,25 @@ def model_choices() -> list[str]:
 
 
 def _models(runs) -> list[str]:
+    """The chosen models, each run checked against the caller (the guard checks only plain string
+    inputs, not lists: a run someone else owns reads as missing here too)."""
+    from finetune import access
+
+    from .guard import current
+
     if isinstance(runs, str):
         runs = [r for r in runs.replace(",", " ").split() if r]
-    return [str(r).strip() for r in (runs or []) if str(r).strip()]
+    out = [str(r).strip() for r in (runs or []) if str(r).strip()]
+    for r in out:
+        if r != "base":
+            access.check_run(current(), r)
+    return out
+
+
+def _owner() -> str:
+    from .guard import current
+
+    return current().owner
 
 
 @user_errors
@@ -64,7 +80,7 @@ def ab_pair_api(runs, prompt: str) -> dict:
     sides shuffled and no hint of which model wrote which (the `ab_pair` API)."""
     from finetune.votes import ab_pair
 
-    return ab_pair(_models(runs), prompt or "")
+    return ab_pair(_models(runs), prompt or "", owner=_owner())
 
 
 @user_errors
@@ -72,16 +88,28 @@ def vote_api(pair_id: str, choice: str) -> dict:
     """Record a vote on a blind pair: A, B or tie (the `vote` API); reveals the models afterwards."""
     from finetune.votes import vote
 
-    return vote(str(pair_id or ""), str(choice or ""))
+    return vote(str(pair_id or ""), str(choice or ""), owner=_owner())
 
 
 @user_errors
 def export_votes_api() -> dict:
     """Write the votes as a prompt/chosen/rejected dataset for DPO; returns {path, rows} (the
     `export_votes` API)."""
+    from pathlib import Path
+
+    from finetune import access
+    from finetune.paths import datasets_dir
     from finetune.votes import export_votes
 
-    return export_votes()
+    from .guard import current
+
+    ident = current()
+    if not ident.public:
+        return export_votes()
+    name = f"ab-votes-{ident.owner}.jsonl"  # each visitor's own votes, in a dataset they own
+    out = export_votes(str(datasets_dir() / name), owner=ident.owner)
+    access.set_dataset_owner(Path(out["path"]).name, ident)
+    return out
 
 
 def _show_pair(p: dict):

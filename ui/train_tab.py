@@ -24,8 +24,6 @@ _DEFAULTS = default_run_config().train
 def train_api(model: str, data: str, method: str, learning_rate: float, epochs: float, batch_size: float,
               max_seq_len: float, lora_r: float) -> str:
     """Start a training run and return its run id at once (the `train` API)."""
-    from finetune.runs import start_training
-
     for label, value in (("Learning rate", learning_rate), ("Epochs", epochs), ("Batch size", batch_size),
                          ("Max sequence length", max_seq_len), ("LoRA rank", lora_r)):
         if value is None:
@@ -36,7 +34,9 @@ def train_api(model: str, data: str, method: str, learning_rate: float, epochs: 
                   "batch_size": int(batch_size)},
         "data": {"max_seq_len": int(max_seq_len)}, "lora": {"r": int(lora_r), "alpha": 2 * int(lora_r)}})
     _warn_if_it_will_not_fit(cfg)
-    return start_training(cfg)
+    from .guard import start_as_caller  # owner, public-mode limits, the caller's token only
+
+    return start_as_caller(cfg)
 
 
 def _warn_if_it_will_not_fit(cfg) -> None:
@@ -78,7 +78,9 @@ def runs_api() -> list[dict]:
     """All runs with their state, newest first (the `runs` API)."""
     from finetune.runs import list_runs
 
-    return list_runs()
+    from .guard import visible_runs
+
+    return visible_runs(list_runs())
 
 
 def render_status(st: dict):
@@ -116,9 +118,9 @@ def poll(run_id: str):
 
 @user_errors
 def resume(run_id: str) -> str:
-    from finetune.runs import start_run
+    from .guard import resume_as_caller
 
-    start_run(run_id, resume=True)
+    resume_as_caller(run_id)
     return run_id
 
 
