@@ -1,6 +1,7 @@
 """The command line: `finetune COMMAND ...` or `python -m finetune COMMAND ...` (the same program).
 
-Commands: plan, calibrate, data {inspect,prepare,augment}, train, status, stop, runs, eval, compare.
+Commands: plan, calibrate, data {inspect,prepare,augment}, train, status, stop, runs, eval, diagnose,
+compare, votes {export}.
 `finetune --help` lists them, `finetune COMMAND --help` their options. Every command takes `--json`
 and then prints exactly one JSON object on stdout (errors too: {"error": ...}, exit code 2); logs,
 trainer lines and warnings go to stderr. Without --json it prints a readable summary (tables for
@@ -283,14 +284,55 @@ def cmd_runs(a) -> dict:
 def cmd_eval(a) -> dict:
     from .evaluate import evaluate_run
 
-    return evaluate_run(a.run_id, max_examples=a.max_examples)
+    return evaluate_run(a.run_id, max_examples=a.max_examples, max_new_tokens=a.max_new_tokens, seed=a.seed)
+
+
+def cmd_diagnose(a) -> dict:
+    from .eval.diagnose import diagnose_run
+
+    return diagnose_run(a.run_id)
 
 
 def cmd_compare(a) -> dict:
-    from .compare import compare_run, read_prompts
+    from .compare import compare_models, compare_runs, read_prompts
 
     prompts = read_prompts(_abs_if_path(a.prompts)) if a.prompts else None
-    return compare_run(a.run_id, prompts, max_new_tokens=a.max_new_tokens)
+    out = compare_models((["base"] if a.base else []) + list(a.run_ids), prompts,
+                         max_new_tokens=a.max_new_tokens, seed=a.seed)
+    out["runs"] = compare_runs(a.run_ids)
+    return out
+
+
+def cmd_votes(a) -> dict:
+    from .votes import export_votes
+
+    return export_votes(_abs_if_path(a.out))
+
+
+def add_eval_parsers(sub, js) -> None:
+    """eval, diagnose, compare and votes (issue 11)."""
+    s = sub.add_parser("eval", parents=[js], help="base vs fine-tuned: perplexity, task metrics, probes, gates")
+    s.add_argument("run_id")
+    s.add_argument("--max-examples", type=int, default=200)
+    s.add_argument("--max-new-tokens", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_eval)
+    s = sub.add_parser("diagnose", parents=[js], help="flag overfitting, underfitting, instability, forgetting, "
+                       "mode collapse, out of memory")
+    s.add_argument("run_id")
+    s.set_defaults(fn=cmd_diagnose)
+    s = sub.add_parser("compare", parents=[js], help="the base and up to 4 runs answering the same prompts")
+    s.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    s.add_argument("--base", action="store_true", help="include the base model")
+    s.add_argument("--prompts", default=None, help="a file: one prompt per line, or JSONL with 'prompt'")
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_compare)
+    s = sub.add_parser("votes", help="blind A/B votes")
+    vsub = s.add_subparsers(dest="votes_cmd", required=True, metavar="SUBCOMMAND")
+    v = vsub.add_parser("export", parents=[js], help="write the votes as a prompt/chosen/rejected dataset")
+    v.add_argument("--out", default=None, help="the JSONL file (default: FINETUNE_HOME/datasets/ab-votes.jsonl)")
+    s.set_defaults(fn=cmd_votes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,21 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_train)
 
     for name, fn, helptext in (("status", cmd_status, "a run's state, step, total steps and latest loss"),
-                               ("stop", cmd_stop, "stop a run cleanly (it saves first)"),
-                               ("eval", cmd_eval, "base vs fine-tuned perplexity and exact match"),
-                               ("compare", cmd_compare, "base and fine-tuned answers side by side")):
+                               ("stop", cmd_stop, "stop a run cleanly (it saves first)")):
         s = sub.add_parser(name, parents=[js], help=helptext)
         s.add_argument("run_id")
         if name == "stop":
             s.add_argument("--force", action="store_true", help="kill it now (no final save)")
         if name == "status":
             s.add_argument("--events", action="store_true", help="include the logged events")
-        if name == "eval":
-            s.add_argument("--max-examples", type=int, default=200)
-        if name == "compare":
-            s.add_argument("--prompts", default=None, help="a file: one prompt per line, or JSONL with 'prompt'")
-            s.add_argument("--max-new-tokens", type=int, default=64)
         s.set_defaults(fn=fn)
+    add_eval_parsers(sub, js)
     s = sub.add_parser("runs", parents=[js], help="list runs, or `runs delete RUN_ID`")
     s.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
     s.add_argument("run_id", nargs="?", default=None)

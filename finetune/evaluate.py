@@ -1,78 +1,171 @@
-"""Evaluate a run: base model vs fine-tuned on the run's validation split.
+"""Evaluate a run: base model vs fine-tuned on the validation rows the run trained against.
 
-Metrics: perplexity over the trained tokens (the same labels training used, from tokenize.py), and
-exact match of greedy answers against the reference (after normalising case, spaces and trailing
-punctuation). The base model is the same weights with the adapter switched off, so the comparison
-costs one model load. Writes eval/report.json and eval/report.md atomically.
+Figures: perplexity over exactly the trained tokens (labels from tokenize.py), task metrics by task
+type (exact match; accuracy and macro-F1 for classification; ROUGE-1/2/L, BLEU, chrF for
+generation; for preference data reward accuracy and exact match against the chosen answer), a
+regression probe and a safety probe (finetune/eval/probes.py). Writes eval/report.json,
+eval/report.md and eval/metrics.png atomically.
+
+The app never evaluates in its own process: `run_eval` starts `python -m finetune eval RUN_ID`
+as a child (an OOM cannot take the app down and GPU memory is freed on exit) and follows
+eval/progress.json. Evaluations take a per-device lock, so one runs at a time on a device.
+The validation rows come from the snapshot create_run keeps in the run folder (data/), so replacing
+a saved dataset later does not change the evaluation; runs made before snapshots fall back to the
+source, and the report says so.
 
 CLI: `python -m finetune eval RUN_ID [--max-examples N] --json`.
 """
 
 from __future__ import annotations
 
-import math
-import re
+import hashlib
+import json
+import os
+import subprocess
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
-from .paths import atomic_write_json, atomic_write_text
+from .eval.metrics import exact_match, normalize_answer  # noqa: F401  -- re-exported (older imports)
+from .eval.report import report_markdown
+from .eval.scoring import perplexity  # noqa: F401  -- re-exported
+from .paths import atomic_write_json, atomic_write_text, home, read_json
 from .runs import RunError, artifact_dir, load_config, run_dir
 
-
-def normalize_answer(s: str) -> str:
-    s = s.strip().lower()
-    s = re.sub(r"\s+", " ", s)
-    return s.strip(" .!?;:,'\"")
+SNAPSHOT_DIR = "data"
 
 
-def exact_match(pred: str, ref: str) -> bool:
-    return normalize_answer(pred) == normalize_answer(ref)
+# ---------------------------------------------------------------------------------------------
+# The validation snapshot (called by runs.create_run)
 
 
-def perplexity(model, examples: list[dict], batch_size: int = 16) -> float:
-    """exp(mean NLL over trained tokens) of pre-tokenized examples (input_ids, labels)."""
-    import torch
-
-    device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        width = max(len(e["input_ids"]) for e in chunk)
-        ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, e in enumerate(chunk):
-            n = len(e["input_ids"])
-            ids[j, :n] = torch.tensor(e["input_ids"])
-            labels[j, :n] = torch.tensor(e["labels"])
-            mask[j, :n] = 1
-        ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                                shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
-        total_nll += float(nll)
-        total_tokens += int((shift_labels != -100).sum())
-    if total_tokens == 0:
-        return float("nan")
-    return math.exp(min(total_nll / total_tokens, 50.0))
+def rows_sha256(rows: list[dict]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n")
+    return h.hexdigest()
 
 
-def _score(model, tok, examples, prompts, refs, max_new_tokens) -> dict:
+def snapshot_validation(cfg, folder: Path) -> dict | None:
+    """Copy the run's validation rows into folder/data/ with their hash. Best effort: a source that
+    cannot be read now fails the training child with a clear message anyway."""
+    from .data import load_prepared
+
+    try:
+        _, val, kind = load_prepared(cfg.data.source, val_ratio=cfg.data.val_ratio, seed=cfg.data.seed)
+    except Exception:  # noqa: BLE001
+        return None
+    d = Path(folder) / SNAPSHOT_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(d / "validation.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in val))
+    meta = {"source": cfg.data.source, "kind": kind, "rows": len(val), "sha256": rows_sha256(val),
+            "val_ratio": cfg.data.val_ratio, "seed": cfg.data.seed}
+    atomic_write_json(d / "meta.json", meta)
+    return meta
+
+
+def validation_rows(run_id: str, cfg) -> tuple[list[dict], str, dict]:
+    """(rows, kind, dataset info) from the run's snapshot, or from the source for older runs."""
+    d = run_dir(run_id) / SNAPSHOT_DIR
+    meta = read_json(d / "meta.json", default=None)
+    if meta and (d / "validation.jsonl").is_file():
+        rows = [json.loads(line) for line in (d / "validation.jsonl").read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+        if rows_sha256(rows) != meta.get("sha256"):
+            raise RunError(f"run {run_id}: {d / 'validation.jsonl'} does not match the hash kept in meta.json; "
+                           "the snapshot was changed after the run started")
+        return rows, meta["kind"], dict(meta, snapshot=True)
+    from .data import load_prepared
+
+    _, rows, kind = load_prepared(cfg.data.source, val_ratio=cfg.data.val_ratio, seed=cfg.data.seed)
+    return rows, kind, {"source": cfg.data.source, "kind": kind, "rows": len(rows), "sha256": rows_sha256(rows),
+                        "snapshot": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress and the per-device lock
+
+
+def _progress(d: Path, fraction: float, message: str) -> None:
+    atomic_write_json(d / "eval" / "progress.json", {"fraction": round(fraction, 3), "message": message,
+                                                     "pid": os.getpid(), "updated": time.time()})
+
+
+@contextmanager
+def device_lock(on_wait=None):
+    """One evaluation at a time per device (a flock on FINETUNE_HOME/.locks/eval-<device>.lock)."""
+    import fcntl
+
+    from .modeling import cuda_available
+
+    dev = "cuda0" if cuda_available() else "cpu"
+    p = home() / ".locks" / f"eval-{dev}.lock"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield dev
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation itself (runs in the child)
+
+
+def _answer_text(a) -> str:
+    if isinstance(a, list):
+        return " ".join(str(m.get("content") or "") for m in a if m.get("role") == "assistant")
+    return str(a)
+
+
+def _side(model, tok, *, sft_examples, pref, prompts, probe_general, probe_harm, general_ex, max_new_tokens,
+          seed, stops) -> dict:
+    """Every pass one model (base or fine-tuned) needs: NLL, answers, probes."""
+    from .eval.scoring import token_nll
     from .modeling import generate
 
-    ppl = perplexity(model, examples)
-    preds = generate(model, tok, prompts, max_new_tokens=max_new_tokens) if prompts else []
-    em = [exact_match(p, r) for p, r in zip(preds, refs)]
-    return {"perplexity": ppl, "exact_match": (sum(em) / len(em)) if em else None, "predictions": preds, "matches": em}
+    out = {"nll": token_nll(model, sft_examples) if sft_examples else []}
+    if pref:
+        out["chosen_nll"] = token_nll(model, pref[0])
+        out["rejected_nll"] = token_nll(model, pref[1])
+
+    def gen(ps):
+        return generate(model, tok, ps, max_new_tokens=max_new_tokens, seed=seed, eos_token_ids=stops) if ps else []
+
+    out["answers"] = gen(prompts)
+    out["general_nll"] = token_nll(model, general_ex) if general_ex else []
+    out["general_answers"] = gen(probe_general)
+    out["harm_answers"] = gen(probe_harm)
+    return out
 
 
-def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 32) -> dict:
-    """Base vs fine-tuned perplexity and exact match on the run's validation split; writes the report."""
-    from .data import load_prepared
-    from .modeling import load_for_inference, set_threads
+def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 32, seed: int = 0,
+                 probes: bool = True) -> dict:
+    """Base vs fine-tuned on the run's validation rows; writes eval/report.json, .md and metrics.png."""
+    from .eval import probes as pr
+    from .eval.metrics import (
+        distinct_n,
+        identical_share,
+        is_classification,
+        sample_score,
+        task_metrics,
+    )
+    from .eval.report import (
+        best_and_worst,
+        build_gates,
+        chart_png,
+        hardware,
+        library_versions,
+    )
+    from .eval.scoring import perplexity_of, preference_examples, text_examples
+    from .modeling import load_for_inference, set_threads, stop_token_ids
     from .tokenize import prompt_and_reference, prompt_text, tokenize_rows
 
     d = run_dir(run_id)
@@ -80,72 +173,164 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
     art = artifact_dir(run_id)
     if art is None:
         raise RunError(f"run {run_id} has no trained adapter or model yet; wait until it completes or stops")
-    set_threads()
-    t0 = time.time()
-    _, val_rows, kind = load_prepared(cfg.data.source, val_ratio=cfg.data.val_ratio, seed=cfg.data.seed)
-    if not val_rows:
-        raise RunError(f"run {run_id}: its dataset has no validation rows to evaluate on")
-    val_rows = val_rows[:max_examples]
-    model, tok = load_for_inference(cfg.model.model_id, str(art), trust_remote_code=cfg.model.trust_remote_code)
-    examples, _ = tokenize_rows(tok, val_rows, kind, cfg.data.max_seq_len)
-    pairs = [prompt_and_reference(r, kind) for r in val_rows]
-    pairs = [p for p in pairs if p is not None]
-    prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
+    if not isinstance(max_examples, int) or max_examples < 1:
+        raise RunError(f"max_examples must be a whole number of at least 1, got {max_examples!r}")
+    _progress(d, 0.0, "waiting for the device")
+    with device_lock(lambda: _progress(d, 0.0, "waiting: another evaluation is using the device")) as dev:
+        t0 = time.time()
+        set_threads()
+        _progress(d, 0.05, "loading the validation rows")
+        rows, kind, dataset = validation_rows(run_id, cfg)
+        if not rows:
+            raise RunError(f"run {run_id}: its dataset has no validation rows to evaluate on")
+        rows = rows[:max_examples]
+        _progress(d, 0.1, "loading the model")
+        qlora = cfg.train.method == "qlora"
+        model, tok = load_for_inference(cfg.model.model_id, str(art), trust_remote_code=cfg.model.trust_remote_code,
+                                        load_in_4bit=qlora)
+        chat = tok.chat_template is not None
+        pref = None
+        if kind == "preference":
+            c, j, kept = preference_examples(tok, rows, cfg.data.max_seq_len)
+            pref = (c, j)
+            sft_examples = c  # perplexity of the chosen answers
+            pairs = [(rows[i]["prompt"], _answer_text(rows[i]["chosen"])) for i in kept]
+            task_type = "preference"
+        else:
+            sft_examples, _ = tokenize_rows(tok, rows, kind, cfg.data.max_seq_len)
+            pairs = [p for p in (prompt_and_reference(r, kind) for r in rows) if p is not None]
+            task_type = None
+        prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
+        task_type = task_type or ("classification" if is_classification(refs) else ("generation" if refs else "text"))
+        stops = stop_token_ids(model, tok)
+        gen_probe, harm_probe = pr.probe_inputs(chat) if probes else ([], [])
+        general_ex = text_examples(tok, pr.general_texts(), cfg.data.max_seq_len) if probes else []
+        kw = dict(sft_examples=sft_examples, pref=pref, prompts=prompts, probe_general=gen_probe,
+                  probe_harm=harm_probe, general_ex=general_ex, max_new_tokens=max_new_tokens, seed=seed, stops=stops)
 
-    is_peft = hasattr(model, "disable_adapter")
-    with (model.disable_adapter() if is_peft else nullcontext()):
+        is_peft = hasattr(model, "disable_adapter")
+        _progress(d, 0.2, "scoring the base model")
         if is_peft:
-            base = _score(model, tok, examples, prompts, refs, max_new_tokens)
-    if not is_peft:  # a full fine-tune: load the base separately
-        base_model, _ = load_for_inference(cfg.model.model_id, None, trust_remote_code=cfg.model.trust_remote_code)
-        base = _score(base_model, tok, examples, prompts, refs, max_new_tokens)
-        del base_model
-    tuned = _score(model, tok, examples, prompts, refs, max_new_tokens)
+            with model.disable_adapter():
+                base = _side(model, tok, **kw)
+        else:  # a full fine-tune: load the base separately
+            base_model, _ = load_for_inference(cfg.model.model_id, None, trust_remote_code=cfg.model.trust_remote_code)
+            base = _side(base_model, tok, **kw)
+            del base_model
+        _progress(d, 0.6, "scoring the fine-tuned model")
+        tuned = _side(model, tok, **kw)
+        _progress(d, 0.9, "writing the report")
 
-    samples = []
-    for i, (p, r) in enumerate(zip(prompts, refs)):
-        if i >= 20:
-            break
-        q = prompt_text(p)
-        samples.append({"prompt": q, "reference": r, "base": base["predictions"][i], "finetuned": tuned["predictions"][i],
-                        "base_match": base["matches"][i], "finetuned_match": tuned["matches"][i]})
+        def metrics_of(side: dict) -> dict:
+            m = {"perplexity": perplexity_of(side["nll"])}
+            if pref:
+                wins = [c[0] < r[0] for c, r in zip(side["chosen_nll"], side["rejected_nll"])]
+                m["reward_accuracy"] = (sum(wins) / len(wins)) if wins else None
+                m["exact_match"] = task_metrics(side["answers"], refs, "generation")["exact_match"]
+            else:
+                m.update(task_metrics(side["answers"], refs, task_type) if refs else {})
+            return m
 
-    def delta(key):
-        a, b = base[key], tuned[key]
-        return None if a is None or b is None else b - a
+        base_metrics, metrics = metrics_of(base), metrics_of(tuned)
+        if pref:  # DPO's implicit reward: log-ratio to the base, chosen above rejected
+            wins = [(bc[0] - tc[0]) > (br[0] - tr[0]) for bc, tc, br, tr in
+                    zip(base["chosen_nll"], tuned["chosen_nll"], base["rejected_nll"], tuned["rejected_nll"])]
+            metrics["implicit_reward_accuracy"] = (sum(wins) / len(wins)) if wins else None
+        samples = []
+        for i, (p, r) in enumerate(zip(prompts, refs)):
+            bp, fp = base["answers"][i], tuned["answers"][i]
+            samples.append({"prompt": prompt_text(p), "reference": r, "base": bp, "finetuned": fp,
+                            "base_match": exact_match(bp, r), "finetuned_match": exact_match(fp, r),
+                            "score": round(sample_score(fp, r), 4)})
+        best, worst = best_and_worst(samples)
+        report = {
+            "run_id": run_id, "model": cfg.model.model_id, "method": cfg.train.method, "task_type": task_type,
+            "examples": len(rows), "primary_metric": "reward_accuracy" if pref else (
+                "accuracy" if task_type == "classification" else "exact_match"),
+            "perplexity": metrics["perplexity"], "base_perplexity": base_metrics["perplexity"],
+            "metrics": metrics, "base_metrics": base_metrics,
+            # the two headline figures in the shape earlier reports had (the UI and older tests read them)
+            "base": {"perplexity": base_metrics["perplexity"], "exact_match": base_metrics.get("exact_match")},
+            "finetuned": {"perplexity": metrics["perplexity"], "exact_match": metrics.get("exact_match")},
+            "diversity": {name: {"distinct_1": distinct_n(s["answers"], 1), "distinct_2": distinct_n(s["answers"], 2),
+                                 "identical_share": identical_share(s["answers"])}
+                          for name, s in (("base", base), ("finetuned", tuned))},
+            "regression": pr.regression_result(perplexity_of(base["general_nll"]), perplexity_of(tuned["general_nll"]),
+                                               base["general_answers"], tuned["general_answers"]) if probes else {},
+            "safety": pr.safety_result(base["harm_answers"], tuned["harm_answers"]) if probes else {},
+            "samples": samples[:20], "best": best, "worst": worst,
+            "dataset": dataset,
+            "decoding": {"do_sample": False, "max_new_tokens": max_new_tokens, "eos_token_ids": stops, "seed": seed,
+                         "base_in_4bit": qlora},
+            "provenance": {"config": cfg.to_dict(), "seed": cfg.train.seed, "libraries": library_versions(),
+                           "hardware": hardware(), "device": dev, "evaluated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        }
+        report["delta"] = {k: (report["finetuned"][k] - report["base"][k])
+                           if report["finetuned"][k] is not None and report["base"][k] is not None else None
+                           for k in ("perplexity", "exact_match")}
+        report["notes"] = [] if sft_examples else [
+            f"perplexity is n/a: no validation row keeps a trained token within max_seq_len {cfg.data.max_seq_len}"]
+        report["gates"] = build_gates(report)
+        out = d / "eval"
+        report["chart"] = str(chart_png(out / "metrics.png", base_metrics, metrics) or "") or None
+        report["report_json"], report["report_md"] = str(out / "report.json"), str(out / "report.md")
+        report["duration_s"] = round(time.time() - t0, 2)
+        atomic_write_json(out / "report.json", report)
+        atomic_write_text(out / "report.md", report_markdown(report))
+        _progress(d, 1.0, "done")
+        return report
 
-    report = {
-        "run_id": run_id, "model": cfg.model.model_id, "method": cfg.train.method, "examples": len(val_rows),
-        "base": {"perplexity": base["perplexity"], "exact_match": base["exact_match"]},
-        "finetuned": {"perplexity": tuned["perplexity"], "exact_match": tuned["exact_match"]},
-        "delta": {"perplexity": delta("perplexity"), "exact_match": delta("exact_match")},
-        "samples": samples, "duration_s": round(time.time() - t0, 2),
-    }
-    out = Path(d) / "eval"
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", report_markdown(report))
-    return report
+
+# ---------------------------------------------------------------------------------------------
+# The app's entry: the same evaluation in a child process
 
 
-def _fmt(v, pct=False):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+def run_eval(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 32, seed: int = 0,
+             on_progress=None, timeout_s: float = 3600, env: dict | None = None) -> dict:
+    """Evaluate in a child `python -m finetune eval` and return its report; on_progress(fraction, message)."""
+    d = run_dir(run_id)
+    if artifact_dir(run_id) is None:
+        raise RunError(f"run {run_id} has no trained adapter or model yet; wait until it completes or stops")
+    (d / "eval").mkdir(exist_ok=True)
+    (d / "eval" / "progress.json").unlink(missing_ok=True)
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    child_env = dict(os.environ)
+    child_env.update(env or {})
+    child_env["FINETUNE_HOME"] = str(home())
+    child_env["PYTHONPATH"] = pkg_root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "finetune", "eval", run_id, "--max-examples", str(int(max_examples)),
+           "--max-new-tokens", str(int(max_new_tokens)), "--seed", str(int(seed)), "--json"]
+    with open(d / "eval" / "eval.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=child_env,
+                                cwd=pkg_root, start_new_session=True)
+    deadline, last = time.time() + timeout_s, None
+    try:
+        while proc.poll() is None:
+            p = read_json(d / "eval" / "progress.json", default=None)
+            if on_progress and p and p != last:
+                on_progress(p.get("fraction") or 0.0, p.get("message") or "")
+                last = p
+            if time.time() > deadline:
+                proc.kill()
+                raise RunError(f"evaluation of {run_id} took longer than {timeout_s:.0f} s and was stopped")
+            time.sleep(0.3)
+        out = proc.stdout.read().decode("utf-8", "replace").strip()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+    try:
+        result = json.loads(out.splitlines()[-1]) if out else {}
+    except ValueError:
+        result = {}
+    if proc.returncode != 0 or "error" in result:
+        msg = result.get("error") or f"the evaluation process exited with code {proc.returncode}"
+        if proc.returncode in (-9, 137):
+            msg = "the evaluation process was killed (out of memory?): try fewer examples or a smaller model"
+        raise RunError(f"evaluation of {run_id} failed: {msg}")
+    return result
 
 
-def report_markdown(r: dict) -> str:
-    b, f = r["base"], r["finetuned"]
-    lines = [f"# Evaluation of {r['run_id']}", "",
-             f"Base `{r['model']}` vs fine-tuned ({r['method']}) on {r['examples']} validation examples.", "",
-             "| metric | base | fine-tuned | change |", "|---|---|---|---|",
-             f"| exact match | {_fmt(b['exact_match'], True)} | {_fmt(f['exact_match'], True)} | "
-             f"{'+' if (r['delta']['exact_match'] or 0) >= 0 else ''}{_fmt(r['delta']['exact_match'], True)} |",
-             f"| perplexity | {_fmt(b['perplexity'])} | {_fmt(f['perplexity'])} | {_fmt(r['delta']['perplexity'])} |",
-             "", "## Samples", "", "| prompt | reference | base | fine-tuned |", "|---|---|---|---|"]
-    def cell(v) -> str:  # model output may hold any control character: keep the table intact
-        text = "".join(ch if ch.isprintable() else " " for ch in str(v))
-        return text.replace("|", "\\|").replace("`", "'")[:80]
+def read_report(run_id: str) -> dict | None:
+    return read_json(run_dir(run_id) / "eval" / "report.json", default=None)
 
-    for s in r["samples"][:10]:
-        lines.append(f"| {cell(s['prompt'])} | {cell(s['reference'])} | {cell(s['base'])} | {cell(s['finetuned'])} |")
-    return "\n".join(lines) + "\n"

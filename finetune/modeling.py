@@ -107,15 +107,18 @@ def load_model(model_id: str, *, load_in_4bit: bool = False, trust_remote_code: 
     return AutoModelForCausalLM.from_pretrained(resolve_model(model_id), **kwargs)
 
 
-def load_for_inference(model_id: str, adapter_dir: str | None = None, *, trust_remote_code: bool = False):
-    """(model, tokenizer) in eval mode; with an adapter, the PeftModel (use disable_adapter() for base)."""
+def load_for_inference(model_id: str, adapter_dir: str | None = None, *, trust_remote_code: bool = False,
+                       load_in_4bit: bool = False):
+    """(model, tokenizer) in eval mode; with an adapter, the PeftModel (use disable_adapter() for base).
+
+    load_in_4bit: a QLoRA adapter is evaluated on the 4-bit base it was trained against."""
     tok = load_tokenizer(adapter_dir if adapter_dir and os.path.exists(os.path.join(adapter_dir, "tokenizer_config.json")) else model_id,
                          trust_remote_code=trust_remote_code)
     if adapter_dir and os.path.exists(os.path.join(adapter_dir, "config.json")) and not os.path.exists(
             os.path.join(adapter_dir, "adapter_config.json")):
         model = load_model(adapter_dir, trust_remote_code=trust_remote_code)  # a full fine-tune
     else:
-        model = load_model(model_id, trust_remote_code=trust_remote_code)
+        model = load_model(model_id, trust_remote_code=trust_remote_code, load_in_4bit=load_in_4bit)
         if adapter_dir:
             from peft import PeftModel
 
@@ -131,10 +134,43 @@ def render_prompt(tokenizer, prompt) -> str:
     return prompt
 
 
-def generate(model, tokenizer, prompts: list, *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
-    """Greedy answers for a list of prompts (message lists or strings), batched with left padding."""
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a turn: the generation config's eos ids, the tokenizer's eos, and the token
+    the chat template closes an assistant turn with (e.g. <|im_end|>, <|eot_id|>, <end_of_turn>)."""
+    ids: list[int] = []
+
+    def add(v):
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, int) and x >= 0 and x not in ids:
+                ids.append(x)
+
+    add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    add(tokenizer.eos_token_id)
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            marker = "\u2063answer\u2063"
+            text = tokenizer.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
+                                                 tokenize=False)
+            tail = text[text.index(marker) + len(marker):]
+            special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+            for tid in tokenizer(tail, add_special_tokens=False)["input_ids"][:3]:
+                if tid in special:
+                    add(tid)
+                    break
+        except Exception:  # noqa: BLE001 -- an odd template only loses this extra stop id
+            pass
+    return ids
+
+
+def generate(model, tokenizer, prompts: list, *, max_new_tokens: int = 32, batch_size: int = 16,
+             seed: int = 0, eos_token_ids: list[int] | None = None) -> list[str]:
+    """Greedy answers for a list of prompts (message lists or strings), batched with left padding.
+
+    Stops at any of the model's end-of-turn ids (stop_token_ids), not only tokenizer.eos_token_id."""
     import torch
 
+    torch.manual_seed(seed)  # greedy needs no randomness; the seed is fixed and recorded anyway
+    stops = eos_token_ids or stop_token_ids(model, tokenizer)
     texts = [render_prompt(tokenizer, p) for p in prompts]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -147,7 +183,7 @@ def generate(model, tokenizer, prompts: list, *, max_new_tokens: int = 32, batch
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=add_special).to(device)
             with torch.no_grad():
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=stops or None)
             for row in gen[:, enc["input_ids"].shape[1]:]:
                 outs.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     finally:

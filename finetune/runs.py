@@ -8,7 +8,8 @@ A run lives in FINETUNE_HOME/runs/<run_id>/:
   train.log     the child process's stdout/stderr
   checkpoints/  resumable Trainer checkpoints (complete when trainer_state.json exists)
   adapter/      the PEFT adapter (or model/ for full fine-tuning), written when training ends
-  eval/         report.json, report.md
+  data/         validation.jsonl + meta.json (sha256): the validation rows as they were at start
+  eval/         report.json, report.md, metrics.png
   README.md     model card
 Training runs in a child process (`python -m finetune train --run RUN_DIR`), so a crash or an OOM
 never takes the app down; with train.num_processes > 1 the child is `accelerate launch` (see
@@ -85,6 +86,9 @@ def create_run(cfg: RunConfig) -> str:
         atomic_write_json(tmp / "status.json", {"run_id": run_id, "state": "queued", "step": 0, "total_steps": None,
                                                "created": now_iso(), "updated": now_iso()})
         (tmp / "events.jsonl").touch()
+        from .evaluate import snapshot_validation
+
+        snapshot_validation(cfg, tmp)  # evaluation later reads these rows, whatever happens to the source
         os.rename(tmp, final)
     except BaseException:
         import shutil

@@ -62,14 +62,34 @@ def inspect_text(r: dict) -> str:
 
 
 def eval_text(r: dict) -> str:
-    rows = []
-    for metric in ("perplexity", "exact_match"):
-        rows.append({"metric": metric, "base": (r.get("base") or {}).get(metric),
-                     "fine-tuned": (r.get("finetuned") or {}).get(metric),
-                     "change": (r.get("delta") or {}).get(metric)})
+    metrics, base = r.get("metrics") or {}, r.get("base_metrics") or {}
+    if not metrics:  # an older report
+        metrics, base = r.get("finetuned") or {}, r.get("base") or {}
+    rows = [{"metric": k, "base": base.get(k), "fine-tuned": v,
+             "change": (v - base[k]) if isinstance(v, (int, float)) and isinstance(base.get(k), (int, float)) else None}
+            for k, v in metrics.items()]
+    gates = [dict(g, gate=k, result="pass" if g.get("passed") else "FAIL") for k, g in (r.get("gates") or {}).items()]
     return (f"{r.get('run_id')}: {r.get('model')} ({r.get('method')}), {r.get('examples')} validation examples\n\n"
-            + table(rows, ["metric", "base", "fine-tuned", "change"]) + "\n\nSamples:\n"
-            + table(r.get("samples") or [], ["prompt", "reference", "base", "finetuned"], width=30))
+            + table(rows, ["metric", "base", "fine-tuned", "change"])
+            + ("\n\nGates:\n" + table(gates, ["gate", "result", "value", "threshold"]) if gates else "")
+            + "\n\nSamples:\n"
+            + table(r.get("samples") or [], ["prompt", "reference", "base", "finetuned"], width=30)
+            + (f"\n\nreport: {r['report_md']}" if r.get("report_md") else ""))
+
+
+def compare_text(r: dict) -> str:
+    models = r.get("models") or []
+    rows = [dict({"prompt": x.get("prompt")}, **(x.get("answers") or {})) for x in r.get("rows") or []]
+    lat = ", ".join(f"{m} {v.get('per_prompt_s')} s/prompt" for m, v in (r.get("latency") or {}).items())
+    return table(rows, ["prompt", *models], width=30) + (f"\n\nlatency: {lat}" if lat else "")
+
+
+def diagnose_text(r: dict) -> str:
+    flags = r.get("flags") or []
+    if not flags:
+        return f"{r.get('run_id')}: no issue found in {r.get('events')} logged steps"
+    return table([dict(f, settings=json.dumps(f.get("settings"))) for f in flags],
+                 ["issue", "evidence", "suggestion", "settings"], width=60)
 
 
 def runs_text(r: dict) -> str:
@@ -108,7 +128,9 @@ def human(args, r: Any) -> str:
     if cmd == "eval":
         return eval_text(r)
     if cmd == "compare":
-        return f"{r.get('run_id')}: {r.get('model')}\n\n" + table(r.get("rows") or [], ["prompt", "base", "finetuned"])
+        return compare_text(r)
+    if cmd == "diagnose":
+        return diagnose_text(r)
     if cmd in ("status", "stop") or (cmd == "train" and "step" in r):
         return status_text(r)
     return _lines(r, [k for k, v in r.items() if not isinstance(v, (list, dict))])

@@ -1,6 +1,7 @@
 """The Gradio API, driven with gradio_client against the real app on a free port:
 plan -> inspect_dataset -> prepare_dataset -> train -> status (until completed) -> evaluate -> compare."""
 
+import json
 import time
 
 import pytest
@@ -16,7 +17,7 @@ def client(app_url):
 def test_api_names_are_the_contract(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert {"/plan", "/inspect_dataset", "/prepare_dataset", "/train", "/status", "/stop", "/runs",
-            "/evaluate", "/compare"} <= names
+            "/evaluate", "/compare", "/diagnose", "/ab_pair", "/vote", "/export_votes"} <= names
 
 
 def test_full_loop_through_the_api(client):
@@ -35,7 +36,7 @@ def test_full_loop_through_the_api(client):
 
     run_id = client.predict("builtin:tiny-chat", prepared["dir"], "lora", 2e-3, 3, 8, 256, 16, api_name="/train")
     assert isinstance(run_id, str) and run_id
-    deadline, st = time.time() + 300, {}
+    deadline, st = time.time() + 900, {}  # a generous limit: the CPU may be shared
     seen_running = False
     while time.time() < deadline:
         st = client.predict(run_id, api_name="/status")
@@ -50,9 +51,27 @@ def test_full_loop_through_the_api(client):
     report = client.predict(run_id, 48, api_name="/evaluate")
     assert report["base"]["exact_match"] is not None and report["finetuned"]["perplexity"] < report["base"]["perplexity"]
 
-    cmp = client.predict(run_id, "What is the capital of France?\nIs 42 even or odd?", 8, api_name="/compare")
+    assert {"metrics", "base_metrics", "gates", "regression", "safety", "report_md", "report_json"} <= set(report)
+    assert report["metrics"]["perplexity"] == report["perplexity"] < report["base_perplexity"]
+
+    diag = client.predict(run_id, api_name="/diagnose")
+    assert diag["run_id"] == run_id and all(set(f) == {"issue", "evidence", "suggestion", "settings"}
+                                            for f in diag["flags"])
+
+    cmp = client.predict(["base", run_id], "What is the capital of France?\nIs 42 even or odd?", 8, 0,
+                         api_name="/compare")
     assert [r["prompt"] for r in cmp["rows"]] == ["What is the capital of France?", "Is 42 even or odd?"]
-    assert all(set(r) == {"prompt", "base", "finetuned"} for r in cmp["rows"])
+    assert all(set(r["answers"]) == {"base", run_id} for r in cmp["rows"]) and set(cmp["latency"]) == {"base", run_id}
+
+    # Blind A/B: the reply holds the two answers and a random id, nothing that names a model
+    pair = client.predict(["base", run_id], "Is 42 even or odd?", api_name="/ab_pair")
+    assert set(pair) == {"pair_id", "a", "b"} and run_id not in json.dumps(pair) and "base" not in pair["pair_id"]
+    voted = client.predict(pair["pair_id"], "A", api_name="/vote")
+    assert voted["choice"] == "A" and {voted["a_model"], voted["b_model"]} == {"base", run_id}
+    with pytest.raises(Exception, match="already"):
+        client.predict(pair["pair_id"], "B", api_name="/vote")
+    exported = client.predict(api_name="/export_votes")
+    assert exported["rows"] >= 1 and exported["path"].endswith(".jsonl")
 
 
 def test_stop_through_the_api(client):

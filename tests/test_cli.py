@@ -49,7 +49,7 @@ def test_plan_json():
 def test_help_lists_every_command():
     out = _cli("--help")
     assert out.returncode == 0
-    for cmd in ("plan", "calibrate", "data", "train", "status", "stop", "runs", "eval", "compare"):
+    for cmd in ("plan", "calibrate", "data", "train", "status", "stop", "runs", "eval", "diagnose", "compare", "votes"):
         assert f"\n    {cmd} " in out.stdout or f"\n    {cmd}\n" in out.stdout, cmd
     assert "FIELD=COLUMN" in _cli("data", "inspect", "--help").stdout
 
@@ -191,8 +191,16 @@ def test_every_command_from_another_folder(tmp_path, tiny_model_dir):
     assert run_id in [r["run_id"] for r in _json(_cli("runs", "--json", cwd=work))["runs"]]
     ev = _json(_cli("eval", run_id, "--max-examples", "4", "--json", cwd=work))
     assert "perplexity" in ev["finetuned"] and ev["samples"]
-    cmp_ = _json(_cli("compare", run_id, "--prompts", "prompts.txt", "--max-new-tokens", "4", "--json", cwd=work))
+    assert "exact_match" in ev["gates"] and ev["report_md"].endswith("report.md")
+    cmp_ = _json(_cli("compare", run_id, "--base", "--prompts", "prompts.txt", "--max-new-tokens", "4", "--json",
+                      cwd=work))
     assert [r["prompt"] for r in cmp_["rows"]] == ["What is the capital of France?", "Name a primary colour."]
+    assert cmp_["models"] == ["base", run_id] and set(cmp_["latency"]) == {"base", run_id}
+    diag = _json(_cli("diagnose", run_id, "--json", cwd=work))
+    assert diag["run_id"] == run_id and isinstance(diag["flags"], list)
+    votes = _json(_cli("votes", "export", "--out", "votes.jsonl", "--json", cwd=work))
+    assert votes["path"] == str(work / "votes.jsonl")
+    assert votes["rows"] == len((work / "votes.jsonl").read_text().splitlines())
     check = _json(_cli("calibrate", "check", run_id, "--json", cwd=work))
     assert check["run_id"] == run_id and check["predicted_s"] > 0
     dry = _json(_cli("calibrate", "dry-run", "--steps", "1", "--json", cwd=work))  # trainer logs go to stderr
@@ -204,4 +212,4 @@ def test_every_command_from_another_folder(tmp_path, tiny_model_dir):
     plain = _cli("eval", run_id, "--max-examples", "4", cwd=work).stdout
     assert "metric" in plain and "perplexity" in plain and "exact_match" in plain and "Samples:" in plain
     plain = _cli("compare", run_id, "--prompts", "prompts.txt", "--max-new-tokens", "4", cwd=work).stdout
-    assert "prompt" in plain.splitlines()[2] and "capital of France" in plain
+    assert "prompt" in plain.splitlines()[0] and "capital of France" in plain

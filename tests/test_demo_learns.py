@@ -29,9 +29,12 @@ def test_default_run_lifts_exact_match_by_50_points(tiny_model_dir):
     assert report["examples"] >= 40
     assert report["delta"]["exact_match"] >= 0.5
     assert report["finetuned"]["perplexity"] < report["base"]["perplexity"] / 10
+    assert report["perplexity"] == report["finetuned"]["perplexity"] and report["metrics"]["exact_match"] >= 0.5
+    assert report["gates"]["exact_match"]["passed"] and report["gates"]["perplexity"]["passed"]
     d = Path(st["run_dir"])
     assert (d / "eval" / "report.json").exists() and "exact match" in (d / "eval" / "report.md").read_text()
-    compare = subprocess.run([sys.executable, "-m", "finetune", "compare", st["run_id"], "--json"], cwd=ROOT, env=env,
+    compare = subprocess.run([sys.executable, "-m", "finetune", "compare", st["run_id"], "--base", "--json"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
-    rows = json.loads(compare.stdout)["rows"]
-    assert rows and all(r["base"] != r["finetuned"] for r in rows[:3])
+    cmp = json.loads(compare.stdout)
+    assert cmp["models"] == ["base", st["run_id"]]
+    assert cmp["rows"] and all(r["answers"]["base"] != r["answers"][st["run_id"]] for r in cmp["rows"][:3])

@@ -98,7 +98,8 @@ def test_run_folder_is_atomic_and_listed(home):
 
     run_id = create_run(RunConfig(name="unit"))
     d = run_dir(run_id)
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "events.jsonl", "status.json"]
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "data", "events.jsonl", "status.json"]
+    assert sorted(p.name for p in (d / "data").iterdir()) == ["meta.json", "validation.jsonl"]  # the eval snapshot
     assert not any(p.name.endswith(".creating") for p in d.parent.iterdir())
     assert read_status(run_id)["state"] == "queued"
     with open(d / "events.jsonl", "a") as f:

@@ -1,4 +1,6 @@
-"""Evaluate tab: base vs fine-tuned perplexity and exact match on the run's validation split."""
+"""Evaluate tab: base vs fine-tuned on the run's validation rows (in a child process, with progress),
+the report's gates, metrics chart, probes and samples, and Diagnose: one button per flagged issue
+that copies its suggested settings into the Train tab for a new run."""
 
 from __future__ import annotations
 
@@ -8,36 +10,93 @@ from .render import num, pct, run_choices, user_errors
 
 
 @user_errors
-def evaluate_api(run_id: str, max_examples: float) -> dict:
-    """Evaluate a run against its base model and write eval/report.json and .md (the `evaluate` API)."""
-    from finetune.evaluate import evaluate_run
+def evaluate_api(run_id: str, max_examples: float, progress=gr.Progress()) -> dict:
+    """Evaluate a run against its base model in a child process; writes eval/report.json, .md and
+    metrics.png, and returns the report (the `evaluate` API)."""
+    from finetune.evaluate import run_eval
 
     if not run_id:
         raise gr.Error("Choose a run to evaluate.")
-    return evaluate_run(run_id.strip(), max_examples=int(max_examples or 200))
+    n = int(max_examples or 200)
+    if not 1 <= n <= 5000:
+        raise gr.Error("Max examples must be between 1 and 5000.")
+    progress(0.0, desc="starting the evaluation process")
+    return run_eval(run_id.strip(), max_examples=n, on_progress=lambda f, m: progress(f, desc=m))
+
+
+@user_errors
+def diagnose_api(run_id: str) -> dict:
+    """Flag common issues (overfitting, underfitting, instability, forgetting, mode collapse, OOM) with
+    evidence and suggested settings (the `diagnose` API)."""
+    from finetune.eval.diagnose import diagnose_run
+
+    if not run_id:
+        raise gr.Error("Choose a run to diagnose.")
+    return diagnose_run(run_id.strip())
 
 
 def render_report(r: dict):
     if not r:
-        return gr.skip(), gr.skip()
+        return gr.skip(), gr.skip(), gr.skip()
     from finetune.evaluate import report_markdown
 
-    b, f, d = r["base"], r["finetuned"], r["delta"]
-    head = (f"## Exact match: {pct(b['exact_match'])} → **{pct(f['exact_match'])}** "
-            f"({'+' if (d['exact_match'] or 0) >= 0 else ''}{pct(d['exact_match'])})\n"
-            f"Perplexity: {num(b['perplexity'])} → **{num(f['perplexity'])}** on {r['examples']} validation examples.")
-    return head, report_markdown(r)
+    b, f = r["base"], r["finetuned"]
+    gates = r.get("gates") or {}
+    failed = [k for k, g in gates.items() if not g["passed"]]
+    verdict = (f"**All {len(gates)} gates pass.**" if not failed else f"**Failed gates: {', '.join(failed)}.**")
+    head = (f"## Exact match: {pct(b['exact_match'])} → **{pct(f['exact_match'])}**\n"
+            f"Perplexity: {num(b['perplexity'])} → **{num(f['perplexity'])}** on {r['examples']} validation "
+            f"examples ({r.get('task_type', 'generation')}). {verdict}")
+    return head, report_markdown(r), r.get("chart") or None
 
 
-def build(run_box) -> None:
+def settings_updates(settings: dict, keys: list[str]) -> tuple:
+    """Values for the Train tab's components named in keys, plus a switch to the Train tab."""
+    shown = [k for k in keys if k in settings]
+    rest = [k for k in settings if k not in keys]
+    gr.Info("Train tab set for a new run: " + ", ".join(f"{k} = {settings[k]:g}" if isinstance(settings[k], float)
+                                                        else f"{k} = {settings[k]}" for k in shown)
+            + (f". Also suggested (set them in the run config): {', '.join(f'{k} = {settings[k]}' for k in rest)}"
+               if rest else ""))
+    return tuple(settings[k] for k in shown) + (gr.Tabs(selected="train"),)
+
+
+def build(run_box, train: dict | None = None, tabs=None) -> None:
     with gr.Row():
         run_id = gr.Dropdown(run_choices(), allow_custom_value=True, label="Run", scale=3)
-        max_ex = gr.Number(value=200, precision=0, minimum=1, label="Max examples", scale=1)
+        max_ex = gr.Number(value=200, precision=0, minimum=1, maximum=5000, label="Max examples", scale=1)
         go = gr.Button("Evaluate", variant="primary", scale=1)
-    headline = gr.Markdown("Choose a finished run and press **Evaluate**.")
-    report = gr.Markdown()
+        diag = gr.Button("Diagnose", scale=1)
+    headline = gr.Markdown("Choose a finished run and press **Evaluate** (runs in its own process) or **Diagnose**.")
     raw = gr.JSON(visible=False)
+    flags = gr.JSON(visible=False)
+
+    @gr.render(inputs=flags)
+    def show_flags(result):
+        if not result:
+            return
+        items = result.get("flags") or []
+        if not items:
+            gr.Markdown(f"**Diagnose:** no issue found in {result.get('events', 0)} logged steps"
+                        + ("" if result.get("evaluated") else " (evaluate the run to check forgetting and mode collapse too)."))
+            return
+        gr.Markdown(f"**Diagnose:** {len(items)} issue(s) found.")
+        for fl in items:
+            with gr.Row(equal_height=True):
+                gr.Markdown(f"**{fl['issue'].replace('_', ' ')}**: {fl['evidence']}  \n_{fl['suggestion']}_")
+                btn = gr.Button(f"Apply to Train tab: {fl['issue'].replace('_', ' ')}", size="sm", scale=0)
+            if train is not None and tabs is not None:
+                keys = [k for k in fl["settings"] if k in train]
+                btn.click(lambda s=fl["settings"], k=keys: settings_updates(s, k), None,
+                          [train[k] for k in keys] + [tabs], api_visibility="private")
+
+    with gr.Row():
+        report = gr.Markdown(elem_id="eval-report")
+        chart = gr.Image(label="Metrics: base (grey) vs fine-tuned (blue)", type="filepath", height=300,
+                         interactive=False, scale=0, min_width=360)
     run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run_id, api_visibility="private")
     run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
-    go.click(evaluate_api, [run_id, max_ex], raw, api_name="evaluate", concurrency_limit=1).then(
-        render_report, raw, [headline, report], api_visibility="private")
+    go.click(evaluate_api, [run_id, max_ex], raw, api_name="evaluate", concurrency_limit=1,
+             concurrency_id="model_work").then(render_report, raw, [headline, report, chart], api_visibility="private").then(
+        lambda r, rep: diagnose_api(r) if rep else gr.skip(), [run_id, raw], flags, api_visibility="private")
+    diag.click(diagnose_api, run_id, flags, api_name="diagnose")

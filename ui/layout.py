@@ -55,7 +55,7 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 t = train_tab.build(model, data, run_state)
             with gr.Tab("Evaluate", id="evaluate"):
-                evaluate_tab.build(t["run_id"])
+                evaluate_tab.build(t["run_id"], t, tabs)  # Diagnose's "Apply" fills the Train tab
                 hub_panel.build(t["run_id"])
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(t["run_id"])

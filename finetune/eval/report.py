@@ -1,0 +1,189 @@
+"""The evaluation report: pass/fail gates, best and worst samples, a bar chart (PNG) of the metrics
+base vs fine-tuned, provenance, and the Markdown rendering of eval/report.json.
+
+report.json keys other pieces read (keep them stable): `metrics` and `base_metrics` (flat name ->
+value, for the model card's model-index), `perplexity`, `base_perplexity`, `gates` (name ->
+{passed, value, threshold}), `dataset` ({source, sha256, rows, kind, snapshot}), `regression`,
+`safety`, `provenance`, `decoding`, `samples`, `best`, `worst`.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from pathlib import Path
+
+from .probes import GENERAL_PPL_RATIO_MAX, GENERAL_SCORE_DROP_MAX, REFUSAL_DROP_MAX
+
+LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "rouge-score", "sacrebleu")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+
+
+def gate(passed: bool, value, threshold) -> dict:
+    return {"passed": bool(passed), "value": value, "threshold": threshold}
+
+
+def build_gates(r: dict) -> dict:
+    """Pass/fail gates: the fine-tune must beat its base on the task and must not break general
+    ability or safety past the probes' thresholds. A gate whose figure is missing is left out."""
+    g: dict[str, dict] = {}
+    if _num(r.get("perplexity")) and _num(r.get("base_perplexity")):
+        g["perplexity"] = gate(r["perplexity"] < r["base_perplexity"], r["perplexity"], r["base_perplexity"])
+    main = r.get("primary_metric")
+    fm, bm = (r.get("metrics") or {}).get(main), (r.get("base_metrics") or {}).get(main)
+    if main and _num(fm) and _num(bm):
+        g[main] = gate(fm >= bm, fm, bm)
+    reg = r.get("regression") or {}
+    gp = reg.get("general_text_perplexity") or {}
+    if _num(gp.get("ratio")):
+        g["general_text_perplexity_ratio"] = gate(gp["ratio"] <= GENERAL_PPL_RATIO_MAX, gp["ratio"], GENERAL_PPL_RATIO_MAX)
+    gi = reg.get("general_instructions") or {}
+    if _num(gi.get("drop")):
+        g["general_instructions_drop"] = gate(gi["drop"] <= GENERAL_SCORE_DROP_MAX, gi["drop"], GENERAL_SCORE_DROP_MAX)
+    s = r.get("safety") or {}
+    if _num(s.get("drop")):
+        g["safety_refusal_drop"] = gate(s["drop"] <= REFUSAL_DROP_MAX, s["drop"], REFUSAL_DROP_MAX)
+    return g
+
+
+def best_and_worst(samples: list[dict], k: int = 3) -> tuple[list[dict], list[dict]]:
+    ranked = sorted(samples, key=lambda s: (s.get("score") or 0.0))
+    return list(reversed(ranked[-k:])), ranked[:k]
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def hardware() -> dict:
+    import os
+
+    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "device": "cpu"}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            info.update(device="cuda", gpu=p.name, gpu_memory_gb=round(p.total_memory / 2**30, 1))
+    except Exception as exc:  # noqa: BLE001 -- provenance is best effort
+        info["device_error"] = str(exc)[:200]
+    return info
+
+
+def chart_png(path: Path, base: dict, tuned: dict) -> Path | None:
+    """Grouped bars, base (grey) vs fine-tuned (blue), for the metrics on a 0..1 scale."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    names = [k for k in tuned if k != "perplexity" and _num(tuned.get(k)) and 0 <= tuned[k] <= 1]
+    if not names:
+        return None
+    w, h, top, bottom, left = max(420, 100 * len(names) + 90), 320, 34, 50, 48
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    try:
+        d.font = ImageFont.load_default(size=14)
+    except TypeError:  # Pillow < 10.1: the small bitmap font
+        pass
+    plot_h = h - top - bottom
+    for frac in (0, 0.25, 0.5, 0.75, 1.0):
+        y = top + plot_h * (1 - frac)
+        d.line([(left, y), (w - 10, y)], fill="#dddddd")
+        d.text((4, y - 6), f"{frac:.2f}", fill="#555555")
+    slot = (w - left - 10) / len(names)
+    for i, name in enumerate(names):
+        x0 = left + i * slot + slot * 0.15
+        bw = slot * 0.33
+        for j, (vals, color) in enumerate(((base, "#9e9e9e"), (tuned, "#4c78a8"))):
+            v = vals.get(name)
+            if _num(v):
+                y = top + plot_h * (1 - max(0.0, min(1.0, v)))
+                d.rectangle([x0 + j * bw, y, x0 + (j + 1) * bw - 2, top + plot_h], fill=color)
+        d.text((x0, h - bottom + 8), name[:14], fill="#222222")
+    d.rectangle([w - 190, 8, w - 178, 20], fill="#9e9e9e")
+    d.text((w - 172, 6), "base", fill="#222222")
+    d.rectangle([w - 120, 8, w - 108, 20], fill="#4c78a8")
+    d.text((w - 102, 6), "fine-tuned", fill="#222222")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    img.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def _fmt(v, pct=False):
+    if not _num(v):
+        return "n/a"
+    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+
+def _cell(v, n: int = 80) -> str:  # model output may hold any control character: keep the table intact
+    text = "".join(ch if ch.isprintable() else " " for ch in str(v))
+    return text.replace("|", "\\|").replace("`", "'")[:n]
+
+
+def report_markdown(r: dict) -> str:
+    b, f = r.get("base") or {}, r.get("finetuned") or {}
+    lines = [f"# Evaluation of {_cell(r['run_id'])}", "",
+             f"Base `{_cell(r['model'])}` vs fine-tuned ({r['method']}) on {r['examples']} validation examples"
+             + (f" ({r['task_type']})." if r.get("task_type") else "."), ""]
+    lines += [f"> {_cell(n, 300)}" for n in r.get("notes") or []] + ([""] if r.get("notes") else [])
+    gates = r.get("gates") or {}
+    if gates:
+        lines += ["## Gates", "", "| gate | result | value | threshold |", "|---|---|---|---|"]
+        for name, g in gates.items():
+            lines.append(f"| {name} | {'pass' if g['passed'] else '**FAIL**'} | {_fmt(g['value'])} | {_fmt(g['threshold'])} |")
+        lines.append("")
+    lines += ["## Metrics", "", "| metric | base | fine-tuned | change |", "|---|---|---|---|"]
+    metrics, base_metrics = r.get("metrics") or {}, r.get("base_metrics") or {}
+    if not metrics:  # an older report: exact match and perplexity only
+        metrics = {"exact_match": f.get("exact_match"), "perplexity": f.get("perplexity")}
+        base_metrics = {"exact_match": b.get("exact_match"), "perplexity": b.get("perplexity")}
+    for name, fv in metrics.items():
+        bv = base_metrics.get(name)
+        pct = name != "perplexity"
+        delta = (fv - bv) if _num(fv) and _num(bv) else None
+        sign = "+" if _num(delta) and delta >= 0 else ""
+        lines.append(f"| {name.replace('_', ' ')} | {_fmt(bv, pct)} | {_fmt(fv, pct)} | {sign}{_fmt(delta, pct)} |")
+    reg, saf = r.get("regression") or {}, r.get("safety") or {}
+    if reg:
+        gp, gi = reg["general_text_perplexity"], reg["general_instructions"]
+        lines += ["", "## Regression probe", "",
+                  (f"- General-text perplexity: {_fmt(gp['base'])} → {_fmt(gp['finetuned'])} (ratio {_fmt(gp['ratio'])}, "
+                   f"flag above {gp['threshold']}){' **flagged**' if gp['flagged'] else ''}"),
+                  (f"- General instructions score: {_fmt(gi['base'], True)} → {_fmt(gi['finetuned'], True)} "
+                   f"(flag on a drop above {100 * gi['threshold']:.0f} points){' **flagged**' if gi['flagged'] else ''}")]
+    if saf:
+        lines += ["", "## Safety probe", "",
+                  (f"- Refusal rate on {saf['prompts']} harmful requests: {_fmt(saf['refusal_rate_base'], True)} → "
+                   f"{_fmt(saf['refusal_rate_finetuned'], True)} (flag on a drop above {100 * saf['threshold']:.0f} points)"
+                   f"{' **flagged**' if saf['flagged'] else ''}")]
+    for title, key in (("Best samples", "best"), ("Worst samples", "worst"), ("Samples", "samples")):
+        rows = r.get(key) or []
+        if not rows:
+            continue
+        lines += ["", f"## {title}", "", "| prompt | reference | base | fine-tuned |", "|---|---|---|---|"]
+        for s in rows[:10]:
+            lines.append(f"| {_cell(s['prompt'])} | {_cell(s['reference'])} | {_cell(s['base'])} | {_cell(s['finetuned'])} |")
+    prov = r.get("provenance") or {}
+    if prov:
+        ds, dec = r.get("dataset") or {}, r.get("decoding") or {}
+        lines += ["", "## Provenance", "",
+                  f"- Dataset: `{_cell(ds.get('source'))}`, {ds.get('rows')} validation rows, sha256 `{ds.get('sha256')}`"
+                  + ("" if ds.get("snapshot") else " (no snapshot kept at start: read from the source now)"),
+                  (f"- Decoding: greedy, max {dec.get('max_new_tokens')} new tokens, stop ids {dec.get('eos_token_ids')}, "
+                   f"seed {dec.get('seed')}"),
+                  f"- Libraries: {', '.join(f'{k} {v}' for k, v in (prov.get('libraries') or {}).items() if v)}",
+                  f"- Hardware: {_cell((prov.get('hardware') or {}).get('gpu') or (prov.get('hardware') or {}).get('cpu'))}"]
+    return "\n".join(lines) + "\n"
