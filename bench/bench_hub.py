@@ -67,7 +67,8 @@ def main() -> None:
         for q in ("f16", "q8_0"):
             out = export_gguf(merged, Path(tmp) / f"m-{q}.gguf", q)
             c = check_gguf(merged, out)
-            print(f"GGUF {q:5s}: {c['size_bytes'] / 1e6:.2f} MB, max |dlogit| {c['max_abs_diff']:.4f} "
+            print(f"GGUF {q:5s}: {c['size_bytes'] / 1e6:.2f} MB, max |dlogit| {c['max_abs_diff']:.4f}, "
+                  f"mean {c['mean_abs_diff']:.4f} "
                   f"(logit scale {c['logit_scale']:.2f}), argmax agreement {100 * c['argmax_agreement']:.1f}%")
     hub.stop()
 

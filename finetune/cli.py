@@ -211,10 +211,24 @@ def cmd_train(a) -> dict:
         if code:
             raise SystemExit(code)
         return read_json(f"{a.run}/status.json", {})
+    if getattr(a, "in_job", False):  # inside a Hugging Face Job (see jobs.py)
+        from .jobs import run_in_job
+
+        code = run_in_job(a.config_json, a.hub_repo, a.hub_data)
+        if code:
+            raise SystemExit(code)
+        return {"state": "completed"}
     if a.resume_id:
         runs.start_run(a.resume_id, resume=True)
         return {"run_id": a.resume_id, "state": "queued", "resumed": True}
+    where = _where(a)
     cfg = config_from_args(a)
+    if where == "hf-jobs":
+        from .jobs import submit
+
+        if not a.flavor:
+            raise ValueError("--flavor: Hugging Face Jobs need a flavor (e.g. a10g-small); see the Train tab's list")
+        return {"run_id": submit(cfg, flavor=a.flavor, timeout=a.timeout, image=a.image)}
     _warn_memory(cfg)
     run_id = runs.start_training(cfg)
     if a.wait:
@@ -241,6 +255,11 @@ def cmd_status(a) -> dict:
     from . import runs
 
     st = runs.status_summary(a.run_id)
+    if st.get("remote") and st.get("follower"):  # reattach to a Hugging Face job with this shell's token
+        from .jobs import ensure_follower
+
+        if ensure_follower(a.run_id):
+            st = runs.status_summary(a.run_id)
     if not a.events:
         st.pop("events", None)
     return st
@@ -331,6 +350,29 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
+WHERE = ("local", "hf-jobs")  # --backend values that say where to train, not how to load the model
+
+
+def _add_where_to_backend(s: argparse.ArgumentParser) -> None:
+    """One --backend for both meanings: the generated train.backend (auto, transformers: how the
+    model is loaded) and where the run trains (local, or hf-jobs: Hugging Face Jobs, needs HF_TOKEN
+    and --flavor)."""
+    act = s._option_string_actions["--backend"]
+    act.choices = list(act.choices) + list(WHERE)
+    act.metavar = "{" + ",".join(map(str, act.choices)) + "}"
+    act.help = (act.help or "") + "; local or hf-jobs: where to train (hf-jobs: Hugging Face Jobs, needs HF_TOKEN and --flavor)"
+
+
+def _where(a: argparse.Namespace) -> str:
+    """'local' or 'hf-jobs', taking a where-value out of --backend so the config never sees it."""
+    key = f"{_CFG}train__backend"
+    value = getattr(a, key, None)
+    if value in WHERE:
+        delattr(a, key)
+        return value
+    return "local"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
     from .config import METHODS
@@ -409,9 +451,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait until the run ends")
     s.add_argument("--timeout-s", type=float, default=3600, help="with --wait: give up after this long")
     s.add_argument("--resume-id", default=None, help="resume this run from its last complete checkpoint")
+    s.add_argument("--flavor", default=None, help="hf-jobs: the hardware flavor, e.g. a10g-small")
+    s.add_argument("--timeout", default="2h", help="hf-jobs: the job's time limit (90m, 2h, 3600)")
+    s.add_argument("--image", default=None, help="hf-jobs: the image (default: this Space's, or FINETUNE_JOBS_IMAGE)")
+    s.add_argument("--in-job", action="store_true", help=argparse.SUPPRESS)  # inside a Hugging Face Job
+    s.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--hub-repo", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--hub-data", default=None, help=argparse.SUPPRESS)
     s.add_argument("--run", default=None, help=argparse.SUPPRESS)  # the child process
     s.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     add_config_options(s)
+    _add_where_to_backend(s)
     s.set_defaults(fn=cmd_train)
 
     for name, fn, helptext in (("status", cmd_status, "a run's state, step, total steps and latest loss"),

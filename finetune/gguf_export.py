@@ -177,6 +177,6 @@ def check_gguf(merged_dir: str | os.PathLike, gguf_path: str | os.PathLike, inpu
     with torch.no_grad():
         a, b = ref(input_ids=input_ids).logits, got(input_ids=input_ids).logits
     scale = float(a.abs().max())
-    return {"max_abs_diff": float((a - b).abs().max()), "logit_scale": scale,
+    return {"max_abs_diff": float((a - b).abs().max()), "mean_abs_diff": float((a - b).abs().mean()), "logit_scale": scale,
             "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
             "size_bytes": gguf_path.stat().st_size}

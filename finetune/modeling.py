@@ -28,14 +28,22 @@ def set_threads() -> tuple[int, str]:
     import torch
 
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # Several ranks on one machine (accelerate launch) share the cores instead of oversubscribing them.
     try:
-        busy = os.getloadavg()[0]
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    n = max(1, n // local)
+    try:
+        busy = os.getloadavg()[0] / local
     except OSError:
         busy = 0.0
     free = int(n - busy + 0.5)
     threads = max(1, min(n, free))
     why = (f"{threads} of {n} cores: the others are busy (load {busy:.1f})" if threads < n
            else f"{n} cores")
+    if local > 1:
+        why += f" (this machine's cores shared by {local} processes)"
     torch.set_num_threads(threads)
     return threads, why
 

@@ -12,7 +12,10 @@ A run lives in FINETUNE_HOME/runs/<run_id>/:
   eval/         report.json, report.md, metrics.png
   README.md     model card
 Training runs in a child process (`python -m finetune train --run RUN_DIR`), so a crash or an OOM
-never takes the app down. Stop writes a STOP file that the trainer checks at each step; a second
+never takes the app down; with train.num_processes > 1 the child is `accelerate launch` (see
+parallel.py), whose pid stands for the run and whose ranks record theirs in `rank_pids`. A run on
+Hugging Face Jobs (`remote: hf-jobs`, see jobs.py) has a follower process instead, and never holds
+the device. Stop writes a STOP file that the trainer checks at each step; a second
 plain stop only asks again, and only `stop_run(force=True)` kills.
 
 One training at a time per machine: `start_run` puts the run in the queue (state `queued`, `waiting`,
@@ -106,7 +109,11 @@ def read_status(run_id: str) -> dict:
     if st.get("state") == "queued" and st.get("waiting"):
         st["queue_position"] = _queue_position(run_id, st)
         return st
-    if st.get("state") in ACTIVE and not _alive(st, d):
+    if st.get("state") in ACTIVE and st.get("remote") and not _alive(st, d):
+        # A Hugging Face job runs on without its local follower: say so, keep the state (jobs.ensure_follower
+        # restarts the follower when a token is at hand, e.g. `python -m finetune status RUN_ID`).
+        st["follower"] = "not running"
+    elif st.get("state") in ACTIVE and not _alive(st, d):
         # Gone without saying so (killed, out of memory, machine restarted). The guard keeps a final
         # state the child wrote just before exiting.
         st = update_status(d, only_if_state=ACTIVE, state="failed",
@@ -233,9 +240,14 @@ def _alive(st: dict, d: Path) -> bool:
         return time.time() - os.path.getmtime(d / "status.json") < 60
     if not _pid_alive(int(pid)):
         return False
-    try:  # the pid may have been reused by something else
+    return _cmdline_has(int(pid), str(run_id))
+
+
+def _cmdline_has(pid: int, run_id: str) -> bool:
+    """Whether process `pid` still runs this run (a pid may have been reused by something else)."""
+    try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return str(run_id).encode() in f.read()
+            return run_id.encode() in f.read()
     except OSError:
         return True
 
@@ -274,12 +286,22 @@ def _child_env(extra: dict | None) -> dict:
     return env
 
 
-def _launch(run_id: str, *, resume: bool, env: dict | None) -> int:
+def _launch(run_id: str, *, resume: bool, env: dict | None) -> int | None:
     """Start the training child now (the caller holds the queue lock and has checked the slot)."""
     d = runs_dir() / run_id
-    cmd = [sys.executable, "-m", "finetune", "train", "--run", str(d)]
-    if resume:
-        cmd.append("--resume")
+    launch = None
+    if load_config(run_id).train.num_processes > 1:
+        from .parallel import ParallelError, launch_command
+
+        try:
+            cmd, launch = launch_command(d, load_config(run_id), resume=resume)
+        except ParallelError as exc:  # cannot run here (any more): fail it rather than block the queue
+            update_status(d, state="failed", waiting=False, queue_position=None, error=str(exc))
+            return None
+    else:
+        cmd = [sys.executable, "-m", "finetune", "train", "--run", str(d)]
+        if resume:
+            cmd.append("--resume")
     log = open(d / "train.log", "ab")
     try:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -289,7 +311,8 @@ def _launch(run_id: str, *, resume: bool, env: dict | None) -> int:
         log.close()
     _PROCS[run_id] = proc
     _PENDING_ENV.pop(run_id, None)
-    update_status(d, state="queued", waiting=False, queue_position=None, pid=proc.pid, launched=now_iso())
+    update_status(d, state="queued", waiting=False, queue_position=None, pid=proc.pid, launched=now_iso(),
+                  rank_pids=None, **({"launch": launch} if launch else {}))
     return proc.pid
 
 
@@ -303,6 +326,8 @@ def _holder() -> str | None:
             continue
         st = read_json(d / "status.json", default=None)
         if not isinstance(st, dict) or st.get("state") not in ACTIVE or st.get("waiting") or not st.get("pid"):
+            continue
+        if st.get("remote"):  # a Hugging Face job trains elsewhere: its follower holds no device
             continue
         try:
             if read_status(d.name).get("state") in ACTIVE:  # marks a dead holder failed
@@ -352,6 +377,8 @@ def start_run(run_id: str, *, resume: bool = False, env: dict | None = None) -> 
             where = f"waiting in the queue (position {st.get('queue_position')})" if st.get("waiting") \
                 else st.get("state")
             raise RunError(f"run {run_id} is already {where}")
+        if st.get("remote"):
+            raise RunError(f"run {run_id} ran on Hugging Face Jobs: start a new run instead of resuming it")
         if resume and st.get("state") == "completed":
             raise RunError(f"run {run_id} has completed; start a new run to train further")
         if resume and last_checkpoint(run_id) is None:
@@ -376,6 +403,10 @@ def stop_run(run_id: str, *, force: bool = False) -> dict:
         st = read_status(run_id)
         if st.get("state") not in ACTIVE:
             return st
+        if st.get("remote") == "hf-jobs":  # a run on Hugging Face Jobs: its follower cancels the job (jobs.py)
+            from .jobs import stop_job
+
+            return stop_job(run_id, force=force)
         if st.get("waiting"):
             _PENDING_ENV.pop(run_id, None)
             return update_status(d, only_if_state=ACTIVE, state="stopped", waiting=False, queue_position=None,
@@ -392,6 +423,14 @@ def stop_run(run_id: str, *, force: bool = False) -> dict:
             proc = _PROCS.get(run_id)
             if proc is not None:
                 proc.wait(timeout=10)
+        # Ranks of a multi-process run live in sessions of their own (torchrun): they die with the
+        # launcher (PDEATHSIG), and are killed here too in case that did not reach them.
+        for rpid in st.get("rank_pids") or []:
+            if _pid_alive(int(rpid)) and _cmdline_has(int(rpid), run_id):
+                try:
+                    os.kill(int(rpid), signal.SIGKILL)
+                except OSError:
+                    pass
         (d / "STOP").unlink(missing_ok=True)
         st = update_status(d, only_if_state=ACTIVE, state="stopped", error="stopped by force",
                            resumable=last_checkpoint(d) is not None)
@@ -477,6 +516,10 @@ def artifact_dir(run_id: str) -> Path | None:
 
 def start_training(cfg: RunConfig, *, env: dict | None = None) -> str:
     """Create a run for `cfg`, launch its child process and return the run id at once."""
+    if cfg.train.num_processes > 1:  # refuse what cannot run here before any run folder exists
+        from .parallel import choose_preset
+
+        choose_preset(cfg)
     run_id = create_run(cfg)
     start_run(run_id, env=env)  # launches now, or queues it behind the run holding the device
     return run_id

@@ -22,6 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
+from . import parallel
 from .config import (LORA_METHODS, PREFERENCE_METHODS, ConfigError, RunConfig, choose_backend, precision_plan,
                      to_peft_config, to_unsloth_peft_kwargs, trainer_class)
 from .paths import atomic_write_text, read_json
@@ -67,7 +68,10 @@ def _make_callback(d: Path):
     from transformers import TrainerCallback
 
     class StudioCallback(TrainerCallback):
-        """Writes events and status, and honours STOP. Non-finite values are the trainer guard's job."""
+        """Writes events and status, and honours STOP. Non-finite values are the trainer guard's job.
+
+        With several processes every rank runs this callback; only rank 0 writes, and the ranks
+        agree on stopping (one all-reduce per step) so that none waits forever for the others."""
 
         def __init__(self):
             self.t0 = time.time()
@@ -81,8 +85,9 @@ def _make_callback(d: Path):
             self.t0 = time.time()
             self.start_step = state.global_step
             self.last_tokens = (state.num_input_tokens_seen or 0, self.t0)
-            update_status(d, state="running", total_steps=state.max_steps, step=state.global_step,
-                          epochs=args.num_train_epochs)
+            if state.is_world_process_zero:
+                update_status(d, state="running", total_steps=state.max_steps, step=state.global_step,
+                              epochs=args.num_train_epochs)
 
         def _eta(self, state) -> float | None:
             done = state.global_step - self.start_step
@@ -91,10 +96,13 @@ def _make_callback(d: Path):
             return (time.time() - self.t0) / done * (state.max_steps - state.global_step)
 
         def on_step_end(self, args, state, control, **kw):
-            if (d / "STOP").exists() and not self.stopped:
+            # Ranks may see the STOP file at different steps: they take the decision together.
+            if _agree((d / "STOP").exists(), args.device) and not self.stopped:
                 self.stopped = True
                 control.should_training_stop = True
                 control.should_save = True
+            if not state.is_world_process_zero:
+                return
             now = time.time()
             if now - self.last_status > 1.0 or self.stopped:
                 self.last_status = now
@@ -106,6 +114,14 @@ def _make_callback(d: Path):
             logs = logs or {}
             if "train_loss" in logs:
                 return  # the closing summary is not a step
+            # The logged eval loss is gathered over the ranks: every rank takes the same decision.
+            v = logs.get("eval_loss")
+            if v is not None and not math.isfinite(float(v)):
+                self.nonfinite = f"eval_loss became {v} at step {state.global_step}"
+                control.should_training_stop = True
+                control.should_save = False
+            if not state.is_world_process_zero:
+                return
             now = time.time()
             tokens = state.num_input_tokens_seen or 0
             t_prev, time_prev = self.last_tokens
@@ -127,13 +143,20 @@ def _make_callback(d: Path):
             if tps:
                 fields["tokens_per_s"] = round(tps, 1)
             update_status(d, **fields)
-            v = logs.get("eval_loss")
-            if v is not None and not math.isfinite(float(v)):
-                self.nonfinite = f"eval_loss became {v} at step {state.global_step}"
-                control.should_training_stop = True
-                control.should_save = False
 
     return StudioCallback()
+
+
+def _agree(flag: bool, device) -> bool:
+    """True on every rank when any rank says so (one all-reduce); just `flag` with one process."""
+    if parallel.world_size() <= 1:
+        return bool(flag)
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 class NonFiniteGuard:
@@ -161,11 +184,28 @@ class NonFiniteGuard:
             skipped = self.args.fp16 and getattr(self.accelerator, "optimizer_step_was_skipped", False)
             if not math.isfinite(g) and not skipped:
                 self.fts_nonfinite = f"grad_norm became {g} at step {self.state.global_step}"
+        # A micro-batch loss is each rank's own: the ranks stop together or some would wait forever.
+        if _agree(self.fts_nonfinite is not None, self.args.device) and self.fts_nonfinite is None:
+            self.fts_nonfinite = f"another process saw a non-finite loss at step {self.state.global_step}"
         if self.fts_nonfinite is not None:
             self.control.should_save = False
             self.control.should_evaluate = False
             self.control.should_training_stop = True
         return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+
+GROUP_BY_LENGTH_MIN_WASTE = 0.25  # below this much padding, varied random batches are worth more
+
+
+def padding_waste(lengths: list[int], batch_size: int, seed: int = 0) -> float:
+    """Share of a random batch's tokens that would be padding (rows padded to the batch's longest)."""
+    import random
+
+    lengths = list(lengths)
+    random.Random(seed).shuffle(lengths)
+    batches = [lengths[i:i + batch_size] for i in range(0, len(lengths), batch_size)]
+    padded = sum(len(b) * max(b) for b in batches if b)
+    return 1.0 - sum(lengths) / padded if padded else 0.0
 
 
 def _chunks(ids: list[int], n: int) -> list[list[int]]:
@@ -317,17 +357,30 @@ def make_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, eval_ds, out
                    callbacks=callbacks or [], peft_config=peft_config)
 
 
-def _save_artifact(trainer, tokenizer, d: Path, method: str) -> Path:
-    """Save the adapter (or full model) into a temp folder, then move it into place."""
+def _save_artifact(trainer, tokenizer, d: Path, method: str) -> Path | None:
+    """Save the adapter (or full model) into a temp folder, then move it into place.
+
+    Several processes: sharded weights (FSDP, ZeRO-3) are gathered by trainer.save_model, which
+    every rank must call; otherwise rank 0 alone saves. Only rank 0 moves the folder into place."""
     name = "model" if method == "full" else "adapter"
     tmp = d / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    main = parallel.rank() == 0
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
     model = trainer.model
-    if hasattr(model, "peft_config") and "ref" in getattr(model, "peft_config", {}):
+    if parallel.world_size() > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        trainer.save_model(str(tmp))
+        if main:
+            (tmp / "training_args.bin").unlink(missing_ok=True)
+    elif not main:
+        pass
+    elif hasattr(model, "peft_config") and "ref" in getattr(model, "peft_config", {}):
         # DPO/KTO on a finished run's adapter add a frozen "ref" copy: save only the trained one.
         model.save_pretrained(tmp, selected_adapters=["default"])
     else:
         model.save_pretrained(tmp)
+    if not main:
+        return None
     tokenizer.save_pretrained(tmp)
     final = d / name
     if final.exists():
@@ -394,15 +447,35 @@ def prepare_resume(d: Path) -> str:
     return ckpt
 
 
+def _add_rank_pid(d: Path, pid: int) -> None:
+    import fcntl
+
+    from .paths import atomic_write_json
+
+    lock = os.open(d, os.O_RDONLY)  # the same lock as update_status: ranks append concurrently
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        st = read_json(d / "status.json", default={}) or {}
+        st["rank_pids"] = sorted(set(st.get("rank_pids") or []) | {pid})
+        atomic_write_json(d / "status.json", st)
+    finally:
+        os.close(lock)
+
+
 def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
     d = Path(run_path).resolve()
     try:
         return _train_run(d, resume)
     finally:
-        try:  # this run no longer holds the device: start the next one waiting in the queue
+        try:
+            if parallel.rank() != 0:
+                raise StopIteration  # only rank 0 hands the device over
+  # this run no longer holds the device: start the next one waiting in the queue
             from .runs import dispatch
 
             dispatch()
+        except StopIteration:
+            pass
         except Exception as exc:  # noqa: BLE001 -- the queue is retried at the next status read
             sys.stderr.write(f"queue dispatch failed: {redact(str(exc))}\n")
 
@@ -410,22 +483,39 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
 def _train_run(d: Path, resume: bool) -> int:
     cfg = RunConfig.from_dict(read_json(d / "config.json"))
     t_start = time.time()
-    update_status(d, state="running", pid=os.getpid(), started=now_iso(), error=None, queue_position=None,
-                  waiting=False)
+    world, main = parallel.world_size(), parallel.rank() == 0
+    if world > 1:
+        # Under accelerate launch the launcher's pid stays in status.json (Stop kills its group);
+        # each rank dies with the launcher and records its pid for a forced stop.
+        parallel.die_with_parent()
+        _add_rank_pid(d, os.getpid())
+        if main:
+            update_status(d, state="running", started=now_iso(), error=None, queue_position=None, waiting=False,
+                          world_size=world)
+    else:
+        update_status(d, state="running", pid=os.getpid(), started=now_iso(), error=None, queue_position=None,
+                      waiting=False)
+    status = update_status if main else (lambda *a, **k: {})  # only rank 0 writes the run folder
     signal.signal(signal.SIGTERM, lambda *_: (d / "STOP").write_text("SIGTERM"))
     try:
         from .modeling import set_threads
 
         threads, threads_why = set_threads()
-        update_status(d, threads=threads, threads_why=threads_why)
+        status(d, threads=threads, threads_why=threads_why)
         if cfg.train.report_to == "tensorboard":  # transformers 5 reads the folder from the environment
             os.environ["TENSORBOARD_LOGGING_DIR"] = str(d / "tb")
         plan = resolve_plan(cfg)
-        update_status(d, backend=plan["backend"], backend_why=plan["backend_why"], precision=plan["precision"],
-                      precision_why=plan["why"])
+        status(d, backend=plan["backend"], backend_why=plan["backend_why"], precision=plan["precision"],
+               precision_why=plan["why"])
         model, tok, peft_config, backend = build_model(cfg, plan)
         train_ds, eval_ds, summary = load_data(cfg, tok)
-        update_status(d, backend=backend, data_summary=summary)
+        if cfg.train.group_by_length and "input_ids" in train_ds.column_names:
+            waste = padding_waste([len(x) for x in train_ds["input_ids"]], cfg.train.batch_size, cfg.train.seed)
+            plan["group_by_length"] = waste >= GROUP_BY_LENGTH_MIN_WASTE
+            summary["random_batch_padding"] = round(waste, 3)
+            summary["batching"] = ("length-grouped" if plan["group_by_length"] else
+                                   f"random (random batches waste only {waste:.0%} on padding)")
+        status(d, backend=backend, data_summary=summary)
         cb = _make_callback(d)
         from transformers import set_seed
 
@@ -433,29 +523,34 @@ def _train_run(d: Path, resume: bool) -> int:
         trainer = make_trainer(cfg, model, tok, peft_config, train_ds, eval_ds, str(d / "checkpoints"), plan, [cb])
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
-        update_status(d, trainable_params=trainable, total_params=total, memory_gb=memory_in_use_gb())
-        ckpt = prepare_resume(d) if resume else None
-        if (d / "STOP").exists():  # asked to stop while loading: nothing trained, nothing to save
-            update_status(d, state="stopped", error=None, duration_s=round(time.time() - t_start, 2),
-                          resumable=last_checkpoint(d) is not None, finished=now_iso())
+        status(d, trainable_params=trainable, total_params=total, memory_gb=memory_in_use_gb())
+        if resume:  # rank 0 tidies the folder; the others resume from the same (last complete) checkpoint
+            ckpt = prepare_resume(d) if main else last_checkpoint(d)
+        else:
+            ckpt = None
+        if _agree((d / "STOP").exists(), trainer.args.device):  # asked to stop while loading: nothing to save
+            status(d, state="stopped", error=None, duration_s=round(time.time() - t_start, 2),
+                   resumable=last_checkpoint(d) is not None, finished=now_iso())
             return 0
         result = trainer.train(resume_from_checkpoint=ckpt)
         nonfinite = trainer.fts_nonfinite or cb.nonfinite
         if nonfinite:
             bad = trainer.state.global_step
-            update_status(d, state="failed", error=f"Training stopped: {nonfinite}. The last good checkpoint is kept; "
-                          "lower the learning rate and resume or start again.", bad_from_step=bad,
-                          resumable=last_checkpoint(d) is not None, duration_s=round(time.time() - t_start, 2))
+            status(d, state="failed", error=f"Training stopped: {nonfinite}. The last good checkpoint is kept; "
+                   "lower the learning rate and resume or start again.", bad_from_step=bad,
+                   resumable=last_checkpoint(d) is not None, duration_s=round(time.time() - t_start, 2))
             return 1
         final_eval = None
         if eval_ds is not None and not cb.stopped:
-            final_eval = trainer.evaluate().get("eval_loss")
-            if final_eval is not None:
+            final_eval = trainer.evaluate().get("eval_loss")  # every rank: evaluation is collective
+            if final_eval is not None and main:
                 append_event(d, {"step": trainer.state.global_step, "epoch": round(trainer.state.epoch or 0, 4),
                                  "loss": None, "eval_loss": final_eval, "learning_rate": None, "grad_norm": None,
                                  "tokens_per_s": None, "elapsed_s": round(time.time() - cb.t0, 3),
                                  "memory_gb": memory_in_use_gb()})
         _save_artifact(trainer, tok, d, cfg.train.method)
+        if not main:
+            return 0
         state = "stopped" if cb.stopped else "completed"
         metrics = result.metrics or {}
         st = update_status(
@@ -472,10 +567,13 @@ def _train_run(d: Path, resume: bool) -> int:
     except BaseException as exc:  # noqa: BLE001 -- every failure must land in status.json
         msg = friendly_error(exc)
         sys.stderr.write(redact(traceback.format_exc()))
-        update_status(d, state="failed", error=msg, resumable=last_checkpoint(d) is not None,
-                      duration_s=round(time.time() - t_start, 2))
+        if world > 1:  # the first rank to fail says why; the others' errors are its echoes
+            msg = f"rank {parallel.rank()}: {msg}"
+        update_status(d, only_if_state=("queued", "running", "stopping") if world > 1 else None, state="failed",
+                      error=msg, resumable=last_checkpoint(d) is not None, duration_s=round(time.time() - t_start, 2))
         return 1
     finally:
-        (d / "STOP").unlink(missing_ok=True)
-        shutil.rmtree(d / ".adapter.tmp", ignore_errors=True)
-        shutil.rmtree(d / ".model.tmp", ignore_errors=True)
+        if main:
+            (d / "STOP").unlink(missing_ok=True)
+            shutil.rmtree(d / ".adapter.tmp", ignore_errors=True)
+            shutil.rmtree(d / ".model.tmp", ignore_errors=True)

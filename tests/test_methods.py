@@ -254,3 +254,21 @@ def test_fp16_autocast_uses_a_loss_scaler(tiny_model_dir, monkeypatch):
     _, st, _, moved, trainer = _train(full, monkeypatch)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
     assert trainer.accelerator.scaler is not None and moved
+
+
+def test_length_grouping_only_where_padding_would_be_costly():
+    from finetune.config import RunConfig, to_sft_config
+    from finetune.train import GROUP_BY_LENGTH_MIN_WASTE, padding_waste
+
+    assert padding_waste([20] * 16, 8) == 0.0
+    assert padding_waste([10, 100] * 16, 8) > GROUP_BY_LENGTH_MIN_WASTE
+    args = to_sft_config(RunConfig(), "/tmp/x", prec={"bf16": False, "fp16": False, "group_by_length": False})
+    assert args.train_sampling_strategy == "random"
+
+
+def test_demo_batches_are_random_because_padding_is_cheap(tiny_model_dir, monkeypatch):
+    run_id, st, events, moved, trainer = _train(_cfg("lora", max_steps=2, save_steps=2), monkeypatch)
+    summ = st["data_summary"]
+    assert summ["random_batch_padding"] < 0.25 and summ["batching"].startswith("random")
+    assert trainer.args.train_sampling_strategy == "random"
+    assert st["threads"] >= 1 and st["threads_why"]

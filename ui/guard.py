@@ -150,7 +150,8 @@ def action_for(api_name: str | None, visibility: str, fn_name: str) -> str | Non
     base = re.sub(r"_\d+$", "", api_name)
     if base in OPEN_APIS:
         return None
-    return {"prepare_dataset": "prepare", "augment_dataset": "augment", "ab_pair": "compare"}.get(base, base)
+    return {"prepare_dataset": "prepare", "augment_dataset": "augment", "ab_pair": "compare",
+            "train_jobs": "train"}.get(base, base)
 
 
 def guard_demo(demo: gr.Blocks) -> gr.Blocks:

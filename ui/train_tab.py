@@ -10,7 +10,9 @@ import pandas as pd
 
 from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 from finetune.config import BUILTIN_DEMO_REASON, METHODS, TrainConfig, build_run_config, default_run_config, help_for
+from finetune.hardware import detect_hardware
 
+from . import jobs_panel
 from .render import check_source, fmt_duration, num, run_choices, user_errors
 
 # Both series from the first value on: Gradio 6.31's native plot keeps the color domain of its first
@@ -22,8 +24,17 @@ _DEFAULTS = default_run_config().train
 
 @user_errors
 def train_api(model: str, data: str, method: str, learning_rate: float, epochs: float, batch_size: float,
-              max_seq_len: float, lora_r: float) -> str:
+              max_seq_len: float, lora_r: float, num_processes: float = 1) -> str:
     """Start a training run and return its run id at once (the `train` API)."""
+    cfg = run_config(model, data, method, learning_rate, epochs, batch_size, max_seq_len, lora_r, num_processes)
+    _warn_if_it_will_not_fit(cfg)
+    from .guard import start_as_caller  # owner, public-mode limits, the caller's token only
+
+    return start_as_caller(cfg)
+
+
+def run_config(model, data, method, learning_rate, epochs, batch_size, max_seq_len, lora_r, num_processes=1):
+    """The run config from the tab's widgets (also used by Run on Hugging Face Jobs)."""
     for label, value in (("Learning rate", learning_rate), ("Epochs", epochs), ("Batch size", batch_size),
                          ("Max sequence length", max_seq_len), ("LoRA rank", lora_r)):
         if value is None:
@@ -31,12 +42,9 @@ def train_api(model: str, data: str, method: str, learning_rate: float, epochs: 
     data = check_source((data or DEMO_DATASET_ID).strip())
     cfg = build_run_config(model or TINY_CHAT_ID, data, {
         "train": {"method": method or "lora", "learning_rate": float(learning_rate), "epochs": float(epochs),
-                  "batch_size": int(batch_size)},
+                  "batch_size": int(batch_size), "num_processes": int(num_processes or 1)},
         "data": {"max_seq_len": int(max_seq_len)}, "lora": {"r": int(lora_r), "alpha": 2 * int(lora_r)}})
-    _warn_if_it_will_not_fit(cfg)
-    from .guard import start_as_caller  # owner, public-mode limits, the caller's token only
-
-    return start_as_caller(cfg)
+    return cfg
 
 
 def _warn_if_it_will_not_fit(cfg) -> None:
@@ -92,6 +100,13 @@ def render_status(st: dict):
              f"`{bar}` {st.get('progress', 0):.0f}% · step {step}/{total or '?'} · ETA {fmt_duration(st.get('eta_s'))}"
              f" · loss {num(st.get('loss'))} · validation loss {num(st.get('eval_loss'))}"
              + (f" · {st.get('tokens_per_s')} tokens/s" if st.get("tokens_per_s") else "")]
+    if st.get("job_id"):
+        lines.append(f"\nHugging Face job [{st['job_id']}]({st.get('job_url')}) on {st.get('flavor')}: "
+                     f"{st.get('job_stage')}" + (" (not followed: reattach with a token)" if st.get("follower") else ""))
+    elif st.get("remote") and st.get("job_stage"):
+        lines.append(f"\nHugging Face Jobs: {st['job_stage'].lower()} ({st.get('flavor')})")
+    if st.get("launch"):
+        lines.append(f"\n{st['launch'].get('num_processes')} processes, {st['launch'].get('reason')}.")
     if st.get("error"):
         lines.append(f"\n**Error:** {st['error']}")
     if st.get("artifact"):
@@ -140,7 +155,10 @@ def build(model_box, data_box, run_state) -> dict:
             batch = gr.Slider(1, 64, value=_DEFAULTS.batch_size, step=1, **_num_field("batch_size"))
             seq = gr.Slider(32, 4096, value=256, step=32, label="Max sequence length (tokens)")
             rank = gr.Slider(1, 128, value=16, step=1, label="LoRA rank", info="alpha is set to 2 x rank")
+            gpus = detect_hardware().get("gpu_count") or 0  # one process per GPU; shown only with several
+            procs = gr.Slider(1, max(2, gpus), value=1, step=1, visible=gpus > 1, **_num_field("num_processes"))
             start = gr.Button("Start training", variant="primary")
+            jobs = jobs_panel.build()
             with gr.Row():
                 stop = gr.Button("Stop", variant="stop")
                 resume_btn = gr.Button("Resume")
@@ -155,7 +173,8 @@ def build(model_box, data_box, run_state) -> dict:
                                elem_id="loss-plot")
             raw = gr.JSON(visible=False)
     timer = gr.Timer(1.0)
-    start.click(train_api, [model_box, data_box, method, lr, epochs, batch, seq, rank], run_id, api_name="train").then(
+    jobs_panel.wire(jobs, [model_box, data_box, method, lr, epochs, batch, seq, rank], run_id, run_state, run_choices)
+    start.click(train_api, [model_box, data_box, method, lr, epochs, batch, seq, rank, procs], run_id, api_name="train").then(
         lambda r: (r, gr.Dropdown(choices=run_choices(), value=r)), run_id, [run_state, run_id], api_visibility="private")
     timer.tick(poll, run_id, [progress, plot], api_visibility="private", show_progress="hidden")
     run_id.change(lambda r: r, run_id, run_state, api_visibility="private").then(
@@ -167,4 +186,4 @@ def build(model_box, data_box, run_state) -> dict:
     gr.api(status_api, api_name="status")  # API-only endpoints: no hidden components needed
     gr.api(runs_api, api_name="runs")
     return {"run_id": run_id, "method": method, "learning_rate": lr, "epochs": epochs, "batch_size": batch,
-            "max_seq_len": seq, "lora_rank": rank}
+            "max_seq_len": seq, "lora_rank": rank, "num_processes": procs}

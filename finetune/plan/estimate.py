@@ -96,8 +96,9 @@ def planned_backend(method: str, tier: dict, shards: int = 1) -> str:
 
 def _memory_parts(spec: dict, method: str, lora_rank: int, gradient_checkpointing: bool,
                   load_in_4bit: bool | None, optimizer: str | None, device: str, shards: int,
-                  backend: str = "trl"):
-    """Static bytes (independent of batch and length) and bytes per token in flight (b*s)."""
+                  backend: str = "trl", preset: str | None = None):
+    """Static bytes (independent of batch and length) and bytes per token in flight (b*s), and the
+    bytes an offloading preset keeps in CPU RAM instead."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: must be one of {', '.join(BACKENDS)} (got {backend!r})")
     unsloth = backend == "unsloth" and device == "cuda"
@@ -122,9 +123,23 @@ def _memory_parts(spec: dict, method: str, lora_rank: int, gradient_checkpointin
         "trainable_and_grads": (4 if method == "full" else 8) * n_train,
         "optimizer": opt_bytes * n_train,
     }
-    if shards > 1:  # FSDP / ZeRO-3 shards weights, grads and optimizer state across GPUs
-        static = {k: v / shards for k, v in static.items()}
     h, L, V = spec["hidden"], spec["layers"], spec["vocab"]
+    offloaded = 0.0
+    if preset is not None:
+        # An accelerate preset (finetune/parallel.py) divides exactly the parts it shards over the
+        # `shards` processes: ZeRO-2 optimizer state and gradients, ZeRO-3/FSDP everything; ZeRO-3
+        # offload then keeps the optimizer state in CPU RAM and streams weights in a layer or two at a time.
+        from ..parallel import PRESETS as ACCELERATE_PRESETS
+
+        info = ACCELERATE_PRESETS[preset]
+        if shards > 1:
+            static = {k: (v / shards if k in info["shards"] else v) for k, v in static.items()}
+        for k in info["offload"]:
+            keep = min(1.0, 2 / max(1, L)) if k == "weights" else 0.0
+            offloaded += static[k] * (1 - keep)
+            static[k] *= keep
+    elif shards > 1:  # FSDP / ZeRO-3 shards weights, grads and optimizer state across GPUs
+        static = {k: v / shards for k, v in static.items()}
     per_layer_full = 34 * h
     if unsloth and gradient_checkpointing:  # layer inputs offloaded to CPU RAM; two in flight
         act = per_layer_full + 2 * 2 * h
@@ -138,22 +153,25 @@ def _memory_parts(spec: dict, method: str, lora_rank: int, gradient_checkpointin
         # PEFT's DoRA materialises W + BA (fp32) per layer to take its column norms.
         overhead += 4 * spec["max_linear_params"]
     static["overhead"] = overhead
-    return static, per_token
+    return static, per_token, offloaded
 
 
 def estimate_memory(spec: dict, method: str, seq_len: int, batch_size: int, lora_rank: int = 16,
                     gradient_checkpointing: bool = True, *, load_in_4bit: bool | None = None,
                     optimizer: str | None = None, device: str = "cuda", shards: int = 1,
-                    backend: str = "trl") -> dict:
+                    backend: str = "trl", preset: str | None = None) -> dict:
     """Peak training memory per device in GB, with a breakdown (see module docstring).
+
+    `preset` (ddp, zero2, zero3, zero3-offload, fsdp) divides what that accelerate preset shards over
+    `shards` processes; without it, shards > 1 means everything is sharded (FSDP).
 
     method "dpo" is LoRA-DPO: the reference model is the base with the adapter switched off, so it
     costs nothing extra, but chosen and rejected answers go through together (twice the tokens).
     """
     if method not in METHODS:
         raise ValueError(f"method: must be one of {', '.join(METHODS)} (got {method!r})")
-    static, per_token = _memory_parts(spec, method, lora_rank, gradient_checkpointing, load_in_4bit,
-                                      optimizer, device, shards, backend)
+    static, per_token, offloaded = _memory_parts(spec, method, lora_rank, gradient_checkpointing, load_in_4bit,
+                                                 optimizer, device, shards, backend=backend, preset=preset)
     tokens = batch_size * seq_len * (2 if method == "dpo" else 1)
     parts = {k: v for k, v in static.items() if k != "overhead"}
     for k, v in per_token.items():
@@ -167,6 +185,7 @@ def estimate_memory(spec: dict, method: str, seq_len: int, batch_size: int, lora
         "per_token_mb": round(sum(per_token.values()) * (2 if method == "dpo" else 1) / 1e6, 4),
         "trainable_params": trainable_params(spec, method, lora_rank),
         "backend": backend if device == "cuda" else "trl",
+        **({"cpu_offload_gb": round(offloaded / GB, 3)} if offloaded else {}),
     }
 
 
