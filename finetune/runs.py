@@ -287,8 +287,13 @@ def artifact_dir(run_id: str) -> Path | None:
     return None
 
 
-def start_training(cfg: RunConfig, *, env: dict | None = None) -> str:
-    """Create a run for `cfg`, launch its child process and return the run id at once."""
+def start_training(cfg: RunConfig, *, env: dict | None = None, base_dir: str | os.PathLike | None = None) -> str:
+    """Check `cfg` (finetune.preflight: paths made absolute against base_dir or the current folder,
+    model reachable, data trains tokens, memory fits), create its run, launch the child and return
+    the run id at once. A failed check raises before any run folder exists."""
+    from .preflight import preflight
+
+    preflight(cfg, base_dir=base_dir)
     run_id = create_run(cfg)
     start_run(run_id, env=env)
     return run_id
