@@ -122,6 +122,13 @@ class TrainConfig:
     seed: int = _help("Training seed.", default=42)
     dpo_beta: float = _help("DPO only: how far the model may move from the reference (higher = closer).",
                             default=0.1)
+    keep_best: bool = _help("Keep the adapter from the evaluation with the lowest validation loss instead of the "
+                            "last step's (needs a validation split; the status says which step was kept).",
+                            default=True)
+    early_stopping_patience: int = _help("Stop when validation loss has not improved for this many evaluations "
+                                         "in a row (0 = never stop early).", default=0)
+    early_stopping_threshold: float = _help("An evaluation counts as an improvement only when it lowers the best "
+                                            "validation loss by more than this.", default=0.0)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -141,6 +148,10 @@ class TrainConfig:
         _check_range("train.save_total_limit", self.save_total_limit, 1, 1000, integer=True)
         _check_range("train.seed", self.seed, 0, integer=True)
         _check_range("train.dpo_beta", self.dpo_beta, 1e-4, 10.0)
+        _check_range("train.early_stopping_patience", self.early_stopping_patience, 0, 10_000, integer=True)
+        _check_range("train.early_stopping_threshold", self.early_stopping_threshold, 0.0, 100.0)
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError("train.keep_best", f"must be true or false, got {self.keep_best!r}")
 
 
 @dataclass

@@ -16,7 +16,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from .paths import atomic_write_json, atomic_write_text
+from .monitor import kept_sentence
+from .paths import atomic_write_json, atomic_write_text, read_json
 from .runs import RunError, artifact_dir, load_config, run_dir
 
 
@@ -120,6 +121,7 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
         "finetuned": {"perplexity": tuned["perplexity"], "exact_match": tuned["exact_match"]},
         "delta": {"perplexity": delta("perplexity"), "exact_match": delta("exact_match")},
         "samples": samples, "duration_s": round(time.time() - t0, 2),
+        "kept": kept_sentence(read_json(Path(d) / "status.json", default={}) or {}),
     }
     out = Path(d) / "eval"
     atomic_write_json(out / "report.json", report)
@@ -137,6 +139,7 @@ def report_markdown(r: dict) -> str:
     b, f = r["base"], r["finetuned"]
     lines = [f"# Evaluation of {r['run_id']}", "",
              f"Base `{r['model']}` vs fine-tuned ({r['method']}) on {r['examples']} validation examples.", "",
+             *([f"The fine-tuned adapter holds {r['kept']}.", ""] if r.get("kept") else []),
              "| metric | base | fine-tuned | change |", "|---|---|---|---|",
              f"| exact match | {_fmt(b['exact_match'], True)} | {_fmt(f['exact_match'], True)} | "
              f"{'+' if (r['delta']['exact_match'] or 0) >= 0 else ''}{_fmt(r['delta']['exact_match'], True)} |",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .config import RunConfig, to_dpo_config, to_peft_config, to_sft_config
 from .paths import atomic_write_text, read_json
+from .monitor import kept_sentence
 from .runs import append_event, last_checkpoint, now_iso, update_status
 
 
@@ -173,12 +174,16 @@ def build_model(cfg: RunConfig):
     return model, tok, to_peft_config(cfg), "transformers"
 
 
-def _save_artifact(trainer, tokenizer, d: Path, method: str) -> Path:
-    """Save the adapter (or full model) into a temp folder, then move it into place."""
+def _save_artifact(trainer, tokenizer, d: Path, method: str, kept_from: Path | None = None) -> Path:
+    """Save the adapter (or full model) into a temp folder, then move it into place. With kept_from
+    (the best evaluation's saved weights, finetune.monitor), those become the artifact instead."""
     name = "model" if method == "full" else "adapter"
     tmp = d / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
+    if kept_from is not None:
+        shutil.copytree(kept_from, tmp)
+    else:
+        trainer.model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     final = d / name
     if final.exists():
@@ -201,7 +206,9 @@ def write_model_card(d: Path, cfg: RunConfig, status: dict) -> None:
         lines += [f"| LoRA rank / alpha / dropout | {cfg.lora.r} / {cfg.lora.alpha} / {cfg.lora.dropout} |",
                   f"| target modules | {cfg.lora.target_modules} |"]
     lines += ["", "## Results", "", f"- final training loss: {status.get('loss')}",
-              f"- final validation loss: {status.get('eval_loss')}", f"- steps: {status.get('step')}",
+              f"- final validation loss: {status.get('final_eval_loss', status.get('eval_loss'))}",
+              f"- steps: {status.get('step')}", f"- {kept_sentence(status)}",
+              *([f"- stopped early: {status.get('early_stop_reason')}"] if status.get("early_stopped") else []),
               f"- duration: {status.get('duration_s')} s", ""]
     if cfg.model.model_id.startswith("builtin:"):
         lines += ["The base is Fine-Tune Studio's randomly initialised demo model; this adapter only demonstrates the pipeline.", ""]
@@ -226,11 +233,15 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
 
         bf16 = cuda and torch.cuda.is_bf16_supported()
         cb = _make_callback(d)
+        from .monitor import make_monitor
+
+        best = make_monitor(d, keep_best=cfg.train.keep_best, patience=cfg.train.early_stopping_patience,
+                            threshold=cfg.train.early_stopping_threshold)
         from transformers import set_seed
 
         set_seed(cfg.train.seed)  # adapter init draws from the global RNG: make runs reproducible
         common = dict(model=model, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
-                      callbacks=[cb], peft_config=peft_config)
+                      callbacks=[cb, best], peft_config=peft_config)
         if cfg.train.method == "dpo":
             from trl import DPOTrainer
 
@@ -259,7 +270,11 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
                 append_event(d, {"step": trainer.state.global_step, "epoch": round(trainer.state.epoch or 0, 4),
                                  "loss": None, "eval_loss": final_eval, "learning_rate": None, "grad_norm": None,
                                  "tokens_per_s": None, "elapsed_s": round(time.time() - cb.t0, 3)})
-        _save_artifact(trainer, tok, d, cfg.train.method)
+        last_step = trainer.state.global_step
+        kept_from = best.choose_artifact(last_step, last_evaluated=final_eval is not None)
+        _save_artifact(trainer, tok, d, cfg.train.method, kept_from)
+        if not cb.stopped:  # a stopped run may resume and needs its best so far; a finished one does not
+            shutil.rmtree(best.best_dir, ignore_errors=True)
         state = "stopped" if cb.stopped else "completed"
         metrics = result.metrics or {}
         st = update_status(
@@ -267,6 +282,7 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
             eval_loss=final_eval if final_eval is not None else read_json(d / "status.json", {}).get("eval_loss"),
             train_loss_avg=metrics.get("train_loss"), duration_s=round(time.time() - t_start, 2),
             train_runtime_s=metrics.get("train_runtime"), finished=now_iso(),
+            kept_step=best.best_step if kept_from else last_step, final_eval_loss=final_eval,
             resumable=state == "stopped" and last_checkpoint(d) is not None)
         try:
             write_model_card(d, cfg, st)
