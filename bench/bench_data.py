@@ -6,7 +6,7 @@ into a temporary JSONL file, then times, in one run:
   - inspect_dataset with the built-in tokenizer (format detection, conversion, cleaning report with
     exact and near duplicates and PII, token lengths through the chat template, statistics, the
     trained-token share on a 2,000-row sample), twice: "before" counts tokens with one plain batch
-    encode of every rendered conversation (data.FAST_TOKEN_COUNT = False), "after" with the piece
+    encode of every rendered conversation (tokens.FAST_TOKEN_COUNT = False), "after" with the piece
     counter (encode each unique word-with-its-space once and sum; exact, checked on a sample),
   - inspect_dataset without a tokenizer (token counts estimated as characters / 4),
 and prints rows/second and CPU seconds for each, plus a breakdown by phase. The built-in tokenizer's
@@ -72,6 +72,7 @@ def main() -> None:
     os.environ.setdefault("FINETUNE_HOME", os.path.join(tmp, "home"))
 
     from finetune import data
+    from finetune.data import quality, tokens
     from finetune.builtin import TINY_CHAT_ID
 
     path = os.path.join(tmp, "chat.jsonl")
@@ -84,7 +85,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
 
     t = time.perf_counter()
-    tok = data._get_tokenizer(TINY_CHAT_ID)  # loading transformers is a one-off, timed apart
+    tok = tokens._get_tokenizer(TINY_CHAT_ID)  # loading transformers is a one-off, timed apart
     t_tok = time.perf_counter() - t
 
     t_base = baseline(path)
@@ -96,7 +97,7 @@ def main() -> None:
 
     runs = {}
     for label, fast in (("before", False), ("after", True)):
-        data.FAST_TOKEN_COUNT = fast
+        tokens.FAST_TOKEN_COUNT = fast
         runs[label] = timed(lambda: data.inspect_dataset(path, tokenizer=tok, max_seq_len=args.max_seq_len))
     report = runs["after"][0]
     assert report["token_stats"] == runs["before"][0]["token_stats"], "fast counts differ"
@@ -109,10 +110,10 @@ def main() -> None:
     _, phases["detect"], _ = timed(lambda: data.detect_format(recs))
     (canon, kind), phases["convert"], _ = timed(lambda: data.to_canonical(recs))
     for label, fast in (("before", False), ("after", True)):
-        data.FAST_TOKEN_COUNT = fast
+        tokens.FAST_TOKEN_COUNT = fast
         (lengths, _), phases[f"tokens ({label})"], phases[f"tokens ({label}) cpu"] = timed(
-            lambda: data._token_lengths(canon, kind, tok))
-    _, phases["clean"], _ = timed(lambda: data._clean(canon, kind, lengths=lengths, max_seq_len=args.max_seq_len))
+            lambda: tokens._token_lengths(canon, kind, tok))
+    _, phases["clean"], _ = timed(lambda: quality._clean(canon, kind, lengths=lengths, max_seq_len=args.max_seq_len))
     _, phases["trained share (2k rows)"], _ = timed(lambda: data.trained_token_share(canon, kind, tok))
 
     n = args.rows

@@ -19,7 +19,7 @@ CASES = [
     PlanRequest(model="meta-llama/Llama-3.1-8B-Instruct", hardware="t4-small"),
     PlanRequest(model="Qwen/Qwen2.5-72B-Instruct", hardware="a100x8", examples=50_000),
     PlanRequest(model="Qwen/Qwen2.5-7B-Instruct", has_preferences=True, hardware="l4x1"),
-    # calibrated by a dry run (finetune.calibrate): the measured throughput replaces the assumed MFU
+    # calibrated by a dry run (finetune.plan.calibrate): the measured throughput replaces the assumed MFU
     PlanRequest(examples=429, mean_tokens=23, epochs=20, batch_size=8, seq_len=256,
                 measured_tokens_per_s=4500.0, measured_overhead_s=2.0),
 ]

@@ -1,4 +1,4 @@
-"""The command line: `python -m finetune {plan,data,train,status,stop,eval,compare,runs} ... [--json]`.
+"""The command line: `python -m finetune {plan,calibrate,data,train,status,stop,eval,compare,runs} ... [--json]`.
 
 Every command prints one JSON object with --json (errors too: {"error": ...}, exit code 2), and a
 short human summary without it. The function signatures of the engine are the CLI: each command
@@ -44,9 +44,7 @@ def cmd_data(a) -> dict:
     from . import data
 
     if a.data_cmd == "augment":
-        from .augment import augment_dataset
-
-        return augment_dataset(a.path, a.out, method=a.method, n=a.n, seed=a.seed, model=a.model)
+        return data.augment_dataset(a.path, a.out, method=a.method, n=a.n, seed=a.seed, model=a.model)
     if a.data_cmd == "inspect":
         return data.inspect_dataset(a.path, fmt=a.format, mapping=_kv(a.map) or None,
                                     tokenizer=_tokenizer_for(a.model), max_seq_len=a.max_seq_len)
@@ -82,6 +80,17 @@ def cmd_train(a) -> dict:
         st = runs.wait(run_id, timeout_s=a.timeout_s)
         return runs.status_summary(run_id) | {"state": st.get("state")}
     return {"run_id": run_id, "state": "queued", "run_dir": str(runs.run_dir(run_id))}
+
+
+def cmd_calibrate(a) -> dict:
+    from .plan import calibrate
+
+    if a.cal_cmd == "dry-run":
+        return calibrate.dry_run(a.model, a.data, a.method, a.steps, a.seq_len, a.batch_size, a.lora_rank)
+    run_id = a.run_id or calibrate.latest_finished_run()
+    if not run_id:
+        raise ValueError("no completed run yet")
+    return calibrate.record_calibration(run_id) if a.record else calibrate.predicted_vs_actual(run_id)
 
 
 def cmd_status(a) -> dict:
@@ -138,6 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task-type", default=None)
     s.add_argument("--preferences", action="store_true", help="preference pairs are available")
     s.set_defaults(fn=cmd_plan)
+
+    s = sub.add_parser("calibrate", help="measure this machine with a dry run; check the plan against a run")
+    csub = s.add_subparsers(dest="cal_cmd", required=True)
+    d = csub.add_parser("dry-run", parents=[js], help="measure tokens/s and peak memory with a few real steps")
+    d.add_argument("--model", "--model-id", default=TINY_CHAT_ID)
+    d.add_argument("--data", "--source", default=DEMO_DATASET_ID)
+    d.add_argument("--method", default="lora")
+    d.add_argument("--steps", type=int, default=8)
+    d.add_argument("--seq-len", type=int)
+    d.add_argument("--batch-size", type=int)
+    d.add_argument("--lora-rank", type=int)
+    d = csub.add_parser("check", parents=[js], help="predicted vs actual duration of a finished run")
+    d.add_argument("run_id", nargs="?")
+    d.add_argument("--record", action="store_true", help="also write runs/<id>/calibration.json")
+    s.set_defaults(fn=cmd_calibrate)
 
     s = sub.add_parser("data", help="inspect or prepare a dataset")
     dsub = s.add_subparsers(dest="data_cmd", required=True)

@@ -124,3 +124,57 @@ def chromium_page(url: str, height: int = 1000):
             yield page
         finally:
             browser.close()
+
+
+def hub_env(url: str, tmp: Path) -> dict:
+    """Environment for a child process that talks to the test Hub at url (and nothing else)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env.update(HF_ENDPOINT=url, HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0", TRANSFORMERS_OFFLINE="0",
+               HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp / "hf_home"))
+    return env
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """A Hub-compatible server on 127.0.0.1 (tests/fake_hub.py) with huggingface_hub pointed at it.
+
+    Lifts conftest's offline switch for this test only (env and huggingface_hub's constants, read at
+    import), isolates HF_HOME (cache, stored token) under tmp_path and disables Xet. Users: alice
+    (write token "hf_alice_write", read token "hf_alice_read"), bob ("hf_bob_write").
+    Child processes get the same settings from `hub_env(hub.url, tmp_path)`.
+    """
+    from huggingface_hub import constants
+
+    from tests.fake_hub import FakeHub
+
+    hub = FakeHub()
+    hub.add_user("alice", "hf_alice_write")
+    hub.add_user("alice", "hf_alice_read", role="read")
+    hub.add_user("bob", "hf_bob_write")
+    url = hub.start()
+    hf_home = tmp_path / "hf_home"
+    for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in {"HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
+                 "TRANSFORMERS_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(hf_home)}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(hf_home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(hf_home / "stored_tokens"))
+    try:
+        import datasets.config as dcfg
+
+        monkeypatch.setattr(dcfg, "HF_ENDPOINT", url)
+        monkeypatch.setattr(dcfg, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(dcfg, "HUB_DATASETS_URL", url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    except Exception:
+        pass
+    try:
+        yield hub
+    finally:
+        hub.stop()

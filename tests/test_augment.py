@@ -1,4 +1,4 @@
-"""Tests for finetune/augment.py: seeded paraphrases, the self-instruct parser, deduplication against
+"""Tests for finetune/data/augment.py: seeded paraphrases, the self-instruct parser, deduplication against
 existing rows, and the prepared folder augment_dataset writes.
 
 Offline and CPU only; the self-instruct model is builtin:tiny-chat (random weights: its outputs must
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from finetune import augment as A
+from finetune.data import augment as A
 from finetune import data as D
+from finetune.data import common as C
 from finetune.data import DatasetError
 
 DATA = Path(__file__).parent / "data"
@@ -42,8 +43,8 @@ def test_paraphrase_is_seeded_marks_rows_and_keeps_answers(tmp_path):
     answers = {r["messages"][-1]["content"] for r in orig_train}
     assert all(r["messages"][-1]["content"] in answers for r in new)  # answers are never rewritten
     # No generated row repeats an existing one (exact, case/space-insensitive) or another new one.
-    seen = {D._norm(D._row_text(r, kind)) for r in orig_train + orig_val}
-    texts = [D._norm(D._row_text(r, kind)) for r in new]
+    seen = {C._norm(C._row_text(r, kind)) for r in orig_train + orig_val}
+    texts = [C._norm(C._row_text(r, kind)) for r in new]
     assert not seen & set(texts) and len(set(texts)) == len(texts)
     meta = json.loads((Path(a["dir"]) / "meta.json").read_text())
     assert meta["counts"]["generated"] == 30 and meta["augmentation"]["method"] == "paraphrase"

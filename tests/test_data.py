@@ -1,4 +1,4 @@
-"""Tests for finetune/data.py, the dataset engine: loading, format detection, conversion to TRL's
+"""Tests for finetune/data/, the dataset engine: loading, format detection, conversion to TRL's
 forms, error messages, cleaning report, token statistics, splitting and prepared folders.
 
 Offline and CPU only; fixtures are small files under tests/data/ds_* plus files written to tmp_path.
@@ -20,6 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest
 
 from finetune import data as D
+from finetune.data import prepare as P, quality as Q, tokens as T
 from finetune.data import DatasetError
 
 DATA = Path(__file__).parent / "data"
@@ -505,10 +506,10 @@ def test_minhash_signature_matches_datasketch():
     import numpy as np
     from datasketch import MinHash
     texts = ["one two three four five six", "a b", "seven eight nine ten"]
-    hashes, rows = D._shingle_hashes(texts)
-    sig, row_ids = D._signatures(hashes, rows, len(texts))
+    hashes, rows = Q._shingle_hashes(texts)
+    sig, row_ids = Q._signatures(hashes, rows, len(texts))
     for k, r in enumerate(row_ids.tolist()):
-        m = MinHash(num_perm=D._NUM_PERM, seed=D._MINHASH_SEED, hashfunc=lambda x: x)
+        m = MinHash(num_perm=Q._NUM_PERM, seed=Q._MINHASH_SEED, hashfunc=lambda x: x)
         m.update_batch(hashes[rows == r].tolist())
         assert np.array_equal(m.hashvalues, sig[k])
 
@@ -521,7 +522,7 @@ def test_token_stats_with_and_without_tokenizer(tokenizer):
     assert exact["approximate"] is False
     first = tokenizer.apply_chat_template(rows[0]["messages"], tokenize=True)
     first = first["input_ids"] if isinstance(first, dict) or hasattr(first, "keys") else first
-    assert D._token_lengths(rows[:1], kind, tokenizer)[0] == [len(first)]
+    assert T._token_lengths(rows[:1], kind, tokenizer)[0] == [len(first)]
     assert exact["p50"] <= exact["p95"] <= exact["max"]
     assert sum(exact["histogram"]["counts"]) == len(rows)
     assert len(exact["histogram"]["edges"]) == len(exact["histogram"]["counts"]) + 1
@@ -599,7 +600,7 @@ def test_prepare_failure_while_writing_keeps_old_folder(tmp_path, monkeypatch):
             raise OSError("disk full")
         path.write_text("partial")
 
-    monkeypatch.setattr(D, "_write_jsonl", broken)
+    monkeypatch.setattr(P, "_write_jsonl", broken)
     with pytest.raises(OSError, match="disk full"):
         D.prepare_dataset(str(DATA / "ds_alpaca.jsonl"), str(out))
     assert sorted(os.listdir(tmp_path)) == ["ds"]  # no temp folder left
@@ -738,12 +739,12 @@ def test_mask_pii_text_keeps_short_numbers():
 
 
 def _counts(tok, texts, special, fast):
-    old = D.FAST_TOKEN_COUNT
-    D.FAST_TOKEN_COUNT = fast
+    old = T.FAST_TOKEN_COUNT
+    T.FAST_TOKEN_COUNT = fast
     try:
-        return D._count_tokens(tok, texts, special)
+        return T._count_tokens(tok, texts, special)
     finally:
-        D.FAST_TOKEN_COUNT = old
+        T.FAST_TOKEN_COUNT = old
 
 
 def _odd_texts(n=3000):
@@ -758,7 +759,7 @@ def test_fast_token_count_is_exact(tokenizer):
     texts = _odd_texts()
     for special in (False, True):
         assert _counts(tokenizer, texts, special, True) == _counts(tokenizer, texts, special, False)
-    assert D._count_by_pieces(tokenizer.backend_tokenizer, texts, False) is not None  # took the fast path
+    assert T._count_by_pieces(tokenizer.backend_tokenizer, texts, False) is not None  # took the fast path
 
 
 def test_fast_token_count_falls_back_for_newline_merging_tokenizers():

@@ -1,4 +1,4 @@
-"""Tests for the planner (finetune/plan.py) and hardware tiers (finetune/hardware.py).
+"""Tests for the planner (finetune/plan/) and hardware tiers (finetune/hardware.py).
 
 Offline and fast: no model is loaded. Memory estimates are checked against published anchors
 (Unsloth's minimum-VRAM table, the QLoRA paper), the decision tree against its documented branches,
@@ -444,8 +444,8 @@ def test_calibration_replaces_the_assumed_throughput_on_this_machine_only():
 
 
 def test_views_for_the_tab():
-    from finetune.plan import (MEMORY_PARTS, details_md, memory_rows, tier_points, tier_rows, train_settings,
-                               write_plan_files)
+    from finetune.plan import write_plan_files
+    from ui.plan_view import MEMORY_PARTS, details_md, memory_rows, tier_points, tier_rows, train_settings
 
     out = plan(PlanRequest(model="meta-llama/Llama-3.1-8B-Instruct", hardware="t4-small"))
     rows = memory_rows(out)

@@ -81,7 +81,7 @@ def test_inputs_budget_labels_and_unknown_model():
 
 
 def test_use_this_plan_values_and_prompting_warning():
-    from finetune.plan import train_settings
+    from ui.plan_view import train_settings
     from ui.plan_tab import TRAIN_FIELDS, use_plan
 
     p = _plan((1, "full"))
@@ -140,7 +140,7 @@ def test_calibrated_estimate_is_within_30_percent_of_a_real_run(home, tiny_model
     import torch
 
     import finetune.modeling as modeling
-    from finetune import calibrate
+    from finetune.plan import calibrate
     from finetune.config import default_run_config
     from finetune.runs import create_run, read_status, run_dir
     from finetune.train import train_run
@@ -183,7 +183,7 @@ def test_calibrated_estimate_is_within_30_percent_of_a_real_run(home, tiny_model
 
 
 def test_how_far_off_table_and_dry_run_in_a_child(home, tiny_model_dir):
-    from finetune import calibrate
+    from finetune.plan import calibrate
     from ui.plan_tab import dry_run, how_far_off
 
     tps, overhead, mean_tokens, note = dry_run("builtin:tiny-chat", "builtin:demo", "auto", 256, 8)

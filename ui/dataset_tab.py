@@ -1,6 +1,6 @@
 """Dataset tab: load a file, a saved dataset, builtin:demo or a Hub dataset; detect and map its format;
 report quality, token lengths and exactly which tokens will be trained; clean and save a seeded
-train/validation split; grow it with paraphrases or self-instruct rows (finetune.augment)."""
+train/validation split; grow it with paraphrases or self-instruct rows (finetune.data.augment)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def prepare_api(upload, source: str, fmt: str, mapping: str, val_ratio: float, s
 def augment_api(upload, source: str, method: str, n: float, seed: float, model: str, name: str) -> dict:
     """Add paraphrased or self-instruct rows to the training split and save a new prepared dataset
     (the `augment_dataset` API)."""
-    from finetune.augment import augment_dataset
+    from finetune.data import augment_dataset
 
     return augment_dataset(_source(upload, source), method=method, n=int(n), seed=int(seed),
                            model=model or TINY_CHAT_ID, name=(name or "").strip() or None)

@@ -1,6 +1,6 @@
 """Plan tab: task, data and hardware in; method, memory, time, cost and hyperparameters out.
 
-What it shows comes from finetune.plan and finetune.calibrate (dry run, predicted vs actual)."""
+What it shows comes from finetune.plan and finetune.plan.calibrate (dry run, predicted vs actual)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def _servable(path: str) -> str:
 
 
 def _views(p: dict) -> dict:
-    from finetune.plan import details_md, memory_rows, summary_md, tier_points, tier_rows, write_plan_files
+    from finetune.plan import write_plan_files
+    from ui.plan_view import details_md, memory_rows, summary_md, tier_points, tier_rows
 
     cols = ["tier", "fits", "time", "training $", "$/h", "memory GB", "serving $/1M tokens"]
     return {"summary": summary_md(p), "chart": pd.DataFrame(memory_rows(p)),
@@ -101,7 +102,7 @@ def render_plan(p: dict):
 
 @user_errors
 def count_from_dataset(source: str, model: str):
-    from finetune.calibrate import dataset_facts
+    from finetune.plan.calibrate import dataset_facts
 
     if not source:
         raise gr.Error("Choose a dataset in the Dataset box at the top first.")
@@ -114,7 +115,7 @@ def count_from_dataset(source: str, model: str):
 
 @user_errors
 def dry_run(model: str, source: str, method: str, seq_len: float, batch_size: float):
-    from finetune.calibrate import dry_run_in_child, dry_run_md
+    from finetune.plan.calibrate import dry_run_in_child, dry_run_md
 
     gr.Info("Dry run: a few real training steps in a child process…")
     r = dry_run_in_child(model_id=model or TINY_CHAT_ID, source=check_source(source or DEMO_DATASET_ID),
@@ -125,13 +126,13 @@ def dry_run(model: str, source: str, method: str, seq_len: float, batch_size: fl
 
 def how_far_off(record: bool = False) -> str:
     """The latest completed run: what the plan predicted vs how long it took (saved to its folder if asked)."""
-    from finetune.calibrate import latest_comparison_md
+    from finetune.plan.calibrate import latest_comparison_md
 
     return latest_comparison_md(record)
 
 
 def use_plan(p: dict):
-    from finetune.plan import train_settings
+    from ui.plan_view import train_settings
 
     s = train_settings(p) if p else None
     if s is None:

@@ -13,8 +13,8 @@ measured_overhead_s=..., mean_tokens=...)` and plan() replaces its assumed MFU w
 
 Heavy libraries are imported inside the functions. Run it:
 
-    python -m finetune.calibrate dry-run --json            # builtin:tiny-chat on builtin:demo
-    python -m finetune.calibrate check RUN_ID [--record]   # how far off the plan was
+    python -m finetune calibrate dry-run --json            # builtin:tiny-chat on builtin:demo
+    python -m finetune calibrate check RUN_ID [--record]   # how far off the plan was
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
-from .runs import now_iso
+from ..builtin import DEMO_DATASET_ID, TINY_CHAT_ID
+from ..runs import now_iso
 
 WARMUP_STEPS = 2  # the first steps build optimizer state and warm kernels: not representative
 UNSTEADY_RATIO = 3.0
@@ -92,9 +92,9 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from .config import default_run_config, to_sft_config
-    from .modeling import cuda_available, set_threads
-    from .train import build_model, load_data
+    from ..config import default_run_config, to_sft_config
+    from ..modeling import cuda_available, set_threads
+    from ..train import build_model, load_data
 
     t_imported = time.perf_counter()
     cfg = default_run_config(model_id, source, method=method, batch_size=batch_size,
@@ -190,12 +190,12 @@ def dry_run_md(r: dict) -> str:
 def dry_run_in_child(timeout_s: float = 600, **kw) -> dict:
     """dry_run() in a fresh Python process, like training: a crash or OOM cannot take the caller
     down, memory is the child's own, and overhead_s includes the cold imports a real run pays."""
-    cmd = [sys.executable, "-m", "finetune.calibrate", "dry-run", "--json"]
+    cmd = [sys.executable, "-m", "finetune", "calibrate", "dry-run", "--json"]
     for k, v in kw.items():
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
-    root = str(Path(__file__).resolve().parent.parent)
-    from .paths import home
+    root = str(Path(__file__).resolve().parents[2])
+    from ..paths import home
 
     # The child runs in the package folder: give it the caller's home, not a ./finetune_home of its own.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
@@ -216,14 +216,14 @@ def dry_run_in_child(timeout_s: float = 600, **kw) -> dict:
 
 
 def _calibration_file() -> Path:
-    from .paths import home
+    from ..paths import home
 
     return home() / "calibration.json"
 
 
 def save_calibration(result: dict, keep: int = 20) -> None:
     """Append a dry run to FINETUNE_HOME/calibration.json ({model: [runs, oldest first]})."""
-    from .paths import atomic_write_json, read_json
+    from ..paths import atomic_write_json, read_json
 
     doc = read_json(_calibration_file(), default={}) or {}
     doc[result["model"]] = (list(doc.get(result["model"]) or []) + [result])[-keep:]
@@ -233,7 +233,7 @@ def save_calibration(result: dict, keep: int = 20) -> None:
 def load_calibration(model_id: str, before: str | None = None) -> dict | None:
     """The latest dry run of this model on this machine (measured before `before`, an ISO time, if
     given and there is one), or None."""
-    from .paths import read_json
+    from ..paths import read_json
 
     runs = (read_json(_calibration_file(), default={}) or {}).get(model_id) or []
     earlier = [r for r in runs if before and r.get("measured_at", "") <= before]
@@ -255,7 +255,7 @@ def calibration_fields(cal: dict | None) -> dict:
 
 def plan_request_for_run(cfg, status: dict, calibration: dict | None = None):
     """The PlanRequest that describes a run that already happened (its own data, steps and settings)."""
-    from .plan import METHODS, PlanRequest
+    from .common import METHODS, PlanRequest
 
     summary = status.get("data_summary") or {}
     rows = int(summary.get("rows_kept") or summary.get("rows") or 0)
@@ -288,9 +288,9 @@ def predicted_vs_actual(run_id: str, calibration: dict | None = None) -> dict:
 
     `calibration` defaults to the stored dry run of the run's model (None if there is none).
     """
-    from .paths import read_json
-    from .plan import plan
-    from .runs import load_config, read_status, run_dir
+    from ..paths import read_json
+    from .recommend import plan
+    from ..runs import load_config, read_status, run_dir
 
     st = read_status(run_id)
     if st.get("state") not in ("completed", "stopped"):
@@ -324,7 +324,7 @@ def predicted_vs_actual(run_id: str, calibration: dict | None = None) -> dict:
 
 def record_calibration(run_id: str, calibration: dict | None = None) -> dict:
     """predicted_vs_actual(), also written to runs/<id>/calibration.json (only when asked)."""
-    from .paths import atomic_write_json
+    from ..paths import atomic_write_json
 
     out = predicted_vs_actual(run_id, calibration)
     out["recorded"] = True
@@ -334,7 +334,7 @@ def record_calibration(run_id: str, calibration: dict | None = None) -> dict:
 
 def comparison_md(r: dict) -> str:
     """A predicted_vs_actual() result as a small Markdown table."""
-    from .plan import fmt_seconds
+    from .common import fmt_seconds
 
     rows = [("uncalibrated", r["predicted_s"], r["error_pct"])]
     if r.get("predicted_calibrated_s") is not None:
@@ -363,7 +363,7 @@ def latest_comparison_md(record: bool = False) -> str:
 
 def latest_finished_run() -> str | None:
     """The newest completed run, or None."""
-    from .runs import list_runs
+    from ..runs import list_runs
 
     for r in list_runs():
         if r["state"] == "completed":
@@ -375,14 +375,14 @@ def dataset_facts(source: str, model_id: str | None = None) -> dict:
     """What the planner needs to know about a dataset: examples, kind, labels/preferences and mean tokens
     per example as training sees them (the model's tokenizer and chat template, when it loads offline;
     else an approximation)."""
-    from .data import load_prepared, token_stats
+    from ..data import load_prepared, token_stats
 
     train, _val, kind = load_prepared(source)
     mean, approximate = None, True
     if model_id and kind in ("messages", "prompt_completion", "text"):
         try:
-            from .modeling import load_tokenizer
-            from .tokenize import tokenize_rows
+            from ..modeling import load_tokenizer
+            from ..tokenize import tokenize_rows
 
             _rows, summary = tokenize_rows(load_tokenizer(model_id), train, kind)
             mean, approximate = summary["tokens"] / max(1, summary["rows"]), False
@@ -392,41 +392,3 @@ def dataset_facts(source: str, model_id: str | None = None) -> dict:
         mean = token_stats(train, kind).get("mean") or 1
     return {"source": source, "examples": len(train), "kind": kind, "has_preferences": kind == "preference",
             "has_labels": kind != "text", "mean_tokens": max(1, round(mean)), "approximate": approximate}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m finetune.calibrate", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("dry-run", help="measure tokens/s and peak memory with a few real steps")
-    d.add_argument("--model-id", "--model", default=TINY_CHAT_ID)
-    d.add_argument("--source", "--data", default=DEMO_DATASET_ID)
-    d.add_argument("--method", default="lora")
-    d.add_argument("--steps", type=int, default=8)
-    d.add_argument("--seq-len", type=int)
-    d.add_argument("--batch-size", type=int)
-    d.add_argument("--lora-rank", type=int)
-    d.add_argument("--json", action="store_true")
-    c = sub.add_parser("check", help="predicted vs actual duration of a finished run")
-    c.add_argument("run_id", nargs="?")
-    c.add_argument("--record", action="store_true", help="also write runs/<id>/calibration.json")
-    c.add_argument("--json", action="store_true")
-    a = p.parse_args(argv)
-    try:
-        if a.cmd == "dry-run":
-            out = dry_run(a.model_id, a.source, a.method, a.steps, a.seq_len, a.batch_size, a.lora_rank)
-        else:
-            run_id = a.run_id or latest_finished_run()
-            if not run_id:
-                raise ValueError("no completed run yet")
-            out = record_calibration(run_id) if a.record else predicted_vs_actual(run_id)
-    except (ValueError, RuntimeError) as e:
-        print(json.dumps({"error": str(e)}) if a.json else f"error: {e}")
-        return 1
-    print(json.dumps(out) if a.json else json.dumps(out, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@
                                                 "_generated": "paraphrase" | "self-instruct" and go to
                                                 the training split only, so validation stays real
 
-Try it: `python -c "from finetune.augment import augment_dataset as a; print(a('builtin:demo', n=20))"`.
+Try it: `python -c "from finetune.data import augment_dataset as a; print(a('builtin:demo', n=20))"`.
 With builtin:tiny-chat (random weights) self-instruct outputs are noise: they are rejected and counted.
 """
 
@@ -27,8 +27,9 @@ import random
 import re
 from typing import Any, Literal
 
-from .data import (DEFAULT_SEED, GENERATED_KEY, DatasetError, _display_name, _near_duplicates,
-                   _norm, _row_text, _slug, load_prepared, write_prepared)
+from .common import DEFAULT_SEED, GENERATED_KEY, DatasetError, _display_name, _norm, _row_text, _slug
+from .prepare import load_prepared, write_prepared
+from .quality import _near_duplicates
 
 METHODS = ("paraphrase", "self_instruct")
 MAX_N = 5000
@@ -205,7 +206,7 @@ def parse_pair(output: str) -> tuple[str, str] | None:
 
 def _generate(model_id: str, prompts: list, max_new_tokens: int) -> list[str]:
     """The model's greedy answers (tests replace this to feed canned outputs)."""
-    from .modeling import generate, load_for_inference
+    from ..modeling import generate, load_for_inference
     model, tok = load_for_inference(model_id)
     if getattr(tok, "chat_template", None):
         prompts = [[{"role": "user", "content": p}] for p in prompts]
@@ -301,7 +302,7 @@ def augment_dataset(source: str, out_dir: str | None = None, *,
                              f"and {dups['near_duplicates']} near duplicates); nothing was written")
         return result
     if out_dir is None:
-        from .paths import datasets_dir
+        from ..paths import datasets_dir
         out_dir = datasets_dir() / (name or f"{_slug(source)}-aug")
     meta = {"source": str(source), "format": kind, "kind": kind,
             "counts": {"train": len(train) + len(kept), "validation": len(val), "skipped": 0,
