@@ -148,3 +148,48 @@ def preflight(cfg: RunConfig, *, base_dir: str | os.PathLike | None = None) -> d
     tok = check_model(cfg)
     data = check_data(cfg, tok)
     return {"data_source": cfg.data.source, "model": cfg.model.model_id, "memory": memory, "data": data}
+
+
+_DESCRIBED: dict[tuple, dict] = {}
+
+
+def describe_source(source: str) -> dict:
+    """What a dataset source is, cheaply, for "Will train ...": {"name", "rows", "format", "kind",
+    "rows_train", "rows_validation"} (rows split only for prepared data), or with "error"."""
+    import json
+
+    from .data import detect_format, load_prepared, load_records, to_canonical
+
+    src = (source or "").strip()
+    name = src if src.startswith(("builtin:", "hub:")) or "/" not in src else Path(src).name
+    out = {"name": name or "(none)", "rows": "?", "format": "?", "kind": "?", "rows_train": None,
+           "rows_validation": None}
+    if src.startswith("hub:"):
+        return out | {"format": "Hub dataset", "kind": "loaded at start"}
+    try:
+        path = Path(resolve_source(src)) if not src.startswith("builtin:") else None
+        key = (src, path.stat().st_mtime_ns if path is not None else 0)
+        if key in _DESCRIBED:
+            return _DESCRIBED[key]
+        if path is not None and path.is_dir():
+            meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+            c = meta.get("counts") or {}
+            out |= {"format": meta.get("format"), "kind": meta.get("kind"), "rows_train": c.get("train"),
+                    "rows_validation": c.get("validation"),
+                    "rows": (c.get("train") or 0) + (c.get("validation") or 0)}
+        elif path is None:
+            train, val, kind = load_prepared(src)
+            out |= {"format": "alpaca", "kind": kind, "rows_train": len(train), "rows_validation": len(val),
+                    "rows": len(train) + len(val)}
+        else:
+            records = load_records(str(path))
+            fmt = detect_format(records).format
+            rows, kind, skipped = to_canonical(records, on_error="skip", return_skipped=True) \
+                if fmt != "unknown" else ([], "?", [])
+            out |= {"format": fmt, "kind": kind, "rows": len(rows)}
+            if skipped:
+                out["error"] = f"{len(skipped)} invalid rows: prepare it with 'drop invalid rows' first"
+        _DESCRIBED[key] = out
+        return out
+    except (ValueError, OSError) as exc:
+        return out | {"error": str(exc).splitlines()[0][:200]}

@@ -274,9 +274,27 @@ def list_runs() -> list[dict]:
             "total_steps": st.get("total_steps"), "loss": st.get("loss"),
             "model": (cfg.get("model") or {}).get("model_id"), "method": (cfg.get("train") or {}).get("method"),
             "data": (cfg.get("data") or {}).get("source"), "created": st.get("created"),
+            "eval_loss": st.get("eval_loss"), "best_eval_loss": st.get("best_eval_loss"),
+            "best_step": st.get("best_step"), "duration_s": st.get("duration_s"),
             "resumable": st.get("state") in ("failed", "stopped") and last_checkpoint(d.name) is not None,
         })
     return out
+
+
+def delete_run(run_id: str) -> dict:
+    """Delete a run folder that is not active. The folder is renamed away first, so it disappears
+    at once and whole (a reader never sees half of it)."""
+    import shutil
+
+    d = run_dir(run_id)
+    st = read_status(run_id)
+    if st.get("state") in ACTIVE:
+        raise RunError(f"run {run_id} is {st.get('state')}: stop it before deleting it")
+    trash = d.with_name(f".{run_id}.deleting")
+    os.rename(d, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    _PROCS.pop(run_id, None)
+    return {"run_id": run_id, "deleted": True}
 
 
 def artifact_dir(run_id: str) -> Path | None:

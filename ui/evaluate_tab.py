@@ -29,15 +29,24 @@ def render_report(r: dict):
     return head, report_markdown(r)
 
 
+@user_errors
+def _download(run_id: str | None):
+    from .train_live import download_value
+
+    return download_value((run_id or "").strip() or None)
+
+
 def build(run_box) -> None:
     with gr.Row():
         run_id = gr.Dropdown(run_choices(), allow_custom_value=True, label="Run", scale=3)
         max_ex = gr.Number(value=200, precision=0, minimum=1, label="Max examples", scale=1)
         go = gr.Button("Evaluate", variant="primary", scale=1)
+    download = gr.DownloadButton("Download adapter (.zip)", visible=False, elem_id="eval-download")
     headline = gr.Markdown("Choose a finished run and press **Evaluate**.")
     report = gr.Markdown()
     raw = gr.JSON(visible=False)
     run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run_id, api_visibility="private")
+    run_id.change(_download, run_id, download, api_visibility="private")
     run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
     go.click(evaluate_api, [run_id, max_ex], raw, api_name="evaluate", concurrency_limit=1).then(
         render_report, raw, [headline, report], api_visibility="private")

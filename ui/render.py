@@ -48,8 +48,12 @@ def check_source(source: str, *, uploaded: bool = False) -> str:
 
     if source.startswith(("builtin:", "hub:")) or "/" not in source and "\\" not in source:
         return source
+    from gradio.utils import get_upload_folder
+
     try:
-        if Path(source).resolve().is_relative_to(datasets_dir().resolve()):
+        resolved = Path(source).resolve()
+        # saved datasets, and files uploaded through this app (the picker selects an upload: issue 9)
+        if resolved.is_relative_to(datasets_dir().resolve()) or resolved.is_relative_to(Path(get_upload_folder()).resolve()):
             return source
     except (OSError, ValueError):
         pass
