@@ -1,26 +1,157 @@
-"""The command line: `python -m finetune {plan,calibrate,data,train,status,stop,eval,compare,runs} ... [--json]`.
+"""The command line: `finetune COMMAND ...` or `python -m finetune COMMAND ...` (the same program).
 
-Every command prints one JSON object with --json (errors too: {"error": ...}, exit code 2), and a
-short human summary without it. The function signatures of the engine are the CLI: each command
-only parses arguments and calls one engine function.
+Commands: plan, calibrate, data {inspect,prepare,augment}, train, status, stop, runs, eval, compare.
+`finetune --help` lists them, `finetune COMMAND --help` their options. Every command takes `--json`
+and then prints exactly one JSON object on stdout (errors too: {"error": ...}, exit code 2); logs,
+trainer lines and warnings go to stderr. Without --json it prints a readable summary (tables for
+metrics, answers, issues and runs). A user's mistake is one line on stderr, never a traceback.
+
+`train` takes every field of the run config as an option, generated from the config dataclasses
+(finetune/config.py): the fields of TrainConfig by name (--save-steps, --grad-accum, ...), the other
+sections' fields prefixed by the section (--lora-r, --lora-dropout, --data-val-ratio, ...), with the
+field's help text, type and Literal choices. --model, --data, --lr and --max-seq-len are short names.
+
+Paths on the command line are made absolute here, at the edge, so a run started from any folder
+finds its data and model (the training child runs elsewhere). Each command only parses its
+arguments and calls one engine function.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
-from typing import Any
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+# The config section whose fields need no prefix, and short names kept for the most used fields.
+MAIN_SECTION = "train"
+SHORT_NAMES = {("model", "model_id"): "--model", ("data", "source"): "--data",
+               ("train", "learning_rate"): "--lr", ("data", "max_seq_len"): "--max-seq-len"}
+_CFG = "cfg__"  # argparse dest prefix of generated options: cfg__<section>__<field>
+
+
+# ---------------------------------------------------------------------------------------------
+# Options generated from the config dataclasses
+
+
+def config_sections() -> list[tuple[str, type]]:
+    """(name, dataclass) of every section of RunConfig, in order; sections added later appear too."""
+    from .config import RunConfig
+
+    hints = typing.get_type_hints(RunConfig)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(hints[f.name])]
+
+
+def option_name(section: str, name: str) -> str:
+    flag = name if section == MAIN_SECTION or name.startswith(section + "_") else f"{section}_{name}"
+    return "--" + flag.replace("_", "-")
+
+
+def _none_or(conv):
+    def parse(s: str):
+        return None if s.strip().lower() in ("", "none", "null") else conv(s)
+    parse.__name__ = getattr(conv, "__name__", "value")  # argparse names the type in its errors
+    return parse
+
+
+def _type_kwargs(tp) -> dict:
+    """argparse keyword arguments for a field annotation: type, choices, metavar, or a bool switch."""
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0] if len(args) == 1 else str
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = list(typing.get_args(tp))
+        return {"type": _none_or(type(choices[0])) if optional else type(choices[0]), "choices": choices
+                + ([None] if optional else []), "metavar": "{" + ",".join(map(str, choices)) + "}"}
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin in (list, tuple):
+        inner = (typing.get_args(tp) or (str,))[0]
+        return {"type": inner if inner in (int, float, str) else str, "nargs": "*"}
+    conv = tp if tp in (int, float, str) else str
+    return {"type": _none_or(conv) if optional else conv, "metavar": {int: "N", float: "NUM"}.get(conv, "TEXT")}
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """One option per field of every config section (see the module docstring)."""
+    for section, cls in config_sections():
+        g = p.add_argument_group(f"{section} settings ({cls.__name__})")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            flags = [option_name(section, f.name)]
+            if (section, f.name) in SHORT_NAMES:
+                flags.insert(0, SHORT_NAMES[(section, f.name)])
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            helptext = f.metadata.get("help", "") + f" (default: {default})"
+            g.add_argument(*flags, dest=f"{_CFG}{section}__{f.name}", default=argparse.SUPPRESS,
+                           help=helptext.replace("%", "%%"), **_type_kwargs(hints[f.name]))
+
+
+def config_from_args(a: argparse.Namespace):
+    """The RunConfig the options describe: the model's defaults, then every option given, built
+    through the dataclasses (so validated) in one go."""
+    from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
+    from .config import build_run_config
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in vars(a).items():
+        if key.startswith(_CFG):
+            section, name = key[len(_CFG):].split("__", 1)
+            overrides.setdefault(section, {})[name] = value
+    model = _abs_if_path(overrides.get("model", {}).pop("model_id", None) or TINY_CHAT_ID)
+    data = _abs_if_path(overrides.get("data", {}).pop("source", None) or DEMO_DATASET_ID)
+    cfg = build_run_config(model, data, overrides)
+    if getattr(a, "name", None):
+        cfg = dataclasses.replace(cfg, name=a.name)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths at the edge
+
+
+def _abs_if_path(value: str | None) -> str | None:
+    """An existing local path, made absolute (the training child and the engine may run in another
+    folder); builtin:, hub: and bare names of saved datasets pass through unchanged."""
+    if not value or str(value).startswith(("builtin:", "hub:")):
+        return value
+    p = Path(value).expanduser()
+    return str(p.resolve()) if p.exists() else value
+
+
+def _out_dir(out: str | None) -> tuple[str | None, str | None]:
+    """--out NAME saves under FINETUNE_HOME/datasets/NAME (where a bare --data NAME finds it from any
+    folder); --out PATH (with a slash, or not a plain name) writes there. Returns (out_dir, name)."""
+    from .paths import is_safe_name
+
+    if out is None:
+        return None, None
+    if is_safe_name(out, 100):
+        return None, out
+    return str(Path(out).expanduser().resolve()), None
 
 
 def _kv(items: list[str] | None) -> dict[str, str]:
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise ValueError(f"--map {it!r}: expected column=field")
+            raise ValueError(f"--map {it!r}: expected FIELD=COLUMN, e.g. instruction=question")
         k, v = it.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands: parse, call one engine function, return a dict
 
 
 def cmd_plan(a) -> dict:
@@ -32,49 +163,58 @@ def cmd_plan(a) -> dict:
     return plan(req)
 
 
-def _tokenizer_for(model: str | None):
-    if not model:
-        return None
-    from .modeling import load_tokenizer
+def cmd_calibrate(a) -> dict:
+    from .plan import calibrate
 
-    return load_tokenizer(model)
+    if a.cal_cmd == "dry-run":
+        return calibrate.dry_run(_abs_if_path(a.model), _abs_if_path(a.data), a.method, a.steps, a.seq_len,
+                                 a.batch_size, a.lora_rank)
+    run_id = a.run_id or calibrate.latest_finished_run()
+    if not run_id:
+        raise ValueError("no completed run yet: train one first")
+    return calibrate.record_calibration(run_id) if a.record else calibrate.predicted_vs_actual(run_id)
 
 
 def cmd_data(a) -> dict:
     from . import data
 
-    if a.data_cmd == "augment":
-        return data.augment_dataset(a.path, a.out, method=a.method, n=a.n, seed=a.seed, model=a.model)
+    path = _abs_if_path(a.path)
     if a.data_cmd == "inspect":
-        return data.inspect_dataset(a.path, fmt=a.format, mapping=_kv(a.map) or None,
+        return data.inspect_dataset(path, fmt=a.format, mapping=_kv(a.map) or None,
                                     tokenizer=_tokenizer_for(a.model), max_seq_len=a.max_seq_len)
-    return data.prepare_dataset(a.path, a.out, val_ratio=a.val_ratio, seed=a.seed, fmt=a.format,
-                                mapping=_kv(a.map) or None)
+    out_dir, name = _out_dir(a.out)
+    if a.data_cmd == "augment":
+        return data.augment_dataset(path, out_dir, name=name, method=a.method, n=a.n, seed=a.seed,
+                                    model=_abs_if_path(a.model))
+    return data.prepare_dataset(path, out_dir, name=name, val_ratio=a.val_ratio, seed=a.seed, fmt=a.format,
+                                mapping=_kv(a.map) or None, on_error="skip" if a.drop_invalid else "raise",
+                                mask_pii=a.mask_pii, dedupe=a.dedupe)
+
+
+def _tokenizer_for(model: str | None):
+    if not model:
+        return None
+    from .modeling import load_tokenizer
+
+    return load_tokenizer(_abs_if_path(model))
 
 
 def cmd_train(a) -> dict:
     from . import runs
 
     if a.run:  # the child process
+        from .paths import read_json
         from .train import train_run
 
         code = train_run(a.run, resume=a.resume)
-        from .paths import read_json
-
-        st = read_json(f"{a.run}/status.json", {})
         if code:
             raise SystemExit(code)
-        return st
+        return read_json(f"{a.run}/status.json", {})
     if a.resume_id:
         runs.start_run(a.resume_id, resume=True)
         return {"run_id": a.resume_id, "state": "queued", "resumed": True}
-    from .config import default_run_config
-
-    cfg = default_run_config(a.model, a.data, learning_rate=a.lr, epochs=a.epochs, max_steps=a.max_steps,
-                             batch_size=a.batch_size, method=a.method)
-    if a.max_seq_len:
-        cfg.data.max_seq_len = a.max_seq_len
-        cfg.data.__post_init__()
+    cfg = config_from_args(a)
+    _warn_memory(cfg)
     run_id = runs.start_training(cfg)
     if a.wait:
         st = runs.wait(run_id, timeout_s=a.timeout_s)
@@ -82,15 +222,18 @@ def cmd_train(a) -> dict:
     return {"run_id": run_id, "state": "queued", "run_dir": str(runs.run_dir(run_id))}
 
 
-def cmd_calibrate(a) -> dict:
-    from .plan import calibrate
+def _warn_memory(cfg) -> None:
+    """Say on stderr when the estimate says the run will not fit here (it still starts)."""
+    from .plan import estimate_run_memory
 
-    if a.cal_cmd == "dry-run":
-        return calibrate.dry_run(a.model, a.data, a.method, a.steps, a.seq_len, a.batch_size, a.lora_rank)
-    run_id = a.run_id or calibrate.latest_finished_run()
-    if not run_id:
-        raise ValueError("no completed run yet")
-    return calibrate.record_calibration(run_id) if a.record else calibrate.predicted_vs_actual(run_id)
+    try:
+        m = estimate_run_memory(cfg.model.model_id, cfg.train.method, cfg.data.max_seq_len, cfg.train.batch_size,
+                                cfg.lora.r, cfg.train.gradient_checkpointing)
+    except ValueError:  # a model the planner cannot size offline
+        return
+    if not m["fits"]:
+        print(f"warning: estimated {m['vram_gb']:.1f} GB will not fit in the {m['usable_gb']} GB usable here: "
+              "expect out-of-memory; lower --batch-size or --max-seq-len", file=sys.stderr)
 
 
 def cmd_status(a) -> dict:
@@ -123,83 +266,95 @@ def cmd_eval(a) -> dict:
 def cmd_compare(a) -> dict:
     from .compare import compare_run, read_prompts
 
-    return compare_run(a.run_id, read_prompts(a.prompts) if a.prompts else None, max_new_tokens=a.max_new_tokens)
+    prompts = read_prompts(_abs_if_path(a.prompts)) if a.prompts else None
+    return compare_run(a.run_id, prompts, max_new_tokens=a.max_new_tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
+    from .config import METHODS
+    from .plan import TASK_TYPES
 
-    p = argparse.ArgumentParser(prog="python -m finetune", description="Fine-Tune Studio engine")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = argparse.ArgumentParser(prog="finetune", description="Fine-Tune Studio: plan, prepare data, train, "
+                                "evaluate and compare fine-tunes (also: python -m finetune).")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     js = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's own default must not overwrite `--json` given before the subcommand.
-    js.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object")
+    js.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object on stdout")
 
     s = sub.add_parser("plan", parents=[js], help="recommend a method and estimate memory, time and cost")
-    s.add_argument("--model", default=TINY_CHAT_ID)
-    s.add_argument("--method", default="auto", choices=["auto", "full", "lora", "qlora", "dora", "prefix", "dpo"])
+    s.add_argument("--model", default=TINY_CHAT_ID, help="a Hub id, a local folder or builtin:tiny-chat")
+    s.add_argument("--method", default="auto", choices=["auto", *METHODS])
     s.add_argument("--seq-len", type=int, default=512)
     s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--hardware", default="local")
+    s.add_argument("--hardware", default="local", help="a hardware tier (t4-small, a100-large, ...) or local")
     s.add_argument("--examples", type=int, default=1000)
-    s.add_argument("--task", default="")
-    s.add_argument("--task-type", default=None)
+    s.add_argument("--task", default="", help="what the model should do, in your words")
+    s.add_argument("--task-type", default=None, choices=TASK_TYPES)
     s.add_argument("--preferences", action="store_true", help="preference pairs are available")
     s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("calibrate", help="measure this machine with a dry run; check the plan against a run")
-    csub = s.add_subparsers(dest="cal_cmd", required=True)
+    csub = s.add_subparsers(dest="cal_cmd", required=True, metavar="SUBCOMMAND")
     d = csub.add_parser("dry-run", parents=[js], help="measure tokens/s and peak memory with a few real steps")
     d.add_argument("--model", "--model-id", default=TINY_CHAT_ID)
     d.add_argument("--data", "--source", default=DEMO_DATASET_ID)
-    d.add_argument("--method", default="lora")
+    d.add_argument("--method", default="lora", choices=METHODS)
     d.add_argument("--steps", type=int, default=8)
     d.add_argument("--seq-len", type=int)
     d.add_argument("--batch-size", type=int)
     d.add_argument("--lora-rank", type=int)
     d = csub.add_parser("check", parents=[js], help="predicted vs actual duration of a finished run")
-    d.add_argument("run_id", nargs="?")
+    d.add_argument("run_id", nargs="?", help="default: the newest completed run")
     d.add_argument("--record", action="store_true", help="also write runs/<id>/calibration.json")
     s.set_defaults(fn=cmd_calibrate)
 
-    s = sub.add_parser("data", help="inspect or prepare a dataset")
-    dsub = s.add_subparsers(dest="data_cmd", required=True)
-    for name in ("inspect", "prepare"):
-        d = dsub.add_parser(name, parents=[js])
-        d.add_argument("path")
-        d.add_argument("--format", default=None)
-        d.add_argument("--map", action="append", metavar="COLUMN=FIELD")
+    s = sub.add_parser("data", help="inspect, prepare or augment a dataset")
+    dsub = s.add_subparsers(dest="data_cmd", required=True, metavar="SUBCOMMAND")
+    out_help = ("a plain NAME saves under FINETUNE_HOME/datasets/NAME (then --data NAME works from any folder); "
+                "a PATH writes that folder. Default: datasets/<name of the source>%s")
+    for name, helptext in (("inspect", "format, issues, token statistics and quality score"),
+                           ("prepare", "convert, clean and split into train/validation (a saved dataset)")):
+        d = dsub.add_parser(name, parents=[js], help=helptext)
+        d.add_argument("path", help="a file, a prepared folder or saved name, builtin:demo or hub:<id>")
+        d.add_argument("--format", default=None, help="skip detection: alpaca, messages, sharegpt, text, ...")
+        d.add_argument("--map", action="append", metavar="FIELD=COLUMN",
+                       help="read a format's FIELD from COLUMN, e.g. --map instruction=question (repeatable)")
         if name == "inspect":
             d.add_argument("--model", default=None, help="count tokens with this model's tokenizer")
-            d.add_argument("--max-seq-len", type=int, default=None)
+            d.add_argument("--max-seq-len", type=int, default=None, help="flag rows longer than this")
         else:
-            d.add_argument("--out", default=None)
+            d.add_argument("--out", default=None, metavar="NAME|PATH", help=out_help % "")
             d.add_argument("--val-ratio", type=float, default=0.1)
             d.add_argument("--seed", type=int, default=42)
+            d.add_argument("--drop-invalid", action="store_true",
+                           help="drop rows that do not convert (reported by line) instead of refusing the file")
+            d.add_argument("--mask-pii", action="store_true", help="replace e-mails, phones and keys")
+            d.add_argument("--dedupe", choices=["exact", "near"], default=None, help="drop duplicate rows")
     d = dsub.add_parser("augment", parents=[js], help="add paraphrased or self-instruct rows (marked _generated)")
-    d.add_argument("path")
-    d.add_argument("--out", default=None)
+    d.add_argument("path", help="a prepared folder or saved name, or any source")
+    d.add_argument("--out", default=None, metavar="NAME|PATH", help=out_help % "-aug")
     d.add_argument("--method", default="paraphrase", choices=["paraphrase", "self_instruct"])
-    d.add_argument("--n", type=int, default=50)
+    d.add_argument("--n", type=int, default=50, help="rows to add")
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--model", default=TINY_CHAT_ID, help="the generator for self_instruct")
     s.set_defaults(fn=cmd_data)
 
-    s = sub.add_parser("train", parents=[js], help="start a training run (returns its id at once)")
-    s.add_argument("--model", default=TINY_CHAT_ID)
-    s.add_argument("--data", default=DEMO_DATASET_ID)
-    s.add_argument("--method", default="lora", choices=["lora", "qlora", "dora", "full", "prefix", "dpo"])
-    s.add_argument("--lr", type=float, default=None)
-    s.add_argument("--epochs", type=float, default=None)
-    s.add_argument("--max-steps", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=None)
-    s.add_argument("--max-seq-len", type=int, default=None)
+    s = sub.add_parser("train", parents=[js], help="start a training run (returns its id at once)",
+                       description="Start a training run. Every run config field is an option; unset "
+                       "ones take the model's defaults (builtin:tiny-chat has its own demo defaults).")
+    s.add_argument("--name", default=None, help="a name for the run (part of its id)")
     s.add_argument("--wait", action="store_true", help="wait until the run ends")
-    s.add_argument("--timeout-s", type=float, default=3600)
+    s.add_argument("--timeout-s", type=float, default=3600, help="with --wait: give up after this long")
     s.add_argument("--resume-id", default=None, help="resume this run from its last complete checkpoint")
     s.add_argument("--run", default=None, help=argparse.SUPPRESS)  # the child process
     s.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    add_config_options(s)
     s.set_defaults(fn=cmd_train)
 
     for name, fn, helptext in (("status", cmd_status, "a run's state, step, total steps and latest loss"),
@@ -223,29 +378,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _human(obj: Any) -> str:
-    if isinstance(obj, dict):
-        if "report_md" in obj:
-            return obj["report_md"]
-        keys = [k for k in obj if not isinstance(obj[k], (list, dict))]
-        return "\n".join(f"{k}: {obj[k]}" for k in keys) or json.dumps(obj, indent=2, default=str)
-    return str(obj)
+# ---------------------------------------------------------------------------------------------
+# Output
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     want_json = getattr(args, "json", False)
     try:
-        result = args.fn(args)
+        with _stdout_to_stderr():  # only the result below goes to stdout
+            result = args.fn(args)
     except SystemExit:
         raise
+    except KeyboardInterrupt:
+        return _fail("interrupted", want_json, 130)
     except Exception as exc:  # one clear line, never a traceback, for a user's mistake
         from .train import redact
 
-        msg = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        if want_json:
-            print(json.dumps({"error": msg}))
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, default=str) if want_json else _human(result))
+        text = " ".join(str(exc).split())
+        return _fail(redact(text or type(exc).__name__), want_json, 2)
+    from .show import human
+
+    print(json.dumps(result, default=str) if want_json else human(args, result))
     return 0
+
+
+def _fail(msg: str, want_json: bool, code: int) -> int:
+    if want_json:
+        print(json.dumps({"error": msg}))
+    print(f"error: {msg}", file=sys.stderr)
+    return code
+
+
+class _stdout_to_stderr:
+    """Send everything written to stdout (Python prints and C libraries alike, through fd 1) to
+    stderr while a command runs, so --json output is exactly one object."""
+
+    def __enter__(self):
+        sys.stdout.flush()
+        self._saved_fd = os.dup(1)
+        os.dup2(2, 1)
+        self._saved = sys.stdout
+        sys.stdout = sys.stderr
+
+    def __exit__(self, *exc):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout = self._saved
+        os.dup2(self._saved_fd, 1)
+        os.close(self._saved_fd)

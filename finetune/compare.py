@@ -46,11 +46,11 @@ def compare_run(run_id: str, prompts: list[str] | None = None, *, max_new_tokens
         raise RunError(f"run {run_id} has no trained adapter or model yet")
     if not prompts:
         from .data import load_prepared
-        from .tokenize import prompt_and_reference
+        from .tokenize import prompt_and_reference, prompt_text
 
         _, val, kind = load_prepared(cfg.data.source, val_ratio=cfg.data.val_ratio, seed=cfg.data.seed)
         pairs = [prompt_and_reference(r, kind) for r in val[:8]]
-        prompts = [p[-1]["content"] if isinstance(p, list) else p for p, _ in [x for x in pairs if x]]
+        prompts = [prompt_text(p) for p, _ in [x for x in pairs if x]]
     prompts = [p for p in prompts if p and p.strip()][:64]
     if not prompts:
         raise RunError("no prompts to compare")

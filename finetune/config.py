@@ -206,6 +206,19 @@ def default_run_config(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_
     return RunConfig(model=ModelConfig(model_id=model_id), data=DataConfig(source=source), train=TrainConfig(**train))
 
 
+def build_run_config(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID,
+                     overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """default_run_config() with settings changed per section ({"train": {"save_steps": 20}, "lora":
+    {"r": 8}}), built through RunConfig.from_dict so every section's constructor validates it: a
+    config is never mutated after it was checked."""
+    d = default_run_config(model_id, source).to_dict()
+    for section, values in (overrides or {}).items():
+        if not isinstance(d.get(section), dict):
+            raise ConfigError(section, "is not a config section")
+        d[section].update(values)
+    return RunConfig.from_dict(d)
+
+
 def help_for(section_cls, name: str) -> str:
     for f in dataclasses.fields(section_cls):
         if f.name == name:

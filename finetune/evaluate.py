@@ -74,7 +74,7 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
     """Base vs fine-tuned perplexity and exact match on the run's validation split; writes the report."""
     from .data import load_prepared
     from .modeling import load_for_inference, set_threads
-    from .tokenize import prompt_and_reference, tokenize_rows
+    from .tokenize import prompt_and_reference, prompt_text, tokenize_rows
 
     d = run_dir(run_id)
     cfg = load_config(run_id)
@@ -107,7 +107,7 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
     for i, (p, r) in enumerate(zip(prompts, refs)):
         if i >= 20:
             break
-        q = p[-1]["content"] if isinstance(p, list) and p else str(p)
+        q = prompt_text(p)
         samples.append({"prompt": q, "reference": r, "base": base["predictions"][i], "finetuned": tuned["predictions"][i],
                         "base_match": base["matches"][i], "finetuned_match": tuned["matches"][i]})
 

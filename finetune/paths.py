@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,24 @@ def datasets_dir() -> Path:
 
 def models_dir() -> Path:
     return _sub("models")
+
+
+# The one rule for names that become folder names (runs, saved datasets, plan folders): a letter or
+# digit first, then letters, digits, '.', '_' or '-'; never '..'. Such a name cannot leave its folder.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def is_safe_name(name: Any, max_len: int = 128) -> bool:
+    """True when `name` is a bare name that is safe as a folder name under the home folder."""
+    return (isinstance(name, str) and len(name) <= max_len and _NAME_RE.fullmatch(name) is not None
+            and ".." not in name)
+
+
+def slug(text: str, max_len: int = 80, default: str = "item") -> str:
+    """A safe name made from any text (runs of other characters become '-'); see is_safe_name."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-._")[:max_len].strip("-._")
+    s = re.sub(r"\.{2,}", ".", s)
+    return s or default
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

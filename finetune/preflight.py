@@ -63,19 +63,18 @@ def resolve_model_path(model_id: str, base_dir: str | os.PathLike | None = None)
 def check_memory(cfg: RunConfig) -> dict | None:
     """The planner's estimate for this run on this machine; raises when it will not fit.
     None when the model is unknown to the planner (the model check below explains that case)."""
-    from .plan import PlanRequest, plan
+    from .plan import estimate_run_memory
 
     method = cfg.train.method
     try:
-        p = plan(PlanRequest(model=cfg.model.model_id, method=method, seq_len=cfg.data.max_seq_len,
-                             batch_size=cfg.train.batch_size, hardware="local", lora_rank=cfg.lora.r,
-                             gradient_checkpointing=cfg.train.gradient_checkpointing))
+        p = estimate_run_memory(cfg.model.model_id, method, cfg.data.max_seq_len, cfg.train.batch_size, cfg.lora.r,
+                                cfg.train.gradient_checkpointing)
     except ValueError:
         return None
-    est = {"vram_gb": p.get("vram_gb"), "usable_memory_gb": p.get("usable_memory_gb"), "fits": p.get("fits")}
+    est = {"vram_gb": p["vram_gb"], "usable_memory_gb": p["usable_gb"], "fits": p["fits"]}
     if not p.get("fits"):
         raise PreflightError("train.batch_size", (
-            f"the memory estimate is {p['vram_gb']:.1f} GB and this machine has {p.get('usable_memory_gb')} GB "
+            f"the memory estimate is {p['vram_gb']:.1f} GB and this machine has {p['usable_gb']} GB "
             f"usable for {cfg.model.model_id} with {method}, batch {cfg.train.batch_size} x "
             f"{cfg.data.max_seq_len} tokens: lower the batch size or max sequence length, turn on gradient "
             "checkpointing, use QLoRA on a GPU, or pick a smaller model"))

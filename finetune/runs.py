@@ -28,11 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import RunConfig
-from .paths import atomic_write_json, read_json, runs_dir
+from .paths import atomic_write_json, is_safe_name, read_json, runs_dir, slug
 
 STATES = ("queued", "running", "stopping", "stopped", "failed", "completed")
 ACTIVE = ("queued", "running", "stopping")
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PROCS: dict[str, subprocess.Popen] = {}  # children started by this process
 
 
@@ -45,7 +44,7 @@ def now_iso() -> str:
 
 
 def run_dir(run_id: str) -> Path:
-    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id or ""):
+    if not is_safe_name(run_id, 128):
         raise RunError(f"invalid run id {run_id!r}")
     d = runs_dir() / run_id
     if not (d / "config.json").exists():
@@ -55,8 +54,8 @@ def run_dir(run_id: str) -> Path:
 
 def new_run_id(cfg: RunConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = re.sub(r"[^A-Za-z0-9]+", "-", cfg.name or cfg.model.model_id.split("/")[-1].replace("builtin:", "")).strip("-")
-    return f"{stamp}-{base[:40] or 'run'}-{secrets.token_hex(2)}"
+    base = slug(cfg.name or cfg.model.model_id.split("/")[-1].replace("builtin:", ""), 40, "run")
+    return f"{stamp}-{base}-{secrets.token_hex(2)}"
 
 
 def create_run(cfg: RunConfig) -> str:

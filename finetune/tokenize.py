@@ -158,3 +158,11 @@ def prompt_and_reference(row: dict, kind: str) -> tuple[Any, str] | None:
             return row["prompt"], " ".join(str(m.get("content") or "") for m in c)
         return row["prompt"], str(c)
     return None
+
+
+def prompt_text(prompt: Any) -> str:
+    """What a person reads as the question of a prompt_and_reference() prompt: the last message's
+    text for a conversation, the prompt itself for plain text (evaluate and compare both show it)."""
+    if isinstance(prompt, list):
+        return str(prompt[-1].get("content") or "") if prompt else ""
+    return str(prompt)

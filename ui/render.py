@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import subprocess
@@ -11,26 +12,38 @@ from pathlib import Path
 
 import gradio as gr
 
+_log = logging.getLogger("fine_tune_studio")
+
+
+def _user_error(msg: str, fn) -> gr.Error:
+    """A gr.Error that Gradio shows but does not print as a traceback: the server log gets one line."""
+    _log.warning("%s: %s", fn.__name__, " ".join(str(msg).split())[:500])
+    return gr.Error(msg, duration=None, print_exception=False)
+
 
 def user_errors(fn):
-    """Turn engine errors into one clear gr.Error: never a bare "Error" or a traceback in the page."""
+    """Turn engine errors into one clear gr.Error: never a bare "Error" or a traceback in the page,
+    and one line (not a traceback) in the server log for a user's mistake."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
+        except gr.Error as exc:
+            if exc.print_exception:  # raised by a handler itself: log it as one line too
+                _log.warning("%s: %s", fn.__name__, " ".join(str(exc.message).split())[:500])
+                exc.print_exception = False
             raise
         except KeyError as exc:
-            raise gr.Error(f"missing field {exc}", duration=None) from None
+            raise _user_error(f"missing field {exc}", fn) from None
         except (ValueError, OSError, TypeError, subprocess.SubprocessError) as exc:
-            raise gr.Error(str(exc).strip() or type(exc).__name__, duration=None) from None
+            raise _user_error(str(exc).strip() or type(exc).__name__, fn) from None
         except RuntimeError as exc:  # torch raises OutOfMemoryError (a RuntimeError) among others
             msg = str(exc).strip()
             if "out of memory" in msg.lower():
                 msg = ("Out of memory: try fewer examples, a shorter max length, or a smaller model. "
                        f"({msg[:200]})")
-            raise gr.Error(msg or type(exc).__name__, duration=None) from None
+            raise _user_error(msg or type(exc).__name__, fn) from None
 
     return wrapper
 

@@ -173,10 +173,6 @@ def build(model_box, data_box, run_state) -> dict:
     table.select(train_live.pick_row, table, run_id, api_visibility="private")
     delete_btn.click(train_live.delete, run_id, [table, run_id], api_visibility="private",
                      js="(r) => (r && confirm('Delete run ' + r + ' and its files?')) ? r : null")
-    hidden_status_in = gr.Textbox(visible=False)
-    hidden_status_out = gr.JSON(visible=False)
-    hidden_runs = gr.JSON(visible=False)
-    hidden_btn = gr.Button(visible=False)
-    hidden_btn.click(status_api, hidden_status_in, hidden_status_out, api_name="status")
-    hidden_btn.click(runs_api, None, hidden_runs, api_name="runs")
+    gr.api(status_api, api_name="status")  # API-only endpoints: no hidden components needed
+    gr.api(runs_api, api_name="runs")
     return {"run_id": run_id, **c}

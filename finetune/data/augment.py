@@ -28,6 +28,7 @@ import re
 from typing import Any, Literal
 
 from .common import DEFAULT_SEED, GENERATED_KEY, DatasetError, _display_name, _norm, _row_text, _slug
+from ..paths import is_safe_name
 from .prepare import load_prepared, write_prepared
 from .quality import _near_duplicates
 
@@ -282,7 +283,7 @@ def augment_dataset(source: str, out_dir: str | None = None, *,
         raise DatasetError(f"method must be one of {', '.join(METHODS)}, got {method!r}", field="method")
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N:
         raise DatasetError(f"n must be a whole number from 1 to {MAX_N}, got {n!r}", field="n")
-    if name is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) or ".." in name):
+    if name is not None and not is_safe_name(name, 100):
         raise DatasetError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-'", field="name")
     train, val, kind = load_prepared(source, seed=seed)
     if method == "paraphrase":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -209,5 +208,6 @@ def _slug(text: str) -> str:
     text = str(text)
     if not text.startswith(("builtin:", "hub:")):
         text = Path(text).stem or text
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
-    return slug[:80] or "dataset"
+    from ..paths import slug
+
+    return slug(text, 80, "dataset")

@@ -129,9 +129,10 @@ def read_prepared(folder: str | os.PathLike) -> tuple[list[dict], list[dict], st
 
 def _saved_dataset_dir(name: str) -> Path | None:
     """FINETUNE_HOME/datasets/<name> when `name` is the bare name of a prepared dataset."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+    from ..paths import datasets_dir, is_safe_name
+
+    if not is_safe_name(name):
         return None
-    from ..paths import datasets_dir
     cand = datasets_dir() / name
     return cand if (cand / "meta.json").is_file() else None
 

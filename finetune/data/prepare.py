@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -20,7 +19,8 @@ from typing import Any, Literal
 
 from .common import (DEFAULT_SEED, DEFAULT_VAL_RATIO, DatasetError, FORMATS, LORA_MIN_EXAMPLES,
     SFT_MIN_EXAMPLES, _display_name, _fields, _slug)
-from .load import load_records, read_prepared
+from ..paths import is_safe_name
+from .load import _saved_dataset_dir, load_records, read_prepared
 from .formats import detect_format, to_canonical, _apply_mapping, _columns, _resolve_columns, _row_format
 from .tokens import trained_token_share, _get_tokenizer, _stats, _token_lengths
 from .quality import dedupe_rows, mask_pii_rows, _Tally, _clean, _quality
@@ -264,7 +264,7 @@ def prepare_dataset(source: str, out_dir: str | None = None, *, val_ratio: float
     says how many ("skipped_invalid") and which ("skipped_rows": row, file line, field, problem).
     """
     if name is not None:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) or ".." in name:
+        if not is_safe_name(name, 100):
             raise DatasetError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' "
                                "(no slashes)", field="name")
     if not isinstance(val_ratio, (int, float)) or not 0 <= val_ratio < 1:
@@ -411,11 +411,8 @@ def load_prepared(dir_or_source: str, *, val_ratio: float = DEFAULT_VAL_RATIO,
     val_ratio and seed; a prepared folder keeps its own split)."""
     src = str(dir_or_source)
     p = Path(src).expanduser()
-    if not p.exists() and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", src) and ":" not in src:
-        from ..paths import datasets_dir
-        cand = datasets_dir() / src
-        if (cand / "meta.json").is_file():
-            p = cand
+    if not p.exists():
+        p = _saved_dataset_dir(src) or p
     if p.is_dir():
         return read_prepared(p)
     records = load_records(src)

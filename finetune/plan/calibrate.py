@@ -92,20 +92,18 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from ..config import default_run_config, to_sft_config
+    from ..config import build_run_config, to_sft_config
     from ..modeling import cuda_available, set_threads
     from ..train import build_model, load_data
 
     t_imported = time.perf_counter()
-    cfg = default_run_config(model_id, source, method=method, batch_size=batch_size,
-                             max_steps=max(steps, max_steps) + WARMUP_STEPS, eval_steps=0, save_steps=10_000_000,
-                             logging_steps=10_000)
-    if seq_len:
-        cfg.data.max_seq_len = int(seq_len)
-    if lora_rank:
-        cfg.lora.r, cfg.lora.alpha = int(lora_rank), 2 * int(lora_rank)
-    cfg.data.__post_init__()
-    cfg.lora.__post_init__()
+    train = dict(method=method, max_steps=max(steps, max_steps) + WARMUP_STEPS, eval_steps=0,
+                 save_steps=10_000_000, logging_steps=10_000)
+    if batch_size:
+        train["batch_size"] = batch_size
+    cfg = build_run_config(model_id, source, {
+        "train": train, "data": {"max_seq_len": int(seq_len)} if seq_len else {},
+        "lora": {"r": int(lora_rank), "alpha": 2 * int(lora_rank)} if lora_rank else {}})
     cuda = cuda_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()

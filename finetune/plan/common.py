@@ -7,16 +7,18 @@ common -> specs -> estimate -> export -> recommend (plan()) -> calibrate. No imp
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ..builtin import TINY_CHAT_ID
+from ..config import METHODS as _CONFIG_METHODS, Method
 from ..hardware import tier_names
 
 
-METHODS = ("full", "lora", "qlora", "dora", "prefix", "dpo")
-PEFT_METHODS = ("lora", "qlora", "dora", "prefix", "dpo")
+# The training methods are config.METHODS (one list for the config, CLI, UI and planner); the
+# planner lists them in its own order, cheapest-to-explain first, for its tables.
+METHODS = tuple(sorted(_CONFIG_METHODS, key=lambda m: (m != "full", _CONFIG_METHODS.index(m))))
+PEFT_METHODS = tuple(m for m in METHODS if m != "full")
 TASK_TYPES = ("chat", "instruction", "classification", "extraction", "summarisation", "code", "preference")
 PRIORITIES = ("quality", "speed", "cost")
 
@@ -33,7 +35,7 @@ class PlanRequest:
     """What the user wants to fine-tune, on what, with what data. Help text feeds the UI labels."""
 
     model: str = _f(TINY_CHAT_ID, "Base model: a Hub id, a local folder with config.json, or builtin:tiny-chat.")
-    method: Literal["auto", "full", "lora", "qlora", "dora", "prefix", "dpo"] = _f(
+    method: Literal["auto", Method] = _f(
         "auto", "Training method; auto follows the decision tree.")
     task: str = _f("", "What the fine-tuned model should do, in your words.")
     task_type: Literal["chat", "instruction", "classification", "extraction", "summarisation", "code",
@@ -125,7 +127,9 @@ def _bar(pct: int, width: int = 10) -> str:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.split("/")[-1].replace("builtin:", "")).strip("-").lower()
+    from ..paths import slug
+
+    return slug(text.split("/")[-1].replace("builtin:", ""), 80, "model").lower()
 
 
 def fmt_seconds(seconds: float) -> str:

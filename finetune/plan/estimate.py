@@ -261,3 +261,25 @@ def _shards(spec: dict, method: str, seq_len: int, batch_size: int, lora_rank: i
     est = estimate_memory(spec, method, seq_len, batch_size, lora_rank, gc, device="cuda",
                           optimizer=optimizer, load_in_4bit=load_in_4bit)
     return 1 if est["total_gb"] <= usable_memory_gb(tier) else n_gpu
+
+
+def estimate_run_memory(model: str, method: str, seq_len: int, batch_size: int, lora_rank: int = 16,
+                        gradient_checkpointing: bool = False, hardware: str = "local",
+                        params_b: float | None = None) -> dict:
+    """The one figure a run needs before it starts: peak memory per device for these settings on
+    this hardware, and whether it fits ({"vram_gb", "usable_gb", "fits", "hardware"}). The same
+    model as plan()'s row for the method, without the rest of the plan. ValueError for a model the
+    planner cannot size (an unknown Hub id offline) or a method it does not model."""
+    from .specs import model_spec
+
+    spec = model_spec(model, params_b)
+    tier = get_tier(hardware)
+    four_bit = method == "qlora" or (spec.get("prequantized_4bit", False) and method != "full")
+    optimizer = _default_optimizer("qlora" if four_bit else method, tier["device"])
+    shards = _shards(spec, method, seq_len, batch_size, lora_rank, gradient_checkpointing, tier, optimizer,
+                     four_bit)
+    est = estimate_memory(spec, method, seq_len, batch_size, lora_rank, gradient_checkpointing,
+                          load_in_4bit=four_bit, optimizer=optimizer, device=tier["device"], shards=shards)
+    usable = usable_memory_gb(tier)
+    return {"vram_gb": est["total_gb"], "usable_gb": round(usable, 2), "fits": est["total_gb"] <= usable,
+            "hardware": tier["name"]}

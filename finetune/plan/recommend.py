@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..builtin import TINY_CHAT_ID
 from ..config import BUILTIN_DEMO_REASON, BUILTIN_DEMO_TRAIN
+from ..data.common import SFT_MIN_EXAMPLES  # the decision tree's threshold for supervised fine-tuning
 from ..hardware import get_tier, list_tiers, tiers_meta, usable_memory_gb
 from .common import GB, METHODS, PREFIX_VIRTUAL_TOKENS, PlanRequest, _hours, _slug
 from .specs import model_spec
@@ -15,7 +16,6 @@ from .estimate import (calibrated_time, estimate_memory, estimate_time, inferenc
 from .export import _python_script, _report_md, _trl_config, _yaml
 
 
-SFT_MIN_EXAMPLES = 1000      # the decision tree's threshold for supervised fine-tuning
 FULL_FT_MIN_EXAMPLES = 10000  # below this, full fine-tuning rarely beats LoRA and forgets more
 
 PRESETS = {
