@@ -14,7 +14,6 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .paths import read_json
 from .runs import ACTIVE, list_runs, read_events, read_status, run_dir
 
 LOG_LINES = 12
@@ -128,7 +127,3 @@ def runs_table() -> list[dict]:
             "best_eval_loss": r.get("best_eval_loss"), "best_step": r.get("best_step"),
         })
     return rows
-
-
-def read_config(run_id: str) -> dict:
-    return read_json(run_dir(run_id) / "config.json", default={}) or {}
