@@ -254,6 +254,10 @@ def cmd_stop(a) -> dict:
 def cmd_runs(a) -> dict:
     from . import runs
 
+    if a.action == "delete":
+        if not a.run_id:
+            raise ValueError("runs delete: which run? (runs delete RUN_ID)")
+        return runs.delete_run(a.run_id)
     return {"runs": runs.list_runs()}
 
 
@@ -274,12 +278,23 @@ def cmd_compare(a) -> dict:
 # The parser
 
 
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error comes back to main() (which answers in JSON under --json)."""
+
+    def error(self, message):
+        raise _UsageError(f"{self.prog}: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
     from .config import METHODS
     from .plan import TASK_TYPES
 
-    p = argparse.ArgumentParser(prog="finetune", description="Fine-Tune Studio: plan, prepare data, train, "
+    p = _Parser(prog="finetune", description="Fine-Tune Studio: plan, prepare data, train, "
                                 "evaluate and compare fine-tunes (also: python -m finetune).")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -373,8 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--prompts", default=None, help="a file: one prompt per line, or JSONL with 'prompt'")
             s.add_argument("--max-new-tokens", type=int, default=64)
         s.set_defaults(fn=fn)
-    s = sub.add_parser("runs", parents=[js], help="list runs")
+    s = sub.add_parser("runs", parents=[js], help="list runs, or `runs delete RUN_ID`")
+    s.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
+    s.add_argument("run_id", nargs="?", default=None)
     s.set_defaults(fn=cmd_runs)
+    from .hub_cli import add_commands  # push, deploy, data push
+
+    add_commands(sub, js)
     return p
 
 
@@ -383,7 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:  # e.g. an unknown option or a value outside the choices
+        return _fail(f"{exc} (see --help)", "--json" in argv, 2)
     want_json = getattr(args, "json", False)
     try:
         with _stdout_to_stderr():  # only the result below goes to stdout
@@ -399,7 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(redact(text or type(exc).__name__), want_json, 2)
     from .show import human
 
-    print(json.dumps(result, default=str) if want_json else human(args, result))
+    try:
+        print(json.dumps(result, default=str) if want_json else human(args, result), flush=True)
+    except BrokenPipeError:  # `finetune ... | head`: the reader left; no traceback for that
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

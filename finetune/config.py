@@ -15,8 +15,24 @@ from typing import Any, Literal, get_args
 
 from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 
-Method = Literal["lora", "qlora", "dora", "full", "prefix", "dpo"]
+Method = Literal["lora", "rslora", "dora", "qlora", "full", "prefix", "cpt", "dpo", "orpo", "kto"]
 METHODS: tuple[str, ...] = get_args(Method)
+# What each method does, for people (the UI shows it next to the choice; the CLI's --method help lists it).
+METHOD_HELP: dict[str, str] = {
+    "lora": "LoRA: small low-rank adapters on the frozen base (the default).",
+    "rslora": "rsLoRA: LoRA scaled by alpha/sqrt(r), which keeps high ranks stable.",
+    "dora": "DoRA: LoRA plus a trained magnitude per output; a little better, ~1.3x slower.",
+    "qlora": "QLoRA: LoRA on a 4-bit NF4 base (bitsandbytes); least memory, on a GPU or a CPU.",
+    "full": "Full fine-tuning: every weight trains (fp32 master weights); most memory.",
+    "prefix": "Prefix tuning: trained virtual tokens in front of every layer's attention.",
+    "cpt": "Continued pretraining: LoRA on plain text, every token trained (a .txt file or a text column).",
+    "dpo": "DPO: preference pairs (prompt, chosen, rejected); on the base or on a finished SFT run's adapter.",
+    "orpo": "ORPO: preference pairs, SFT and preference in one loss, no reference model.",
+    "kto": "KTO: single answers labelled good or bad (prompt, completion, label).",
+}
+SFT_METHODS = ("lora", "rslora", "dora", "qlora", "full", "prefix", "cpt")
+PREFERENCE_METHODS = ("dpo", "orpo", "kto")
+LORA_METHODS = ("lora", "rslora", "dora", "qlora", "cpt", "dpo", "orpo", "kto")  # methods that train LoRA adapters
 
 
 class ConfigError(ValueError):
@@ -100,8 +116,7 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    method: Method = _help("lora, qlora (4-bit base, CUDA only), dora, full, prefix tuning, or dpo.",
-                           default="lora")
+    method: Method = _help("Training method: " + " ".join(METHOD_HELP.values()), default="lora")
     learning_rate: float = _help("Peak learning rate. LoRA tolerates ~1e-4 to 1e-3; full fine-tuning wants ~1e-5.",
                                  default=2e-4)
     epochs: float = _help("Passes over the training data.", default=3.0)
@@ -120,8 +135,22 @@ class TrainConfig:
     gradient_checkpointing: bool = _help("Recompute activations in backward: less memory, ~+30-50% time.",
                                          default=False)
     seed: int = _help("Training seed.", default=42)
-    dpo_beta: float = _help("DPO only: how far the model may move from the reference (higher = closer).",
-                            default=0.1)
+    dpo_beta: float = _help("DPO, ORPO and KTO: beta. DPO/KTO: how far the model may move from the reference "
+                            "(higher = closer); ORPO: weight of the preference term.", default=0.1)
+    init_from_run: str = _help("DPO, ORPO or KTO: the id of a finished LoRA run whose adapter this run continues "
+                               "(its copy is the reference); empty = start from the base model.", default="")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
+        "Numeric precision. auto: bf16 autocast where the hardware has it (GPUs from Ampere, CPUs with AMX or "
+        "avx512_bf16), fp16 autocast with a loss scaler on older GPUs, else fp32. Master weights stay fp32 for "
+        "full fine-tuning.", default="auto")
+    backend: Literal["auto", "transformers"] = _help(
+        "auto: Unsloth's FastLanguageModel on a CUDA GPU when unsloth is installed (LoRA, rsLoRA, QLoRA, "
+        "continued pretraining), else transformers + PEFT. transformers: never Unsloth.", default="auto")
+    group_by_length: bool = _help("Batch rows of similar length together so little compute goes to padding "
+                                  "(on by default; rows are still shuffled in groups).", default=True)
+    report_to: Literal["none", "tensorboard", "trackio"] = _help(
+        "Experiment tracking: none, tensorboard (logs under the run's tb/ folder) or trackio (must be installed).",
+        default="none")
     keep_best: bool = _help("Keep the adapter from the evaluation with the lowest validation loss instead of the "
                             "last step's (needs a validation split; the status says which step was kept).",
                             default=True)
@@ -148,6 +177,16 @@ class TrainConfig:
         _check_range("train.save_total_limit", self.save_total_limit, 1, 1000, integer=True)
         _check_range("train.seed", self.seed, 0, integer=True)
         _check_range("train.dpo_beta", self.dpo_beta, 1e-4, 10.0)
+        for name, choices in (("precision", ("auto", "fp32", "bf16", "fp16")), ("backend", ("auto", "transformers")),
+                              ("report_to", ("none", "tensorboard", "trackio"))):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"train.{name}", f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if not isinstance(self.init_from_run, str):
+            raise ConfigError("train.init_from_run", "must be a run id")
+        self.init_from_run = self.init_from_run.strip()
+        if self.init_from_run and self.method not in PREFERENCE_METHODS:
+            raise ConfigError("train.init_from_run", f"only DPO, ORPO and KTO continue a finished run's adapter, "
+                                                     f"not {self.method}")
         _check_range("train.early_stopping_patience", self.early_stopping_patience, 0, 10_000, integer=True)
         _check_range("train.early_stopping_threshold", self.early_stopping_threshold, 0.0, 100.0)
         if not isinstance(self.keep_best, bool):
@@ -240,11 +279,89 @@ def to_peft_config(cfg: RunConfig):
         return peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.lora.num_virtual_tokens)
     return peft.LoraConfig(
         task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.modules(), use_dora=(m == "dora"),
+        target_modules=cfg.lora.modules(), use_dora=(m == "dora"), use_rslora=(m == "rslora"),
     )
 
 
-def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, bf16: bool, has_eval: bool) -> dict:
+UNSLOTH_METHODS = ("lora", "rslora", "qlora", "cpt")
+_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def to_unsloth_peft_kwargs(cfg: RunConfig) -> dict:
+    """Arguments for `FastLanguageModel.get_peft_model`. Dropout 0 and no bias keep Unsloth's fused
+    LoRA kernels on (any other value falls back to its slow path); its own offloaded gradient
+    checkpointing is used when checkpointing is on."""
+    mods = cfg.lora.modules()
+    return dict(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0, bias="none",
+                target_modules=_ALL_LINEAR if mods == "all-linear" else mods,
+                use_rslora=cfg.train.method == "rslora",
+                use_gradient_checkpointing="unsloth" if cfg.train.gradient_checkpointing else False,
+                random_state=cfg.train.seed, max_seq_length=cfg.data.max_seq_len)
+
+
+def choose_backend(cfg: RunConfig, hw: dict, unsloth_installed: bool) -> tuple[str, str]:
+    """(backend, why): "unsloth" or "transformers", and a sentence for the status and the UI."""
+    m = cfg.train.method
+    if hw.get("device") != "cuda":
+        return "transformers", "transformers + PEFT on the CPU (no CUDA GPU, which Unsloth needs)"
+    if cfg.train.backend == "transformers":
+        return "transformers", "transformers + PEFT on the GPU (backend=transformers was chosen)"
+    if not unsloth_installed:
+        return "transformers", "transformers + PEFT on the GPU (unsloth is not installed)"
+    if m not in UNSLOTH_METHODS:
+        return "transformers", f"transformers + PEFT on the GPU (this studio runs {m} through Unsloth only for " \
+                               f"{', '.join(UNSLOTH_METHODS)})"
+    return "unsloth", ("Unsloth FastLanguageModel on the GPU: fused LoRA kernels and chunked cross-entropy "
+                       "(LoRA dropout set to 0, which its fast path needs)")
+
+
+def precision_plan(cfg: RunConfig, hw: dict) -> dict:
+    """How numbers are stored and computed on this hardware: the dtype of the loaded weights, the
+    autocast the Trainer applies (bf16 / fp16 with a loss scaler), and why.
+
+    Full fine-tuning always loads fp32 weights so the optimiser updates fp32 master weights (mixed
+    precision comes from autocast). Adapters leave the frozen base in 16-bit on a GPU; PEFT keeps the
+    adapter weights themselves in fp32, which the fp16 loss scaler needs."""
+    cuda = hw.get("device") == "cuda"
+    hw_bf16 = bool(hw.get("bf16"))
+    want = cfg.train.precision
+    full = cfg.train.method == "full"
+    if want == "auto":
+        if cuda:
+            want = "bf16" if hw_bf16 else "fp16"
+        else:
+            want = "bf16" if hw_bf16 else "fp32"
+        why = {("cuda", "bf16"): "the GPU has bf16", ("cuda", "fp16"): "the GPU has no bf16 (pre-Ampere): fp16 "
+               "autocast with a dynamic loss scaler", ("cpu", "bf16"): "the CPU has AMX or avx512_bf16",
+               ("cpu", "fp32"): "the CPU has neither AMX nor avx512_bf16, where bf16 is emulated and slower"}[
+            ("cuda" if cuda else "cpu", want)]
+    else:
+        why = f"precision={want} was chosen"
+        if want == "fp16" and not cuda:
+            raise ConfigError("train.precision", "fp16 autocast needs a CUDA GPU; use bf16 or fp32 on a CPU")
+        if want == "bf16" and cuda and not hw_bf16:
+            raise ConfigError("train.precision", "this GPU has no bf16; use fp16 (with a loss scaler) or fp32")
+    if want == "fp32" or not cuda or full:
+        weights = "float32"
+    else:
+        weights = "bfloat16" if want == "bf16" else "float16"
+    return {"precision": want, "weights_dtype": weights, "bf16": want == "bf16", "fp16": want == "fp16",
+            "why": why + ("; fp32 master weights (full fine-tuning)" if full and want != "fp32" else "")}
+
+
+def _report_to(cfg: RunConfig) -> str:
+    import importlib.util
+
+    rep = cfg.train.report_to
+    if rep == "none":
+        return "none"
+    mod = "tensorboard" if rep == "tensorboard" else "trackio"
+    if importlib.util.find_spec(mod) is None:
+        raise ConfigError("train.report_to", f"{rep} is not installed here (pip install {mod}), or choose none")
+    return rep
+
+
+def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, prec: dict, has_eval: bool) -> dict:
     t = cfg.train
     return dict(
         output_dir=output_dir,
@@ -252,14 +369,15 @@ def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, bf16: bool, has
         num_train_epochs=t.epochs,
         max_steps=t.max_steps if t.max_steps > 0 else -1,
         per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
+        # No gradients in evaluation: twice the batch fits, and fewer, larger forward passes are faster.
+        per_device_eval_batch_size=t.batch_size * 2,
         gradient_accumulation_steps=t.grad_accum,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
         lr_scheduler_type=t.lr_scheduler,
         weight_decay=t.weight_decay,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        logging_nan_inf_filter=False,  # a NaN loss must reach our callback, not be averaged away
+        logging_nan_inf_filter=False,  # a NaN loss must reach our guard, not be averaged away
         eval_strategy=("steps" if t.eval_steps > 0 else "epoch") if has_eval else "no",
         eval_steps=t.eval_steps if t.eval_steps > 0 else None,
         save_strategy="steps",
@@ -268,10 +386,10 @@ def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, bf16: bool, has
         gradient_checkpointing=t.gradient_checkpointing,
         seed=t.seed,
         data_seed=cfg.data.seed,
-        bf16=bf16,
-        fp16=False,
+        bf16=prec["bf16"],
+        fp16=prec["fp16"],  # with fp16, accelerate adds the dynamic loss scaler
         use_cpu=not cuda,
-        report_to="none",
+        report_to=_report_to(cfg),
         disable_tqdm=True,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
@@ -279,18 +397,64 @@ def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, bf16: bool, has
     )
 
 
-def to_sft_config(cfg: RunConfig, output_dir: str, *, cuda: bool = False, bf16: bool = False, has_eval: bool = True):
+def _sampling(cfg: RunConfig, tokenized: bool) -> str:
+    # Length-grouped batches waste less compute on padding (CPUs have no padding-free kernels). The
+    # sampler needs an input_ids column, which only our pre-tokenized SFT rows have.
+    return "group_by_length" if cfg.train.group_by_length and tokenized else "random"
+
+
+def to_sft_config(cfg: RunConfig, output_dir: str, *, cuda: bool = False, prec: dict | None = None,
+                  has_eval: bool = True, bf16: bool = False):
     from trl import SFTConfig
 
-    # On a CPU, length-grouped batches waste less compute on padding (no padding-free kernels there).
-    # Only for SFT: the sampler needs an input_ids column, which DPO's tokenized rows do not have.
-    return SFTConfig(**_common_args(cfg, output_dir, cuda=cuda, bf16=bf16, has_eval=has_eval),
-                     train_sampling_strategy="random" if cuda else "group_by_length",
+    prec = prec or {"bf16": bf16, "fp16": False}  # bf16=: the older call form (calibrate.py)
+    return SFTConfig(**_common_args(cfg, output_dir, cuda=cuda, prec=prec, has_eval=has_eval),
+                     train_sampling_strategy=_sampling(cfg, True),
                      max_length=cfg.data.max_seq_len, packing=False, dataset_num_proc=None)
 
 
-def to_dpo_config(cfg: RunConfig, output_dir: str, *, cuda: bool = False, bf16: bool = False, has_eval: bool = True):
+def to_dpo_config(cfg: RunConfig, output_dir: str, *, cuda: bool = False, prec: dict | None = None,
+                  has_eval: bool = True):
     from trl import DPOConfig
 
-    return DPOConfig(**_common_args(cfg, output_dir, cuda=cuda, bf16=bf16, has_eval=has_eval),
+    prec = prec or {"bf16": False, "fp16": False}
+    return DPOConfig(**_common_args(cfg, output_dir, cuda=cuda, prec=prec, has_eval=has_eval),
                      max_length=cfg.data.max_seq_len, beta=cfg.train.dpo_beta)
+
+
+def to_orpo_config(cfg: RunConfig, output_dir: str, *, cuda: bool = False, prec: dict | None = None,
+                   has_eval: bool = True):
+    from trl.experimental.orpo import ORPOConfig  # ORPO lives in trl.experimental in TRL 1.x
+
+    prec = prec or {"bf16": False, "fp16": False}
+    return ORPOConfig(**_common_args(cfg, output_dir, cuda=cuda, prec=prec, has_eval=has_eval),
+                      max_length=cfg.data.max_seq_len, beta=cfg.train.dpo_beta)
+
+
+def to_kto_config(cfg: RunConfig, output_dir: str, *, cuda: bool = False, prec: dict | None = None,
+                  has_eval: bool = True):
+    from trl import KTOConfig
+
+    prec = prec or {"bf16": False, "fp16": False}
+    # KTO's KL term pairs each row with its neighbours in a fixed-order batch: TRL requires sequential sampling.
+    return KTOConfig(**_common_args(cfg, output_dir, cuda=cuda, prec=prec, has_eval=has_eval),
+                     train_sampling_strategy="sequential", max_length=cfg.data.max_seq_len, beta=cfg.train.dpo_beta)
+
+
+def trainer_class(method: str):
+    """The TRL trainer class and the config builder for a method."""
+    if method == "dpo":
+        from trl import DPOTrainer
+
+        return DPOTrainer, to_dpo_config
+    if method == "orpo":
+        from trl.experimental.orpo import ORPOTrainer
+
+        return ORPOTrainer, to_orpo_config
+    if method == "kto":
+        from trl import KTOTrainer
+
+        return KTOTrainer, to_kto_config
+    from trl import SFTTrainer
+
+    return SFTTrainer, to_sft_config

@@ -1,23 +1,22 @@
-"""Following a run live, cheaply: events and the log read by byte offset, status re-read only when it changed.
+"""Following a run live, cheaply: events and the log read by byte offset.
 
 `follow(run_id)` returns a snapshot for a live view: the status, every event so far, the newest value
 of each metric (loss, validation loss, learning rate, grad norm, tokens/s), progress, ETA, memory in
-use and the last lines of train.log. Each call reads only what was appended since the last call
-(one follower per run, shared by every page that watches it), so a 1 s refresh costs a stat() and a
-few new bytes, not a re-read of the whole history. `runs_table()` is the rows of the runs table.
+use and the last lines of train.log. Each call reads only the events and log bytes appended since
+the last call (runs.poll by offset; one follower per run, shared by every page that watches it),
+so a 1 s refresh costs the small status file and a few new bytes, not the whole history.
+`runs_table()` is the rows of the runs table.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from pathlib import Path
 
-from .runs import ACTIVE, list_runs, read_events, read_status, run_dir
+from .runs import list_runs, poll, run_dir
 
 LOG_LINES = 12
-ALIVE_CHECK_S = 5.0  # a dead child leaves status.json untouched: check its pid this often
 METRICS = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s")
 
 
@@ -32,9 +31,8 @@ class _Follower:
         self.log_tail: deque[str] = deque(maxlen=LOG_LINES)
         self.log_partial = b""
         self.status: dict = {}
-        self.status_mtime = -1
-        self.alive_checked = 0.0
         self.latest: dict = {}
+        self.generation: int | None = None  # status.events_generation: bumped when a resume rewrites events.jsonl
 
     def _read_log(self) -> bool:
         p = self.dir / "train.log"
@@ -63,27 +61,19 @@ class _Follower:
 
     def snapshot(self) -> dict:
         with self.lock:
-            ev_path = self.dir / "events.jsonl"
-            if (ev_path.stat().st_size if ev_path.exists() else 0) < self.ev_offset:
-                # rewritten shorter (a resume drops the events after its checkpoint): start over
-                self.events, self.latest, self.ev_offset = [], {}, 0
-            new, self.ev_offset = read_events(self.run_id, self.ev_offset)
+            r = poll(self.run_id, self.ev_offset, self.generation)  # also starts a queued run when the device is free
+            if r["reset"]:  # a resume rewrote events.jsonl without the steps after its checkpoint
+                self.events, self.latest = [], {}
+            self.ev_offset, self.generation = r["offset"], r["generation"]
+            new = r["events"]
+            status_changed = r["status"] != self.status
+            self.status = r["status"]
             self.events.extend(new)
             for e in new:
                 for k in METRICS:
                     if e.get(k) is not None:
                         self.latest[k] = e[k]
             log_changed = self._read_log()
-            try:
-                mtime = (self.dir / "status.json").stat().st_mtime_ns
-            except OSError:
-                mtime = -1
-            now = time.time()
-            status_changed = mtime != self.status_mtime
-            if status_changed or (self.status.get("state") in ACTIVE and now - self.alive_checked > ALIVE_CHECK_S):
-                self.status = read_status(self.run_id)  # also marks a run whose process died
-                self.status_mtime = mtime if status_changed else self.status_mtime
-                self.alive_checked = now
             st = self.status
             step, total = st.get("step") or 0, st.get("total_steps")
             return {

@@ -1,5 +1,4 @@
-"""Training-side monitors that the training child adds to its Trainer: keep the best adapter,
-stop early, and report the memory in use.
+"""Training-side monitor that the training child adds to its Trainer: keep the best adapter, stop early.
 
 Best adapter: at every evaluation with a lower validation loss than before, the adapter (or the full
 model) is saved to `checkpoints/best/` (atomically), and status.json says `best_step` and
@@ -15,29 +14,12 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 
 from .paths import read_json
 from .runs import update_status
 
 BEST_DIR = "best"  # under checkpoints/: not "checkpoint-N", so Trainer's rotation and resume ignore it
-
-
-def memory_in_use_gb() -> float | None:
-    """GPU memory allocated by torch on CUDA, else this process's resident memory (RSS)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            return round(torch.cuda.memory_allocated() / 1e9, 3)
-    except Exception:  # noqa: BLE001 -- memory is a nice-to-have reading, never a failure
-        pass
-    try:
-        with open("/proc/self/statm") as f:
-            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9, 3)
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def kept_sentence(status: dict) -> str:
@@ -61,7 +43,6 @@ def make_monitor(d: Path, keep_best: bool = True, patience: int = 0, threshold: 
             self.best_step: int | None = None
             self.bad_evals = 0
             self.early_stopped = False
-            self.last_mem = 0.0
 
         @property
         def best_dir(self) -> Path:
@@ -97,18 +78,13 @@ def make_monitor(d: Path, keep_best: bool = True, patience: int = 0, threshold: 
                     f"validation loss did not improve for {self.bad_evals} evaluations after step {self.best_step} "
                     f"(best {self.best_loss:.4f}); stopped at step {state.global_step}"))
 
-        def on_log(self, args, state, control, logs=None, **kw):
-            now = time.time()
-            if now - self.last_mem > 1.0:
-                self.last_mem = now
-                mem = memory_in_use_gb()
-                if mem is not None:
-                    update_status(d, memory_gb=mem)
-
         def _save(self, model):
             tmp = self.best_dir.with_name(".best.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp)
+            if "ref" in (getattr(model, "peft_config", None) or {}):  # DPO/KTO on a run's adapter: not the frozen ref
+                model.save_pretrained(tmp, selected_adapters=["default"])
+            else:
+                model.save_pretrained(tmp)
             shutil.rmtree(self.best_dir, ignore_errors=True)
             os.replace(tmp, self.best_dir)
 

@@ -11,15 +11,25 @@ A run lives in FINETUNE_HOME/runs/<run_id>/:
   eval/         report.json, report.md
   README.md     model card
 Training runs in a child process (`python -m finetune train --run RUN_DIR`), so a crash or an OOM
-never takes the app down. Stop writes a STOP file that the trainer checks at each step.
+never takes the app down. Stop writes a STOP file that the trainer checks at each step; a second
+plain stop only asks again, and only `stop_run(force=True)` kills.
+
+One training at a time per machine: `start_run` puts the run in the queue (state `queued`, `waiting`,
+`queued_at` in its status.json, so the queue is on disk and survives an app restart) and `dispatch`
+launches the oldest waiting run whenever no run holds the device. The training child dispatches
+when it ends; `list_runs`, `status_summary` and `poll` dispatch too, so a queue whose holder was
+killed moves on. Starting, resuming and dispatching happen under the queue lock and the run's own
+lock (a flock on its config.json), so two clicks never start two trainers on one run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +43,9 @@ from .paths import atomic_write_json, is_safe_name, read_json, runs_dir, slug
 STATES = ("queued", "running", "stopping", "stopped", "failed", "completed")
 ACTIVE = ("queued", "running", "stopping")
 _PROCS: dict[str, subprocess.Popen] = {}  # children started by this process
+_PENDING_ENV: dict[str, dict] = {}  # secrets for queued runs: in memory only, never on disk
+_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "FINETUNE_HF_TOKEN")
+ENV_WAIT_S = 120  # how long a queued run that brought secrets waits for the process that holds them
 
 
 class RunError(ValueError):
@@ -86,6 +99,9 @@ def read_status(run_id: str) -> dict:
     d = run_dir(run_id)
     st = read_json(d / "status.json", default=None) or {"run_id": run_id, "state": "failed", "error": "status.json unreadable"}
     st.setdefault("run_id", run_id)
+    if st.get("state") == "queued" and st.get("waiting"):
+        st["queue_position"] = _queue_position(run_id, st)
+        return st
     if st.get("state") in ACTIVE and not _alive(st, d):
         # Gone without saying so (killed, out of memory, machine restarted). The guard keeps a final
         # state the child wrote just before exiting.
@@ -93,6 +109,49 @@ def read_status(run_id: str) -> dict:
                            error=st.get("error") or "the training process ended unexpectedly (killed or out of memory?)",
                            resumable=last_checkpoint(run_id) is not None)
     return st
+
+
+def _waiting_runs() -> list[tuple[float, str, dict]]:
+    """(queued_at, run_id, status) of every run waiting in the queue, oldest first."""
+    out = []
+    root = runs_dir()
+    if not root.is_dir():
+        return out
+    for d in root.iterdir():
+        if d.name.startswith("."):
+            continue
+        st = read_json(d / "status.json", default=None)
+        if isinstance(st, dict) and st.get("state") == "queued" and st.get("waiting"):
+            out.append((float(st.get("queued_at") or 0), d.name, st))
+    return sorted(out)
+
+
+def _queue_position(run_id: str, st: dict) -> int:
+    return 1 + sum(1 for q, rid, _ in _waiting_runs() if (q, rid) < (float(st.get("queued_at") or 0), run_id))
+
+
+@contextlib.contextmanager
+def _flock(path: Path, create: bool = False):
+    import fcntl
+
+    fd = os.open(path, (os.O_RDWR | os.O_CREAT) if create else os.O_RDONLY, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _queue_lock():
+    """The machine-wide lock for the device slot and the queue (a dot file: not a run)."""
+    runs_dir().mkdir(parents=True, exist_ok=True)
+    return _flock(runs_dir() / ".queue.lock", create=True)
+
+
+def _run_lock(d: Path):
+    # On config.json, not on the folder: update_status flocks the folder, and flock locks held through
+    # two descriptors block each other even inside one process.
+    return _flock(d / "config.json")
 
 
 def update_status(run_id_or_dir, *, only_if_state: tuple[str, ...] | None = None, **fields) -> dict:
@@ -178,58 +237,148 @@ def _alive(st: dict, d: Path) -> bool:
 
 
 def last_checkpoint(run: str | Path) -> str | None:
-    """The newest complete checkpoint (its trainer_state.json exists) of a run id or run folder."""
-    ck = (run if isinstance(run, Path) else run_dir(run)) / "checkpoints"
+    """The newest good checkpoint of a run id or run folder: complete (its trainer_state.json exists)
+    and saved before any non-finite step (status `bad_from_step`)."""
+    d = run if isinstance(run, Path) else run_dir(run)
+    ck = d / "checkpoints"
+    bad = (read_json(d / "status.json", default={}) or {}).get("bad_from_step")
     best, best_step = None, -1
     if ck.is_dir():
         for c in ck.iterdir():
             m = re.match(r"checkpoint-(\d+)$", c.name)
+            if bad is not None and m and int(m.group(1)) >= int(bad):
+                continue
             if m and (c / "trainer_state.json").exists() and int(m.group(1)) > best_step:
                 best, best_step = str(c), int(m.group(1))
     return best
 
 
-def start_run(run_id: str, *, resume: bool = False, env: dict | None = None) -> int:
-    """Launch the training child for a run; return its pid. Secrets come only through `env`."""
-    d = run_dir(run_id)
-    st = read_status(run_id)
-    if st.get("state") in ACTIVE and st.get("pid"):  # read_status has checked that pid is alive
-        raise RunError(f"run {run_id} is already {st.get('state')}")
-    if resume and st.get("state") == "completed":
-        raise RunError(f"run {run_id} has completed; start a new run to train further")
-    if resume and last_checkpoint(run_id) is None:
-        raise RunError(f"run {run_id} has no complete checkpoint to resume from")
-    (d / "STOP").unlink(missing_ok=True)
+def _child_env(extra: dict | None) -> dict:
+    env = dict(os.environ)
+    if os.environ.get("SPACE_ID"):  # a visitor's run never inherits the Space owner's token
+        for key in _TOKEN_VARS:
+            env.pop(key, None)
+    env.update(extra or {})
+    env["PYTHONUNBUFFERED"] = "1"
+    # Idle OpenMP threads sleep instead of spinning: on a shared CPU spinning threads steal the cores
+    # the working ones need (a 20x slower step measured at load 9 on 2 cores).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env["FINETUNE_HOME"] = str(runs_dir().parent)  # the child runs in another folder: same home
+    # The child must find the finetune package even when the app was started from another folder.
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _launch(run_id: str, *, resume: bool, env: dict | None) -> int:
+    """Start the training child now (the caller holds the queue lock and has checked the slot)."""
+    d = runs_dir() / run_id
     cmd = [sys.executable, "-m", "finetune", "train", "--run", str(d)]
     if resume:
         cmd.append("--resume")
-    child_env = dict(os.environ)
-    child_env.update(env or {})
-    child_env["PYTHONUNBUFFERED"] = "1"
-    child_env["FINETUNE_HOME"] = str(runs_dir().parent)  # the child runs in another folder: same home
-    # The child must find the finetune package even when the app was started from another folder.
-    pkg_root = str(Path(__file__).resolve().parent.parent)
-    child_env["PYTHONPATH"] = pkg_root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
     log = open(d / "train.log", "ab")
-    update_status(d, state="queued", error=None, resumed=resume, stop_requested=False, pid=None)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=child_env, start_new_session=True, cwd=pkg_root)
-    log.close()
+    try:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=_child_env(env), start_new_session=True,
+                                cwd=str(Path(__file__).resolve().parent.parent))
+    finally:
+        log.close()
     _PROCS[run_id] = proc
-    update_status(d, pid=proc.pid)
+    _PENDING_ENV.pop(run_id, None)
+    update_status(d, state="queued", waiting=False, queue_position=None, pid=proc.pid, launched=now_iso())
     return proc.pid
+
+
+def _holder() -> str | None:
+    """The run that holds the device now (launched and alive), if any."""
+    root = runs_dir()
+    if not root.is_dir():
+        return None
+    for d in root.iterdir():
+        if d.name.startswith(".") or not (d / "config.json").exists():
+            continue
+        st = read_json(d / "status.json", default=None)
+        if not isinstance(st, dict) or st.get("state") not in ACTIVE or st.get("waiting") or not st.get("pid"):
+            continue
+        try:
+            if read_status(d.name).get("state") in ACTIVE:  # marks a dead holder failed
+                return d.name
+        except RunError:
+            continue
+    return None
+
+
+def _dispatch_locked() -> str | None:
+    if _holder() is not None:
+        return None
+    waiting = _waiting_runs()
+    if not waiting:
+        return None
+    _, run_id, st = waiting[0]
+    env = _PENDING_ENV.get(run_id)
+    if st.get("needs_env") and env is None:
+        # Its secrets live only in the process that queued it: give that process time to launch it;
+        # if it is gone (app restarted), launch without them rather than block the queue forever.
+        since = st.get("head_since")
+        if not since:
+            update_status(runs_dir() / run_id, head_since=time.time())
+            return None
+        if time.time() - float(since) < ENV_WAIT_S:
+            return None
+        update_status(runs_dir() / run_id, note="started from the queue without the token it was queued with")
+    _launch(run_id, resume=bool(st.get("resume")), env=env)
+    return run_id
+
+
+def dispatch() -> str | None:
+    """Launch the oldest waiting run if no run holds the device; return its id (None if none started)."""
+    with _queue_lock():
+        return _dispatch_locked()
+
+
+def start_run(run_id: str, *, resume: bool = False, env: dict | None = None) -> int | None:
+    """Queue a run (or resume one) and launch it at once when the device is free.
+
+    Returns the child's pid, or None while the run waits in the queue (its status then has
+    `queue_position`). Secrets come only through `env`, which stays in this process's memory."""
+    d = run_dir(run_id)
+    with _queue_lock(), _run_lock(d):
+        st = read_status(run_id)
+        if st.get("state") in ACTIVE and (st.get("waiting") or st.get("pid")):  # read_status checked the pid
+            where = f"waiting in the queue (position {st.get('queue_position')})" if st.get("waiting") \
+                else st.get("state")
+            raise RunError(f"run {run_id} is already {where}")
+        if resume and st.get("state") == "completed":
+            raise RunError(f"run {run_id} has completed; start a new run to train further")
+        if resume and last_checkpoint(run_id) is None:
+            raise RunError(f"run {run_id} has no complete checkpoint to resume from")
+        (d / "STOP").unlink(missing_ok=True)
+        if env:
+            _PENDING_ENV[run_id] = dict(env)
+        update_status(d, state="queued", waiting=True, queued_at=time.time(), resume=resume, resumed=resume,
+                      needs_env=bool(env), head_since=None, error=None, stop_requested=False, pid=None)
+        _dispatch_locked()
+        return (read_json(d / "status.json", default={}) or {}).get("pid")
 
 
 def stop_run(run_id: str, *, force: bool = False) -> dict:
     """Ask a run to stop: it finishes the current step, saves a checkpoint and the adapter, then exits.
 
-    A second request (or force=True) while it is already stopping kills the process group: for a
-    child stuck before its first step (loading a model, tokenizing), which never sees the STOP file."""
+    Asking again only repeats the request (a double click must not kill a run). `force=True` kills
+    the process group now, without a final save: for a child stuck before its first step. A run
+    still waiting in the queue just leaves it."""
     d = run_dir(run_id)
-    st = read_status(run_id)
-    if st.get("state") not in ACTIVE:
-        return st
-    if force or st.get("state") == "stopping":
+    with _queue_lock(), _run_lock(d):
+        st = read_status(run_id)
+        if st.get("state") not in ACTIVE:
+            return st
+        if st.get("waiting"):
+            _PENDING_ENV.pop(run_id, None)
+            return update_status(d, only_if_state=ACTIVE, state="stopped", waiting=False, queue_position=None,
+                                 error=None, resumable=last_checkpoint(d) is not None)
+        if not force:
+            (d / "STOP").write_text(now_iso())
+            return update_status(d, only_if_state=ACTIVE, state="stopping", stop_requested=True)
         pid = st.get("pid")
         if pid and _alive(st, d):
             try:
@@ -239,16 +388,49 @@ def stop_run(run_id: str, *, force: bool = False) -> dict:
             proc = _PROCS.get(run_id)
             if proc is not None:
                 proc.wait(timeout=10)
-        return update_status(d, only_if_state=ACTIVE, state="stopped", error="stopped by force",
-                             resumable=last_checkpoint(d) is not None)
-    (d / "STOP").write_text(now_iso())
-    return update_status(d, only_if_state=ACTIVE, state="stopping", stop_requested=True)
+        (d / "STOP").unlink(missing_ok=True)
+        st = update_status(d, only_if_state=ACTIVE, state="stopped", error="stopped by force",
+                           resumable=last_checkpoint(d) is not None)
+        _dispatch_locked()
+        return st
+
+
+def delete_run(run_id: str) -> dict:
+    """Delete a run folder. Refuses a run that is running or waiting (stop it first)."""
+    d = run_dir(run_id)
+    with _queue_lock(), _run_lock(d):
+        st = read_status(run_id)
+        if st.get("state") in ACTIVE:
+            raise RunError(f"run {run_id} is {st.get('state')}: stop it before deleting it")
+        # Renamed first, so readers never see half a folder; then removed.
+        trash = runs_dir() / f".deleting-{run_id}-{secrets.token_hex(3)}"
+        os.rename(d, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    _PROCS.pop(run_id, None)
+    return {"run_id": run_id, "deleted": True}
+
+
+def poll(run_id: str, offset: int = 0, generation: int | None = None) -> dict:
+    """What a live view needs at each tick, read incrementally: the status, the events appended
+    since byte `offset`, and the offset to pass next time. When a resume has rewritten the event
+    log (its `events_generation` changed) or the file is shorter than `offset`, `reset` is true and
+    the events are the whole log again."""
+    dispatch()
+    st = read_status(run_id)
+    gen = int(st.get("events_generation") or 0)
+    size = (run_dir(run_id) / "events.jsonl").stat().st_size if (run_dir(run_id) / "events.jsonl").exists() else 0
+    reset = (generation is not None and int(generation) != gen) or offset > size or offset < 0
+    events, new_offset = read_events(run_id, 0 if reset else offset)
+    return {"status": _with_contract_keys(st, run_id), "events": events, "offset": new_offset,
+            "generation": gen, "reset": reset}
 
 
 def wait(run_id: str, timeout_s: float = 600, poll_s: float = 0.5) -> dict:
     deadline = time.time() + timeout_s
     while True:
         st = read_status(run_id)
+        if st.get("waiting"):
+            dispatch()  # in case the run holding the device died without handing over
         proc = _PROCS.get(run_id)
         if st.get("state") not in ACTIVE and (proc is None or proc.poll() is not None):
             return st
@@ -259,6 +441,7 @@ def wait(run_id: str, timeout_s: float = 600, poll_s: float = 0.5) -> dict:
 
 def list_runs() -> list[dict]:
     """All runs, newest first, with their status (runs whose process died are marked failed)."""
+    dispatch()
     out = []
     for d in sorted(runs_dir().iterdir(), reverse=True):
         if d.name.startswith(".") or not (d / "config.json").exists():
@@ -273,27 +456,12 @@ def list_runs() -> list[dict]:
             "total_steps": st.get("total_steps"), "loss": st.get("loss"),
             "model": (cfg.get("model") or {}).get("model_id"), "method": (cfg.get("train") or {}).get("method"),
             "data": (cfg.get("data") or {}).get("source"), "created": st.get("created"),
-            "eval_loss": st.get("eval_loss"), "best_eval_loss": st.get("best_eval_loss"),
-            "best_step": st.get("best_step"), "duration_s": st.get("duration_s"),
+            "queue_position": st.get("queue_position"), "backend": st.get("backend"),
+            "duration_s": st.get("duration_s"), "eval_loss": st.get("eval_loss"),
+            "best_eval_loss": st.get("best_eval_loss"), "best_step": st.get("best_step"),
             "resumable": st.get("state") in ("failed", "stopped") and last_checkpoint(d.name) is not None,
         })
     return out
-
-
-def delete_run(run_id: str) -> dict:
-    """Delete a run folder that is not active. The folder is renamed away first, so it disappears
-    at once and whole (a reader never sees half of it)."""
-    import shutil
-
-    d = run_dir(run_id)
-    st = read_status(run_id)
-    if st.get("state") in ACTIVE:
-        raise RunError(f"run {run_id} is {st.get('state')}: stop it before deleting it")
-    trash = d.with_name(f".{run_id}.deleting")
-    os.rename(d, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-    _PROCS.pop(run_id, None)
-    return {"run_id": run_id, "deleted": True}
 
 
 def artifact_dir(run_id: str) -> Path | None:
@@ -312,13 +480,14 @@ def start_training(cfg: RunConfig, *, env: dict | None = None, base_dir: str | o
 
     preflight(cfg, base_dir=base_dir)
     run_id = create_run(cfg)
-    start_run(run_id, env=env)
+    start_run(run_id, env=env)  # launches now, or queues it behind the run holding the device
     return run_id
 
 
 def status_summary(run_id: str) -> dict:
     """The status plus progress (percent), the latest events and where the results are."""
-    st = read_status(run_id)
+    dispatch()
+    st = _with_contract_keys(read_status(run_id), run_id)
     events, _ = read_events(run_id)
     step, total = st.get("step") or 0, st.get("total_steps")
     art = artifact_dir(run_id)
@@ -330,5 +499,18 @@ def status_summary(run_id: str) -> dict:
     out["events"] = events
     out["artifact"] = str(art) if art else None
     out["run_dir"] = str(run_dir(run_id))
-    out.pop("pid", None)
+    return out
+
+
+CONTRACT_KEYS = ("state", "step", "total_steps", "loss", "eval_loss", "queue_position", "pid", "backend")
+
+
+def _with_contract_keys(st: dict, run_id: str) -> dict:
+    """`status RUN_ID --json` always has these keys (None where not known yet)."""
+    out = dict(st)
+    for key in CONTRACT_KEYS:
+        out.setdefault(key, None)
+    if out.get("state") != "queued" or not out.get("waiting"):
+        out["queue_position"] = None
+    out["run_id"] = run_id
     return out

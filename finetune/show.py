@@ -65,7 +65,8 @@ def eval_text(r: dict) -> str:
     rows = []
     for metric in ("perplexity", "exact_match"):
         rows.append({"metric": metric, "base": (r.get("base") or {}).get(metric),
-                     "fine-tuned": (r.get("finetuned") or {}).get(metric), "change": (r.get("delta") or {}).get(metric)})
+                     "fine-tuned": (r.get("finetuned") or {}).get(metric),
+                     "change": (r.get("delta") or {}).get(metric)})
     return (f"{r.get('run_id')}: {r.get('model')} ({r.get('method')}), {r.get('examples')} validation examples\n\n"
             + table(rows, ["metric", "base", "fine-tuned", "change"]) + "\n\nSamples:\n"
             + table(r.get("samples") or [], ["prompt", "reference", "base", "finetuned"], width=30))

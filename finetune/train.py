@@ -1,14 +1,18 @@
 """The training child process: `python -m finetune train --run RUN_DIR [--resume]`.
 
-Reads the run's config.json, loads the model and data, trains with TRL (SFTTrainer, or DPOTrainer
-for preference data) and PEFT, and writes flushed events and an atomic status file so that the UI
-and the CLI can follow it. A STOP file (or SIGTERM) stops it cleanly at the next step: it saves a
-checkpoint and the adapter and says `stopped`. A non-finite loss stops it as `failed`, keeping the
-last good checkpoint. On a CUDA machine with unsloth installed, unsloth loads the model.
+Reads the run's config.json, loads the model and data, trains with TRL (SFTTrainer; DPOTrainer,
+ORPOTrainer or KTOTrainer for preference data) and PEFT, and writes flushed events and an atomic
+status file so that the UI and the CLI can follow it. A STOP file (or SIGTERM) stops it cleanly at
+the next step: it saves a checkpoint and the adapter and says `stopped`. A non-finite loss or
+gradient norm, checked at every optimiser step, stops it as `failed`: nothing is saved after it and
+the last good checkpoint is what resume uses. On a CUDA machine with unsloth installed, Unsloth's
+FastLanguageModel loads the model (status `backend` and `backend_why` say which one ran and why).
+When the run ends, the next run waiting in the queue starts (runs.dispatch).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -18,7 +22,8 @@ import time
 import traceback
 from pathlib import Path
 
-from .config import RunConfig, to_dpo_config, to_peft_config, to_sft_config
+from .config import (LORA_METHODS, PREFERENCE_METHODS, ConfigError, RunConfig, choose_backend, precision_plan,
+                     to_peft_config, to_unsloth_peft_kwargs, trainer_class)
 from .paths import atomic_write_text, read_json
 from .monitor import kept_sentence
 from .runs import append_event, last_checkpoint, now_iso, update_status
@@ -43,11 +48,27 @@ def friendly_error(exc: BaseException) -> str:
     return redact(msg)
 
 
+def memory_in_use_gb() -> float | None:
+    """Memory this process holds now: allocated CUDA memory on a GPU, else the resident set size."""
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            return round(torch.cuda.memory_allocated() / 1e9, 3)
+    except Exception:
+        pass
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9, 3)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _make_callback(d: Path):
     from transformers import TrainerCallback
 
     class StudioCallback(TrainerCallback):
-        """Writes events and status, honours STOP, and stops on a non-finite loss."""
+        """Writes events and status, and honours STOP. Non-finite values are the trainer guard's job."""
 
         def __init__(self):
             self.t0 = time.time()
@@ -80,24 +101,26 @@ def _make_callback(d: Path):
                 self.last_status = now
                 update_status(d, step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
                               eta_s=self._eta(state), elapsed_s=round(now - self.t0, 2),
-                              state="stopping" if self.stopped else "running")
+                              memory_gb=memory_in_use_gb(), state="stopping" if self.stopped else "running")
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
+            if "train_loss" in logs:
+                return  # the closing summary is not a step
             now = time.time()
             tokens = state.num_input_tokens_seen or 0
             t_prev, time_prev = self.last_tokens
             tps = (tokens - t_prev) / (now - time_prev) if now > time_prev and tokens > t_prev else None
             self.last_tokens = (tokens, now)
+            mem = memory_in_use_gb()
             ev = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
                   "loss": logs.get("loss"), "eval_loss": logs.get("eval_loss"),
                   "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
                   "tokens_per_s": round(tps, 1) if tps else None, "elapsed_s": round(now - self.t0, 3),
+                  "memory_gb": mem,
                   "mean_token_accuracy": logs.get("mean_token_accuracy", logs.get("eval_mean_token_accuracy"))}
-            if "train_loss" in logs:
-                return  # the closing summary is not a step
             append_event(d, ev)
-            fields = {"step": state.global_step, "eta_s": self._eta(state)}
+            fields = {"step": state.global_step, "eta_s": self._eta(state), "memory_gb": mem}
             if ev["loss"] is not None:
                 fields["loss"] = ev["loss"]
             if ev["eval_loss"] is not None:
@@ -105,14 +128,65 @@ def _make_callback(d: Path):
             if tps:
                 fields["tokens_per_s"] = round(tps, 1)
             update_status(d, **fields)
-            for key in ("loss", "grad_norm", "eval_loss"):
-                v = logs.get(key)
-                if v is not None and not math.isfinite(float(v)):
-                    self.nonfinite = f"{key} became {v} at step {state.global_step}"
-                    control.should_training_stop = True
-                    control.should_save = False
+            v = logs.get("eval_loss")
+            if v is not None and not math.isfinite(float(v)):
+                self.nonfinite = f"eval_loss became {v} at step {state.global_step}"
+                control.should_training_stop = True
+                control.should_save = False
 
     return StudioCallback()
+
+
+class NonFiniteGuard:
+    """Mixed into the TRL trainer class: checks the loss of every micro-batch and the gradient norm
+    of every optimiser step (the Trainer only looks at them at logging steps), and once either is
+    not finite, cancels that step's save and evaluation and ends training. So no checkpoint after
+    the first bad step exists, and resume starts from the last good one."""
+
+    fts_nonfinite: str | None = None
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        import torch
+
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        # One host sync per micro-batch: negligible next to its forward and backward.
+        if self.fts_nonfinite is None and not bool(torch.isfinite(loss.detach()).all()):
+            self.fts_nonfinite = f"loss became {float(loss.detach().float().mean())} at step {self.state.global_step + 1}"
+        return loss
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        if self.fts_nonfinite is None and grad_norm is not None:
+            g = float(grad_norm)
+            # With fp16 the loss scaler overflows now and then on purpose: it skips that step and
+            # lowers the scale; only a non-finite norm on a step that was applied is a failure.
+            skipped = self.args.fp16 and getattr(self.accelerator, "optimizer_step_was_skipped", False)
+            if not math.isfinite(g) and not skipped:
+                self.fts_nonfinite = f"grad_norm became {g} at step {self.state.global_step}"
+        if self.fts_nonfinite is not None:
+            self.control.should_save = False
+            self.control.should_evaluate = False
+            self.control.should_training_stop = True
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+
+def _chunks(ids: list[int], n: int) -> list[list[int]]:
+    return [ids[i:i + n] for i in range(0, len(ids), n)]
+
+
+def _cpt_examples(tokenizer, rows: list[dict], max_seq_len: int) -> tuple[list[dict], dict]:
+    """Continued pretraining: every token is trained, and a long text becomes several blocks of
+    max_seq_len tokens instead of being cut off (each block stays within one document)."""
+    out, total = [], 0
+    for r in rows:
+        ids = tokenizer(r["text"], add_special_tokens=True)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids = ids + [tokenizer.eos_token_id]
+        total += len(ids)
+        for block in _chunks(ids, max_seq_len):
+            if len(block) >= 2:  # one token predicts nothing
+                out.append({"input_ids": block, "labels": list(block)})
+    return out, {"rows": len(rows), "rows_kept": len(rows), "blocks": len(out), "tokens": total,
+                 "trained_tokens": total, "trained_share": 1.0, "rows_truncated": 0, "notes": []}
 
 
 def load_data(cfg: RunConfig, tokenizer):
@@ -121,57 +195,127 @@ def load_data(cfg: RunConfig, tokenizer):
     from .data import load_prepared
     from .tokenize import tokenize_rows
 
+    method = cfg.train.method
     train_rows, val_rows, kind = load_prepared(cfg.data.source, val_ratio=cfg.data.val_ratio, seed=cfg.data.seed)
-    if cfg.train.method == "dpo":
+
+    def ds(rows):
+        return Dataset.from_list(rows) if rows else None
+
+    if method in ("dpo", "orpo"):
         if kind != "preference":
-            raise ValueError(f"data.source: DPO needs preference rows (prompt/chosen/rejected), this dataset is {kind!r}")
-        return Dataset.from_list(train_rows), (Dataset.from_list(val_rows) if val_rows else None), {"kind": kind}
+            raise ValueError(f"data.source: {method.upper()} needs preference rows (prompt/chosen/rejected), "
+                             f"this dataset is {kind!r}")
+        return ds(train_rows), ds(val_rows), {"kind": kind, "rows": len(train_rows)}
+    if method == "kto":
+        if kind == "preference":  # a pair is one good and one bad answer: KTO learns from both
+            train_rows, val_rows = _unpair(train_rows), _unpair(val_rows)
+        elif kind != "kto":
+            raise ValueError(f"data.source: KTO needs rows with prompt, completion and a true/false label "
+                             f"(or preference pairs), this dataset is {kind!r}")
+        return ds(train_rows), ds(val_rows), {"kind": kind, "rows": len(train_rows)}
+    if method == "cpt":
+        if kind != "text":
+            raise ValueError(f"data.source: continued pretraining trains on plain text (a .txt file or a 'text' "
+                             f"column), this dataset is {kind!r}; use lora for instruction data")
+        train, summary = _cpt_examples(tokenizer, train_rows, cfg.data.max_seq_len)
+        val, _ = _cpt_examples(tokenizer, val_rows, cfg.data.max_seq_len) if val_rows else ([], None)
+        summary["kind"] = kind
+        return ds(train), ds(val), summary
     if kind not in ("messages", "prompt_completion", "text"):
-        raise ValueError(f"data.source: {kind!r} rows are for DPO/KTO, not supervised fine-tuning; choose method dpo")
+        raise ValueError(f"data.source: {kind!r} rows are for DPO/ORPO/KTO, not supervised fine-tuning; "
+                         f"choose one of those methods")
     train, summary = tokenize_rows(tokenizer, train_rows, kind, cfg.data.max_seq_len)
     if not train or summary["trained_tokens"] == 0:
         raise ValueError("data.source: no token would be trained (every label is masked); check the chat "
                          "template and that rows end with an assistant answer")
     val, _ = tokenize_rows(tokenizer, val_rows, kind, cfg.data.max_seq_len) if val_rows else ([], None)
     summary["kind"] = kind
-    return Dataset.from_list(train), (Dataset.from_list(val) if val else None), summary
+    return ds(train), ds(val), summary
 
 
-def build_model(cfg: RunConfig):
+def _unpair(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
+        out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
+    return out
+
+
+def resolve_plan(cfg: RunConfig) -> dict:
+    """Which backend and precision this run gets on this machine, and why (goes into status.json)."""
+    from .hardware import detect_hardware
+    from .modeling import unsloth_installed
+
+    hw = detect_hardware()
+    backend, why = choose_backend(cfg, hw, unsloth_installed() if hw.get("device") == "cuda" else False)
+    prec = precision_plan(cfg, hw)
+    return {"device": hw.get("device", "cpu"), "backend": backend, "backend_why": why, **prec}
+
+
+def _init_adapter_dir(cfg: RunConfig) -> str:
+    """The adapter of the finished run a preference run continues from, checked."""
+    from .runs import RunError, artifact_dir, load_config, read_status
+
+    src = cfg.train.init_from_run
+    try:
+        st, src_cfg, art = read_status(src), load_config(src), artifact_dir(src)
+    except RunError as exc:
+        raise ConfigError("train.init_from_run", str(exc)) from None
+    if st.get("state") != "completed" or art is None or not (art / "adapter_config.json").exists():
+        raise ConfigError("train.init_from_run", f"run {src} has no finished adapter (state {st.get('state')})")
+    if src_cfg.train.method not in LORA_METHODS:
+        raise ConfigError("train.init_from_run", f"run {src} trained {src_cfg.train.method}, not a LoRA adapter")
+    if src_cfg.model.model_id != cfg.model.model_id:
+        raise ConfigError("train.init_from_run", f"run {src} adapted {src_cfg.model.model_id}, "
+                                                 f"not {cfg.model.model_id}")
+    return str(art)
+
+
+def build_model(cfg: RunConfig, plan: dict | None = None):
     """(model, tokenizer, peft_config or None, backend name)."""
-    from .modeling import cuda_available, load_model, load_tokenizer, unsloth_available
+    from .modeling import load_model, load_tokenizer
 
+    plan = plan or resolve_plan(cfg)
     method = cfg.train.method
-    if unsloth_available() and method in ("lora", "qlora", "dora"):
+    if plan["backend"] == "unsloth":
         import unsloth  # noqa: F401  -- must come before transformers/peft are used
         from unsloth import FastLanguageModel
 
         from .builtin import resolve_model
 
+        kw = to_unsloth_peft_kwargs(cfg)
         model, tok = FastLanguageModel.from_pretrained(
-            resolve_model(cfg.model.model_id), max_seq_length=cfg.data.max_seq_len,
+            resolve_model(cfg.model.model_id), max_seq_length=kw.pop("max_seq_length"),
             load_in_4bit=(method == "qlora"), dtype=None)
-        mods = cfg.lora.modules()
-        if mods == "all-linear":
-            mods = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        model = FastLanguageModel.get_peft_model(
-            model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=mods, use_dora=(method == "dora"), use_gradient_checkpointing="unsloth"
-            if cfg.train.gradient_checkpointing else False, random_state=cfg.train.seed)
+        model = FastLanguageModel.get_peft_model(model, **kw)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         return model, tok, None, "unsloth"
-    if method == "qlora" and not cuda_available():
-        raise ValueError("train.method: QLoRA loads the base in 4-bit with bitsandbytes and needs a CUDA GPU; "
-                         "choose lora on this machine")
     tok = load_tokenizer(cfg.model.model_id, trust_remote_code=cfg.model.trust_remote_code)
     model = load_model(cfg.model.model_id, load_in_4bit=(method == "qlora"),
-                       trust_remote_code=cfg.model.trust_remote_code)
+                       trust_remote_code=cfg.model.trust_remote_code, dtype=plan["weights_dtype"])
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    if cfg.train.init_from_run:
+        from peft import PeftModel
+
+        # TRL's preference trainers copy a loaded adapter as the frozen reference: the SFT model is
+        # the reference, and training continues the same adapter.
+        model = PeftModel.from_pretrained(model, _init_adapter_dir(cfg), is_trainable=True)
+        return model, tok, None, "transformers"
     return model, tok, to_peft_config(cfg), "transformers"
+
+
+def make_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, eval_ds, out_dir: str, plan: dict,
+                 callbacks: list | None = None):
+    """The TRL trainer for the method, with the non-finite guard mixed in."""
+    cls, to_args = trainer_class(cfg.train.method)
+    guarded = type(f"Guarded{cls.__name__}", (NonFiniteGuard, cls), {})
+    args = to_args(cfg, out_dir, cuda=plan["device"] == "cuda", prec=plan, has_eval=eval_ds is not None)
+    return guarded(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
+                   callbacks=callbacks or [], peft_config=peft_config)
 
 
 def _save_artifact(trainer, tokenizer, d: Path, method: str, kept_from: Path | None = None) -> Path:
@@ -180,10 +324,14 @@ def _save_artifact(trainer, tokenizer, d: Path, method: str, kept_from: Path | N
     name = "model" if method == "full" else "adapter"
     tmp = d / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    model = trainer.model
     if kept_from is not None:
         shutil.copytree(kept_from, tmp)
+    elif hasattr(model, "peft_config") and "ref" in getattr(model, "peft_config", {}):
+        # DPO/KTO on a finished run's adapter add a frozen "ref" copy: save only the trained one.
+        model.save_pretrained(tmp, selected_adapters=["default"])
     else:
-        trainer.model.save_pretrained(tmp)
+        model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     final = d / name
     if final.exists():
@@ -215,23 +363,75 @@ def write_model_card(d: Path, cfg: RunConfig, status: dict) -> None:
     atomic_write_text(d / "README.md", "\n".join(lines))
 
 
+def _step_of(ckpt: str) -> int:
+    return int(Path(ckpt).name.rsplit("-", 1)[1])
+
+
+def prepare_resume(d: Path) -> str:
+    """Before resuming: pick the last complete checkpoint, remove checkpoints that are incomplete or
+    come after it (a kill during a save, or saved after a non-finite step), and drop the events logged
+    after it, so the curve continues from where training really continues."""
+    ckpt = last_checkpoint(d)
+    if ckpt is None:
+        raise ValueError("no complete checkpoint to resume from")
+    step = _step_of(ckpt)
+    ck = d / "checkpoints"
+    for c in ck.iterdir():
+        if c.name.startswith("checkpoint-") and str(c) != ckpt:
+            try:
+                later = int(c.name.rsplit("-", 1)[1]) > step
+            except ValueError:
+                later = True
+            if later or not (c / "trainer_state.json").exists():
+                shutil.rmtree(c, ignore_errors=True)
+    ev = d / "events.jsonl"
+    kept = []
+    if ev.exists():
+        for line in ev.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except ValueError:
+                continue
+    atomic_write_text(ev, "".join(x + "\n" for x in kept))
+    st = read_json(d / "status.json", {}) or {}
+    update_status(d, step=step, events_generation=int(st.get("events_generation") or 0) + 1, bad_from_step=None,
+                  resumed_from_step=step)
+    return ckpt
+
+
 def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
     d = Path(run_path).resolve()
+    try:
+        return _train_run(d, resume)
+    finally:
+        try:  # this run no longer holds the device: start the next one waiting in the queue
+            from .runs import dispatch
+
+            dispatch()
+        except Exception as exc:  # noqa: BLE001 -- the queue is retried at the next status read
+            sys.stderr.write(f"queue dispatch failed: {redact(str(exc))}\n")
+
+
+def _train_run(d: Path, resume: bool) -> int:
     cfg = RunConfig.from_dict(read_json(d / "config.json"))
     t_start = time.time()
-    update_status(d, state="running", pid=os.getpid(), started=now_iso(), error=None)
+    update_status(d, state="running", pid=os.getpid(), started=now_iso(), error=None, queue_position=None,
+                  waiting=False)
     signal.signal(signal.SIGTERM, lambda *_: (d / "STOP").write_text("SIGTERM"))
     try:
         from .modeling import set_threads
 
-        set_threads()
-        model, tok, peft_config, backend = build_model(cfg)
+        threads, threads_why = set_threads()
+        update_status(d, threads=threads, threads_why=threads_why)
+        if cfg.train.report_to == "tensorboard":  # transformers 5 reads the folder from the environment
+            os.environ["TENSORBOARD_LOGGING_DIR"] = str(d / "tb")
+        plan = resolve_plan(cfg)
+        update_status(d, backend=plan["backend"], backend_why=plan["backend_why"], precision=plan["precision"],
+                      precision_why=plan["why"])
+        model, tok, peft_config, backend = build_model(cfg, plan)
         train_ds, eval_ds, summary = load_data(cfg, tok)
         update_status(d, backend=backend, data_summary=summary)
-        cuda = next(model.parameters()).is_cuda
-        import torch
-
-        bf16 = cuda and torch.cuda.is_bf16_supported()
         cb = _make_callback(d)
         from .monitor import make_monitor
 
@@ -240,28 +440,22 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
         from transformers import set_seed
 
         set_seed(cfg.train.seed)  # adapter init draws from the global RNG: make runs reproducible
-        common = dict(model=model, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
-                      callbacks=[cb, best], peft_config=peft_config)
-        if cfg.train.method == "dpo":
-            from trl import DPOTrainer
-
-            trainer = DPOTrainer(args=to_dpo_config(cfg, str(d / "checkpoints"), cuda=cuda, bf16=bf16,
-                                                    has_eval=eval_ds is not None), **common)
-        else:
-            from trl import SFTTrainer
-
-            trainer = SFTTrainer(args=to_sft_config(cfg, str(d / "checkpoints"), cuda=cuda, bf16=bf16,
-                                                    has_eval=eval_ds is not None), **common)
+        trainer = make_trainer(cfg, model, tok, peft_config, train_ds, eval_ds, str(d / "checkpoints"), plan, [cb, best])
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
-        update_status(d, trainable_params=trainable, total_params=total)
-        ckpt = last_checkpoint(d) if resume else None
-        if resume and ckpt is None:
-            raise ValueError("no complete checkpoint to resume from")
+        update_status(d, trainable_params=trainable, total_params=total, memory_gb=memory_in_use_gb())
+        ckpt = prepare_resume(d) if resume else None
+        if (d / "STOP").exists():  # asked to stop while loading: nothing trained, nothing to save
+            update_status(d, state="stopped", error=None, duration_s=round(time.time() - t_start, 2),
+                          resumable=last_checkpoint(d) is not None, finished=now_iso())
+            return 0
         result = trainer.train(resume_from_checkpoint=ckpt)
-        if cb.nonfinite:
-            update_status(d, state="failed", error=f"Training stopped: {cb.nonfinite}. The last good checkpoint is kept; "
-                          "lower the learning rate and resume or start again.", resumable=last_checkpoint(d) is not None)
+        nonfinite = trainer.fts_nonfinite or cb.nonfinite
+        if nonfinite:
+            bad = trainer.state.global_step
+            update_status(d, state="failed", error=f"Training stopped: {nonfinite}. The last good checkpoint is kept; "
+                          "lower the learning rate and resume or start again.", bad_from_step=bad,
+                          resumable=last_checkpoint(d) is not None, duration_s=round(time.time() - t_start, 2))
             return 1
         final_eval = None
         if eval_ds is not None and not cb.stopped:
@@ -269,7 +463,8 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
             if final_eval is not None:
                 append_event(d, {"step": trainer.state.global_step, "epoch": round(trainer.state.epoch or 0, 4),
                                  "loss": None, "eval_loss": final_eval, "learning_rate": None, "grad_norm": None,
-                                 "tokens_per_s": None, "elapsed_s": round(time.time() - cb.t0, 3)})
+                                 "tokens_per_s": None, "elapsed_s": round(time.time() - cb.t0, 3),
+                                 "memory_gb": memory_in_use_gb()})
         last_step = trainer.state.global_step
         kept_from = best.choose_artifact(last_step, last_evaluated=final_eval is not None)
         _save_artifact(trainer, tok, d, cfg.train.method, kept_from)

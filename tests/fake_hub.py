@@ -252,6 +252,24 @@ class FakeHub:
         return info
 
     @staticmethod
+    def validate_yaml(payload: dict) -> dict:
+        """README front matter must be a YAML mapping (the Hub checks much more; a parse is what we need)."""
+        import yaml
+
+        text = payload.get("content") or ""
+        if text.startswith("---"):
+            end = text.find("\n---", 3)
+            if end == -1:
+                raise HubError(400, "README front matter is not closed with ---")
+            try:
+                meta = yaml.safe_load(text[3:end])
+            except yaml.YAMLError as e:
+                raise HubError(400, f"Invalid YAML in README front matter: {e}")
+            if meta is not None and not isinstance(meta, dict):
+                raise HubError(400, "README front matter must be a mapping")
+        return {"errors": [], "warnings": []}
+
+    @staticmethod
     def tree(commit: Commit, path: str, recursive: bool) -> list[dict]:
         path = path.strip("/")
         prefix = path + "/" if path else ""
@@ -355,6 +373,8 @@ class _Handler(BaseHTTPRequestHandler):
                                    "orgs": [{"name": o, "type": "org"} for o in user["orgs"]],
                                    "auth": {"type": "access_token",
                                             "accessToken": {"displayName": "test", "role": user["role"]}}})
+            if parts == ["validate-yaml"] and method == "POST":
+                return self._json(self.hub.validate_yaml(json.loads(body or b"{}")))
             if parts == ["repos", "create"] and method == "POST":
                 return self._json(hub.create_repo(user, json.loads(body or b"{}")))
             if parts == ["repos", "delete"] and method == "DELETE":

@@ -68,3 +68,23 @@ def test_stop_through_the_api(client):
             break
         time.sleep(0.5)
     assert st["state"] == "stopped" and st["artifact"] and st["resumable"]
+
+
+def test_reattach_to_a_run_from_a_new_session(client, app_url):
+    """A page reload is a new session: with only the run id (kept in BrowserState), the status and
+    the runs table of a run started elsewhere come back."""
+    from gradio_client import Client
+
+    run_id = client.predict("builtin:tiny-chat", "builtin:demo", "lora", 2e-3, 1, 8, 256, 16, api_name="/train")
+    fresh = Client(app_url, verbose=False)
+    deadline, st = time.time() + 300, {}
+    while time.time() < deadline:
+        st = fresh.predict(run_id, api_name="/status")
+        if st["state"] in ("completed", "failed", "stopped"):
+            break
+        time.sleep(1)
+    assert st["state"] == "completed", st.get("error")
+    assert st["run_id"] == run_id and st["backend"] == "transformers" and st["queue_position"] is None
+    assert st["events"] and st["step"] == st["total_steps"]
+    row = [r for r in fresh.predict(api_name="/runs") if r["run_id"] == run_id][0]
+    assert row["state"] == "completed" and row["method"] == "lora"

@@ -80,8 +80,9 @@ def test_bad_config_value_is_one_line_and_no_run(home):
     out = _cli("train", "--lora-r", "0", "--json")
     assert out.returncode == 2 and "lora.r" in json.loads(out.stdout)["error"]
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    out = _cli("train", "--method", "bogus")
-    assert out.returncode == 2 and "invalid choice" in out.stderr  # argparse names the choices
+    out = _cli("train", "--method", "bogus", "--json")  # a usage error is one JSON object too
+    assert out.returncode == 2 and "invalid choice" in json.loads(out.stdout)["error"]
+    assert "lora" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert (set(os.listdir(home / "runs")) if (home / "runs").exists() else set()) == before
 
 

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,9 +73,19 @@ def test_lora_run_trains_and_writes_the_run_folder(tiny_model_dir):
 def test_stop_file_stops_cleanly_and_resume_finishes(tiny_model_dir):
     from finetune.runs import create_run, read_status, run_dir
 
+    import threading
+
+    from finetune.paths import read_json
+
     cfg = _cfg(max_steps=12, save_steps=2, eval_steps=0)
     run_id = create_run(cfg)
-    (run_dir(run_id) / "STOP").write_text("test")  # seen at the end of the first step
+    d = run_dir(run_id)
+
+    def stop_after_first_step():  # as the Stop button does, while training runs
+        if _wait_for(lambda: (read_json(d / "status.json", {}) or {}).get("step", 0) >= 1, every=0.05):
+            (d / "STOP").write_text("test")
+
+    threading.Thread(target=stop_after_first_step, daemon=True).start()
     run_id, code = _run(cfg, run_id=run_id)
     st = read_status(run_id)
     assert code == 0 and st["state"] == "stopped" and st["step"] < 12
@@ -183,11 +195,161 @@ def test_token_never_reaches_the_run_folder(tiny_model_dir):
             assert token.encode() not in p.read_bytes(), p
 
 
-def test_second_stop_kills_a_run_that_does_not_stop(tiny_model_dir):
-    from finetune.runs import read_status, start_training, stop_run, wait
+def test_second_plain_stop_does_not_kill_and_force_stop_does(tiny_model_dir):
+    import time
+
+    from finetune.runs import _PROCS, read_status, start_training, stop_run, wait
 
     run_id = start_training(_cfg(max_steps=100000, eval_steps=0, save_steps=100000))
-    assert stop_run(run_id)["state"] == "stopping"  # the child may still be loading: it cannot see STOP yet
-    st = stop_run(run_id)
-    assert st["state"] == "stopped" and "force" in st["error"]
-    assert wait(run_id, timeout_s=30)["state"] == "stopped" and read_status(run_id)["state"] == "stopped"
+    proc = _PROCS[run_id]
+    assert stop_run(run_id)["state"] == "stopping"
+    assert stop_run(run_id)["state"] == "stopping"  # a double click only asks again
+    time.sleep(0.5)
+    assert proc.poll() is None or read_status(run_id)["state"] == "stopped"
+    if proc.poll() is None:  # still loading or mid-step: force is the explicit kill
+        st = stop_run(run_id, force=True)
+        assert st["state"] == "stopped" and "force" in st["error"] and proc.poll() is not None
+    assert wait(run_id, timeout_s=60)["state"] == "stopped"
+
+
+def test_stop_while_loading_ends_stopped_without_training(tiny_model_dir):
+    from finetune.runs import create_run, read_status, run_dir
+
+    run_id = create_run(_cfg(max_steps=50))
+    (run_dir(run_id) / "STOP").write_text("before the first step")
+    _run(_cfg(), run_id=run_id)
+    st = read_status(run_id)
+    assert st["state"] == "stopped" and not st["resumable"] and not _events(run_id)
+
+
+def test_non_finite_loss_is_caught_between_logging_steps(tiny_model_dir, monkeypatch):
+    import transformers
+
+    from finetune.runs import last_checkpoint, read_status, run_dir
+
+    original, calls = transformers.Trainer.training_step, {"n": 0}
+
+    def poisoned(self, *args, **kwargs):  # one NaN micro-batch at step 5; logging happens every 4 steps only
+        calls["n"] += 1
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", poisoned)
+    run_id, code = _run(_cfg(max_steps=12, save_steps=1, eval_steps=0, logging_steps=4))
+    st = read_status(run_id)
+    assert code == 1 and st["state"] == "failed" and "loss became nan at step 5" in st["error"]
+    assert st["step"] <= 5 and st["bad_from_step"] == 5
+    names = sorted(p.name for p in (run_dir(run_id) / "checkpoints").iterdir())
+    assert "checkpoint-5" not in names and last_checkpoint(run_id).endswith("checkpoint-4")
+
+
+def test_non_finite_grad_norm_is_caught(tiny_model_dir, monkeypatch):
+    from finetune import train as train_mod
+    from finetune.runs import last_checkpoint, read_status
+
+    original = train_mod.NonFiniteGuard._maybe_log_save_evaluate
+
+    def inf_norm(self, tr_loss, grad_norm, *args, **kwargs):  # an exploding gradient at step 3
+        return original(self, tr_loss, float("inf") if self.state.global_step == 3 else grad_norm, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod.NonFiniteGuard, "_maybe_log_save_evaluate", inf_norm)
+    run_id, code = _run(_cfg(max_steps=8, save_steps=1, eval_steps=0, logging_steps=5))
+    st = read_status(run_id)
+    assert code == 1 and "grad_norm became inf at step 3" in st["error"]
+    assert last_checkpoint(run_id).endswith("checkpoint-2")
+
+
+def _wait_for(pred, timeout=180, every=0.3):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_kill_9_then_resume_reaches_the_same_final_step(tiny_model_dir):
+    import signal
+
+    from finetune.runs import _PROCS, last_checkpoint, read_status, run_dir, start_run, start_training, wait
+
+    run_id = start_training(_cfg(max_steps=16, save_steps=3, eval_steps=0, logging_steps=1))
+    assert _wait_for(lambda: (read_status(run_id).get("step") or 0) >= 5)
+    os.killpg(_PROCS[run_id].pid, signal.SIGKILL)
+    st = wait(run_id, timeout_s=30)
+    assert st["state"] == "failed" and st["resumable"]
+    ck_step = int(last_checkpoint(run_id).rsplit("-", 1)[1])
+    logged = [e["step"] for e in _events(run_id)]
+    gen = st.get("events_generation") or 0
+    start_run(run_id, resume=True)
+    with pytest.raises(Exception, match="already"):
+        start_run(run_id, resume=True)  # a second click while it runs starts nothing
+    st = wait(run_id, timeout_s=600)
+    assert st["state"] == "completed" and st["step"] == 16, st.get("error")
+    assert st["resumed_from_step"] == ck_step and st["events_generation"] == gen + 1
+    steps = [e["step"] for e in _events(run_id) if e.get("loss") is not None]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) and steps[-1] == 16  # no step back
+    assert max(logged) >= ck_step  # the kill happened after the checkpoint: those events were dropped
+    assert json.loads((run_dir(run_id) / "checkpoints" / "checkpoint-16" / "trainer_state.json").read_text())[
+        "global_step"] == 16
+
+
+def test_queue_runs_one_at_a_time_and_survives_a_restart(tiny_model_dir):
+    from finetune import runs
+
+    first = runs.start_training(_cfg(max_steps=6, save_steps=6, eval_steps=0))
+    second = runs.start_training(_cfg(max_steps=2, save_steps=2, eval_steps=0))
+    st2 = runs.status_summary(second)
+    assert st2["state"] == "queued" and st2["queue_position"] == 1 and st2["pid"] is None
+    assert runs.read_status(first)["pid"] and second not in runs._PROCS
+    with pytest.raises(runs.RunError, match="queue"):
+        runs.start_run(second)  # already waiting
+    runs._PENDING_ENV.clear()  # as after an app restart: only what is on disk remains
+    assert [r for r in runs.list_runs() if r["run_id"] == second][0]["queue_position"] == 1
+    st1 = runs.wait(first, timeout_s=600)
+    assert st1["state"] == "completed", st1.get("error")
+    # The first child launched the second when it ended (no app process was needed for that).
+    assert _wait_for(lambda: runs.read_status(second).get("pid"), timeout=30)
+    st2 = runs.wait(second, timeout_s=600)
+    assert st2["state"] == "completed", st2.get("error")
+    assert st2["started"] >= st1["finished"]
+
+
+def test_stop_removes_a_waiting_run_from_the_queue_and_delete(tiny_model_dir):
+    from finetune import runs
+
+    first = runs.start_training(_cfg(max_steps=100000, save_steps=100000, eval_steps=0))
+    second = runs.start_training(_cfg(max_steps=2))
+    with pytest.raises(runs.RunError, match="stop it"):
+        runs.delete_run(first)
+    st = runs.stop_run(second)
+    assert st["state"] == "stopped" and not st.get("waiting")
+    runs.stop_run(first, force=True)
+    assert runs.wait(first, timeout_s=30)["state"] == "stopped"
+    assert runs.delete_run(second) == {"run_id": second, "deleted": True}
+    assert second not in [r["run_id"] for r in runs.list_runs()]
+    with pytest.raises(runs.RunError):
+        runs.read_status(second)
+    assert not [p for p in runs.runs_dir().iterdir() if p.name.startswith(".deleting")]
+
+
+def test_poll_reads_events_incrementally(tiny_model_dir):
+    from finetune.runs import append_event, create_run, poll, run_dir, update_status
+
+    run_id = create_run(_cfg())
+    d = run_dir(run_id)
+    append_event(d, {"step": 1, "loss": 2.0})
+    first = poll(run_id)
+    assert [e["step"] for e in first["events"]] == [1] and not first["reset"]
+    assert set(first["status"]) >= {"state", "step", "total_steps", "loss", "eval_loss", "queue_position", "pid",
+                                    "backend"}
+    append_event(d, {"step": 2, "loss": 1.5})
+    with open(d / "events.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # a line still being written is not read yet
+    nxt = poll(run_id, first["offset"], first["generation"])
+    assert [e["step"] for e in nxt["events"]] == [2] and not nxt["reset"]
+    update_status(d, events_generation=1)  # a resume rewrote the log
+    again = poll(run_id, nxt["offset"], nxt["generation"])
+    assert again["reset"] and [e["step"] for e in again["events"]] == [1, 2]

@@ -40,3 +40,29 @@ def test_empty_number_fields_give_a_clear_error(tiny_model_dir):
         train_tab.train_api("builtin:tiny-chat", "builtin:demo", "lora", None, 1, 8, 256, 16)
     with pytest.raises(gr.Error, match="no-such-run"):
         train_tab.status_api("no-such-run")
+
+
+def test_user_errors_are_one_log_line_not_a_traceback(caplog):
+    from ui.render import user_errors
+
+    @user_errors
+    def handler(x):
+        if x == "engine":
+            raise ValueError("data.jsonl line 3: invalid JSON")
+        raise gr.Error("No run selected.")
+
+    for arg, text in (("engine", "line 3"), ("ui", "No run selected")):
+        with caplog.at_level("WARNING", logger="fine_tune_studio"), pytest.raises(gr.Error) as exc:
+            handler(arg)
+        assert text in exc.value.message and exc.value.print_exception is False  # Gradio prints no traceback
+        assert [r.getMessage() for r in caplog.records][-1] == f"handler: {exc.value.message}"
+
+
+def test_api_only_endpoints_need_no_hidden_components():
+    from ui import build_demo
+
+    demo = build_demo()
+    hidden = [b for b in demo.blocks.values() if isinstance(b, gr.Button) and b.visible is False]
+    assert hidden == []
+    names = {d.api_name for d in demo.fns.values()}
+    assert {"status", "runs"} <= names

@@ -41,7 +41,10 @@ def _mapping(text: str) -> dict | None:
 def dataset_choices() -> list[str]:
     from finetune.data import saved_datasets
 
-    return [DEMO_DATASET_ID] + [d["dir"] for d in saved_datasets()]
+    from .guard import visible_dataset_names
+
+    names = set(visible_dataset_names([d["name"] for d in saved_datasets()]))
+    return [DEMO_DATASET_ID] + [d["dir"] for d in saved_datasets() if d["name"] in names]
 
 
 @user_errors
@@ -67,11 +70,14 @@ def prepare_api(upload, source: str, fmt: str, mapping: str, val_ratio: float, s
     a dataset in which no token would be trained is refused."""
     from finetune.data import prepare_dataset
 
-    res = prepare_dataset(_source(upload, source), None, val_ratio=float(val_ratio), seed=int(seed),
-                          fmt=_fmt(fmt), mapping=_mapping(mapping), name=(name or "").strip() or None,
-                          mask_pii=bool(mask_pii), dedupe=None if dedupe in (None, "", "none") else dedupe,
-                          tokenizer=model or None, max_seq_len=int(max_seq_len or 0) or None,
-                          on_error="raise" if strict else "skip")
+    from .guard import dataset_name_for_caller, record_dataset_owner
+
+    src = _source(upload, source)
+    res = record_dataset_owner(prepare_dataset(
+        src, None, val_ratio=float(val_ratio), seed=int(seed), fmt=_fmt(fmt), mapping=_mapping(mapping),
+        name=dataset_name_for_caller((name or "").strip() or None, src),
+        mask_pii=bool(mask_pii), dedupe=None if dedupe in (None, "", "none") else dedupe,
+        tokenizer=model or None, max_seq_len=int(max_seq_len or 0) or None, on_error="raise" if strict else "skip"))
     dropped = res["cleaning"].get("skipped_rows") or []
     if dropped:
         where = "; ".join(f"{'line ' + str(d['line']) if d.get('line') else 'row ' + str(d['row'])}"
@@ -102,8 +108,11 @@ def augment_api(upload, source: str, method: str, n: float, seed: float, model: 
     (the `augment_dataset` API)."""
     from finetune.data import augment_dataset
 
-    return augment_dataset(_source(upload, source), method=method, n=int(n), seed=int(seed),
-                           model=model or TINY_CHAT_ID, name=(name or "").strip() or None)
+    from .guard import dataset_name_for_caller, record_dataset_owner
+
+    src = _source(upload, source)
+    return record_dataset_owner(augment_dataset(src, method=method, n=int(n), seed=int(seed), model=model or TINY_CHAT_ID,
+                                                name=dataset_name_for_caller((name or "").strip() or None, src)))
 
 
 @user_errors

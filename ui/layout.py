@@ -9,7 +9,7 @@ import gradio as gr
 
 from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 
-from . import compare_tab, dataset_tab, evaluate_tab, plan_tab, train_tab
+from . import compare_tab, dataset_tab, evaluate_tab, guard, hub_panel, plan_tab, train_tab
 
 CSS = """
 .fts-note {font-size: 0.9em; opacity: 0.8}
@@ -31,9 +31,18 @@ def _browser_secret() -> str:
 
 
 def build_demo() -> gr.Blocks:
+    from finetune import access
+
+    access.lock_down_hub()  # public mode: no Hub call sends the owner's HF_TOKEN on its own
     with gr.Blocks(title="Fine-Tune Studio") as demo:
-        gr.Markdown("# Fine-Tune Studio\nPlan → Dataset → Train → Evaluate → Compare. Everything runs offline "
-                    "on the built-in model and demo data; any Hub model or your own files work too.")
+        with gr.Row():
+            gr.Markdown("# Fine-Tune Studio\nPlan → Dataset → Train → Evaluate → Compare. Everything runs offline "
+                        "on the built-in model and demo data; any Hub model or your own files work too.")
+            guard.login_button()
+        if access.public_mode():
+            gr.Markdown("Public mode: anyone may plan and inspect data; training, evaluating, comparing and pushing "
+                        "need a login on this Space's allowlist. You see only your own runs and datasets.",
+                        elem_classes="fts-note")
         run_state = gr.BrowserState(None, storage_key="fine_tune_studio_run", secret=_browser_secret())
         data_state = gr.BrowserState(None, storage_key="fine_tune_studio_data", secret=_browser_secret())
         with gr.Row():
@@ -52,6 +61,7 @@ def build_demo() -> gr.Blocks:
                 t = train_tab.build(model, data, run_state)
             with gr.Tab("Evaluate", id="evaluate"):
                 evaluate_tab.build(t["run_id"])
+                hub_panel.build(t["run_id"])
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(t["run_id"])
         plan_tab.connect_train(plan, t, tabs)  # "Use this plan" fills the Train tab
@@ -62,4 +72,4 @@ def build_demo() -> gr.Blocks:
         data.change(lambda d: d, data, data_state, api_visibility="private")
         demo.load(lambda d: gr.Dropdown(choices=dataset_tab.dataset_choices(), value=d or DEMO_DATASET_ID),
                   data_state, data, api_visibility="private")
-    return demo
+    return guard.guard_demo(demo)  # identity, allowlist and ownership checks on every event

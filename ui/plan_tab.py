@@ -12,12 +12,14 @@ import gradio as gr
 import pandas as pd
 
 from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
+from finetune.config import METHODS as CONFIG_METHODS
+from finetune.plan.common import TASK_TYPES as PLAN_TASK_TYPES
 from finetune.hardware import describe, tier_names
 
 from .render import check_source, md_table, user_errors
 
-METHODS = ["auto", "lora", "qlora", "dora", "full", "prefix", "dpo"]
-TASK_TYPES = ["instruction", "chat", "classification", "extraction", "summarisation", "code", "preference"]
+METHODS = ["auto", *CONFIG_METHODS]
+TASK_TYPES = list(PLAN_TASK_TYPES)
 DEMO_MEAN_TOKENS = 23  # builtin:demo rows with tiny-chat's chat template ("Count from dataset" measures it)
 # Every Train tab setting "Use this plan" fills (ui.plan_view.train_settings); the run applies them all.
 TRAIN_FIELDS = ("method", "learning_rate", "epochs", "batch_size", "max_seq_len", "lora_rank", "lora_alpha",

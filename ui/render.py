@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import subprocess
-from pathlib import Path
 
 import gradio as gr
 
@@ -53,24 +52,15 @@ def on_space() -> bool:
 
 
 def check_source(source: str, *, uploaded: bool = False) -> str:
-    """On a public Space, a typed path could read any file on the server: allow only uploads,
-    builtin:, hub: and the datasets saved under the home folder. Locally, any path is yours."""
-    if uploaded or not on_space():
-        return source
-    from finetune.paths import datasets_dir
-
-    if source.startswith(("builtin:", "hub:")) or "/" not in source and "\\" not in source:
-        return source
-    from gradio.utils import get_upload_folder
+    """The engine's source checks (finetune/sources.py) as a gr.Error: hub: ids, bare names under
+    datasets/, and on a public Space no typed server paths (uploads are fine)."""
+    from finetune.sources import SourceError
+    from finetune.sources import check_source as engine_check
 
     try:
-        resolved = Path(source).resolve()
-        # saved datasets, and files uploaded through this app (the picker selects an upload: issue 9)
-        if resolved.is_relative_to(datasets_dir().resolve()) or resolved.is_relative_to(Path(get_upload_folder()).resolve()):
-            return source
-    except (OSError, ValueError):
-        pass
-    raise gr.Error(f"{source}: on a Space, upload the file instead of typing a server path")
+        return engine_check(source, public=False if uploaded else None)
+    except SourceError as exc:
+        raise gr.Error(str(exc), duration=None) from None
 
 
 def tokenizer_or_none(model: str):
@@ -87,7 +77,9 @@ def tokenizer_or_none(model: str):
 def run_choices() -> list[str]:
     from finetune.runs import list_runs
 
-    return [r["run_id"] for r in list_runs()]
+    from .guard import visible_run_ids
+
+    return visible_run_ids([r["run_id"] for r in list_runs()])
 
 
 def fmt_duration(seconds) -> str:

@@ -138,11 +138,15 @@ def poll(run_id: str | None, shown: dict | None = None):
 def runs_frame() -> pd.DataFrame:
     from finetune.live import runs_table
 
+    from .guard import visible_run_ids  # public mode: only the caller's own runs
+
+    table = runs_table()
+    mine = set(visible_run_ids([r["run"] for r in table]))
     rows = [{"run": r["run"], "state": r["state"], "method": r["method"], "model": r["model"],
              "dataset": r["dataset"], "created": r["created"], "duration": fmt_duration(r["duration_s"]),
              "final loss": num(r["final_loss"]), "final val loss": num(r["final_eval_loss"]),
              "best val loss (step)": (f"{num(r['best_eval_loss'])} ({r['best_step']})"
-                                      if r["best_eval_loss"] is not None else "n/a")} for r in runs_table()]
+                                      if r["best_eval_loss"] is not None else "n/a")} for r in table if r["run"] in mine]
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 

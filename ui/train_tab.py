@@ -16,13 +16,26 @@ from .forms import coerce, field_input
 from .render import check_source, run_choices, user_errors
 
 _D = default_run_config()
-# (section, field) of every setting after the first eight `train` API parameters, in API order.
+# (section, field) of every setting after the first eight `train` API parameters, in API order
+# (new ones go at the end: API clients pass them by position). trust_remote_code is left out on
+# purpose: running a model repository's own code is not a choice a web form should offer.
 MORE = [("lora", "alpha"), ("lora", "dropout"), ("lora", "target_modules"), ("train", "grad_accum"),
         ("train", "warmup_ratio"), ("train", "lr_scheduler"), ("train", "weight_decay"), ("train", "max_steps"),
         ("train", "eval_steps"), ("train", "save_steps"), ("train", "logging_steps"), ("train", "keep_best"),
         ("train", "early_stopping_patience"), ("train", "gradient_checkpointing"), ("data", "val_ratio"),
-        ("train", "seed"), ("lora", "num_virtual_tokens"), ("train", "dpo_beta")]
+        ("train", "seed"), ("lora", "num_virtual_tokens"), ("train", "dpo_beta"), ("train", "save_total_limit"),
+        ("train", "early_stopping_threshold"), ("train", "precision"), ("train", "backend"),
+        ("train", "group_by_length"), ("train", "report_to"), ("train", "init_from_run"), ("data", "seed")]
+MAIN = [("train", "method"), ("train", "learning_rate"), ("train", "epochs"), ("train", "batch_size"),
+        ("data", "max_seq_len"), ("lora", "r")]
 _CLS = {"train": TrainConfig, "lora": LoraConfig, "data": DataConfig}
+_PARAM = {("lora", "alpha"): "lora_alpha", ("lora", "dropout"): "lora_dropout", ("data", "seed"): "data_seed",
+          ("lora", "r"): "lora_r"}
+
+
+def param(key: tuple[str, str]) -> str:
+    """The train API parameter (and Train tab component) name of a (section, field)."""
+    return _PARAM.get(key, key[1])
 
 
 @user_errors
@@ -32,27 +45,26 @@ def train_api(model: str, data: str, method: str, learning_rate: float | str, ep
               lr_scheduler: str = "cosine", weight_decay: float = 0.0, max_steps: float = 0, eval_steps: float = 100,
               save_steps: float = 200, logging_steps: float = 5, keep_best: bool = True,
               early_stopping_patience: float = 0, gradient_checkpointing: bool = False, val_ratio: float = 0.1,
-              seed: float = 42, num_virtual_tokens: float = 16, dpo_beta: float = 0.1) -> str:
+              seed: float = 42, num_virtual_tokens: float = 16, dpo_beta: float = 0.1, save_total_limit: float = 2,
+              early_stopping_threshold: float = 0.0, precision: str = "auto", backend: str = "auto",
+              group_by_length: bool = True, report_to: str = "none", init_from_run: str = "",
+              data_seed: float = 42) -> str:
     """Check and start a training run; return its run id at once (the `train` API). lora_alpha 0 means
-    2 x rank. A run that would fail (missing data, unknown model, nothing trained, too big) is refused."""
-    from finetune.runs import start_training
+    2 x rank. A run that would fail (missing data, unknown model, nothing trained, too big) is refused
+    before anything is created."""
+    from .guard import start_as_caller  # owner, public-mode limits, the caller's token only
 
+    given = dict(locals())
     data = check_source((data or DEMO_DATASET_ID).strip())
     cfg = default_run_config(model or TINY_CHAT_ID, data)
-    extra = dict(zip(MORE, (lora_alpha, lora_dropout, target_modules, grad_accum, warmup_ratio, lr_scheduler,
-                            weight_decay, max_steps, eval_steps, save_steps, logging_steps, keep_best,
-                            early_stopping_patience, gradient_checkpointing, val_ratio, seed, num_virtual_tokens,
-                            dpo_beta)))
-    values = {("train", "method"): method or "lora", ("train", "learning_rate"): learning_rate,
-              ("train", "epochs"): epochs, ("train", "batch_size"): batch_size, ("data", "max_seq_len"): max_seq_len,
-              ("lora", "r"): lora_r, **extra}
-    for (section, name), v in values.items():
-        setattr(getattr(cfg, section), name, coerce(_CLS[section], name, v))
+    for section, name in MAIN + MORE:
+        setattr(getattr(cfg, section), name, coerce(_CLS[section], name, given[param((section, name))]))
+    cfg.train.method = cfg.train.method or "lora"
     if not cfg.lora.alpha:
         cfg.lora.alpha = 2 * cfg.lora.r
     for section in _CLS:
         getattr(cfg, section).__post_init__()  # validation names the field
-    return start_training(cfg)
+    return start_as_caller(cfg)  # preflight runs inside: nothing is created when it fails
 
 
 @user_errors
@@ -80,22 +92,28 @@ def runs_api() -> list[dict]:
     """All runs with their state, newest first (the `runs` API)."""
     from finetune.runs import list_runs
 
-    return list_runs()
+    from .guard import visible_runs
+
+    return visible_runs(list_runs())
 
 
 @user_errors
 def resume(run_id: str) -> str:
-    from finetune.runs import start_run
+    from .guard import resume_as_caller
 
-    start_run(run_id, resume=True)
+    resume_as_caller(run_id)
     return run_id
 
 
 def will_train(model: str, data: str) -> str:
     """What Start will use: the dataset (name, rows, format) and the model."""
     from finetune.preflight import describe_source
+    from finetune.sources import SourceError, check_source as allowed
 
-    d = describe_source(data or DEMO_DATASET_ID)
+    try:  # on a public Space a typed server path is neither read nor described
+        d = describe_source(allowed(data or DEMO_DATASET_ID))
+    except SourceError as exc:
+        return f"**Will train** `{model or TINY_CHAT_ID}` on … ⚠️ {exc}"
     rows = f"{d['rows']} rows" + (f" ({d['rows_train']} train / {d['rows_validation']} validation)"
                                   if d.get("rows_train") is not None else "")
     note = " — randomly initialised demo model" if (model or TINY_CHAT_ID) == TINY_CHAT_ID else ""
@@ -123,9 +141,10 @@ def build(model_box, data_box, run_state) -> dict:
                     with gr.Row():
                         for section, name in MORE[i:i + 2]:
                             value = getattr(getattr(_D, section), name)
-                            c[name if name not in ("alpha", "dropout") else f"lora_{name}"] = field_input(
+                            c[param((section, name))] = field_input(
                                 _CLS[section], name, 0 if name == "alpha" else value,
-                                **({"info": "0 = 2 x rank"} if name == "alpha" else {}))
+                                **({"info": "0 = 2 x rank"} if name == "alpha" else
+                                   {"label": "Data split seed"} if (section, name) == ("data", "seed") else {}))
             start = gr.Button("Start training", variant="primary")
             with gr.Row():
                 stop = gr.Button("Stop", variant="stop")
@@ -152,8 +171,7 @@ def build(model_box, data_box, run_state) -> dict:
             delete_btn = gr.Button("Delete the selected run", size="sm", variant="stop")
     timer = gr.Timer(1.0, active=False)  # switched on by poll() while a run is active
     shown = gr.State({})  # per page: events already drawn in the chart, run state last shown
-    order = ["method", "learning_rate", "epochs", "batch_size", "max_seq_len", "lora_rank"] + [
-        n if n not in ("alpha", "dropout") else f"lora_{n}" for _, n in MORE]
+    order = ["method", "learning_rate", "epochs", "batch_size", "max_seq_len", "lora_rank"] + [param(k) for k in MORE]
     live = [progress, metrics, plot, log, download, timer, shown, table]
     gr.on([model_box.change, data_box.change], will_train, [model_box, data_box], summary, api_visibility="private",
           show_progress="hidden")

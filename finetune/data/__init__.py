@@ -31,16 +31,34 @@ functions that need them, so importing this package is cheap.
 Try it: `python -c "from finetune.data import inspect_dataset as i; print(i('builtin:demo'))"`.
 """
 
-from .common import (DEFAULT_SEED, DEFAULT_VAL_RATIO, FORMAT_FIELDS, FORMATS, GENERATED_KEY, KINDS,
-                     LORA_MIN_EXAMPLES, MAX_FILE_BYTES, NEAR_DUP_THRESHOLD, SFT_MIN_EXAMPLES,
-                     SUPPORTED_EXTENSIONS, DatasetError)
-from .load import hub_source, load_records, read_prepared, saved_datasets
-from .formats import Detection, detect_format, to_canonical
-from .tokens import TRAINED_SHARE_WARN, token_stats, trained_token_share
-from .quality import clean_report, dedupe_rows, mask_pii_rows, mask_pii_text
-from .prepare import (field_stats, inspect_dataset, load_prepared, mapping_hint, prepare_dataset,
-                      split_records, write_prepared)
 from .augment import augment_dataset
+from .common import (
+                     DEFAULT_SEED,
+                     DEFAULT_VAL_RATIO,
+                     FORMAT_FIELDS,
+                     FORMATS,
+                     GENERATED_KEY,
+                     KINDS,
+                     LORA_MIN_EXAMPLES,
+                     MAX_FILE_BYTES,
+                     NEAR_DUP_THRESHOLD,
+                     SFT_MIN_EXAMPLES,
+                     SUPPORTED_EXTENSIONS,
+                     DatasetError,
+)
+from .formats import Detection, detect_format, to_canonical
+from .load import hub_source, load_records, read_prepared, saved_datasets
+from .prepare import (
+                     field_stats,
+                     inspect_dataset,
+                     load_prepared,
+                     mapping_hint,
+                     prepare_dataset,
+                     split_records,
+                     write_prepared,
+)
+from .quality import clean_report, dedupe_rows, mask_pii_rows, mask_pii_text
+from .tokens import TRAINED_SHARE_WARN, token_stats, trained_token_share
 
 __all__ = [
     "DEFAULT_SEED", "DEFAULT_VAL_RATIO", "FORMAT_FIELDS", "FORMATS", "GENERATED_KEY", "KINDS",

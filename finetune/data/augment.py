@@ -27,8 +27,8 @@ import random
 import re
 from typing import Any, Literal
 
-from .common import DEFAULT_SEED, GENERATED_KEY, DatasetError, _display_name, _norm, _row_text, _slug
 from ..paths import is_safe_name
+from .common import DEFAULT_SEED, GENERATED_KEY, DatasetError, _display_name, _norm, _row_text, _slug
 from .prepare import load_prepared, write_prepared
 from .quality import _near_duplicates
 

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-
 FORMATS = ("alpaca", "messages", "sharegpt", "text", "prompt_completion", "preference", "kto",
            "classification")
 KINDS = ("messages", "prompt_completion", "text", "preference", "kto")

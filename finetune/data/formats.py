@@ -14,9 +14,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
-from .common import (DatasetError, FORMATS, FORMAT_FIELDS, GENERATED_KEY, _ALIASES, _KIND_OF, _ROLE_MAP,
-    _RowError, _as_list, _gc_paused, _type_name)
-
+from .common import (
+    _ALIASES,
+    _KIND_OF,
+    _ROLE_MAP,
+    FORMAT_FIELDS,
+    FORMATS,
+    GENERATED_KEY,
+    DatasetError,
+    _as_list,
+    _gc_paused,
+    _RowError,
+    _type_name,
+)
 
 # =============================================================================================
 # Detection

@@ -3,7 +3,8 @@
 Files (.jsonl/.ndjson, .json, .csv, .tsv, .parquet, .txt; content is sniffed when the extension is
 missing or wrong), "builtin:demo", "hub:<id>[:config][:split]" (hub_source builds one), and
 datasets prepared earlier (a folder with meta.json, or its bare name under FINETUNE_HOME/datasets:
-the source-safety rule that bare names resolve only there lives in _saved_dataset_dir).
+never the working folder). Source checks (hub ids, bare names, public-mode paths) live in
+finetune/sources.py and run first.
 
 Try it: `python -c "from finetune.data import load_records as l; print(len(l('builtin:demo')))"`.
 """
@@ -18,8 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .common import DatasetError, KINDS, MAX_FILE_BYTES, SUPPORTED_EXTENSIONS, _gc_paused, _type_name
-
+from .common import KINDS, MAX_FILE_BYTES, SUPPORTED_EXTENSIONS, DatasetError, _gc_paused, _type_name
 
 # =============================================================================================
 # Loading
@@ -42,17 +42,19 @@ def load_records(source: str, *, max_bytes: int | None = None) -> list[dict]:
             raise DatasetError(f"unknown built-in dataset {source!r}; the built-in dataset is "
                                f"{DEMO_DATASET_ID!r}")
         return [dict(r) for r in demo_records()]
+    from ..sources import check_source, resolve_local  # hub ids, bare names, public-mode paths
+
+    check_source(source)
     if source.startswith("hub:"):
         return _load_hub(source)
 
-    path = Path(source).expanduser()
-    name = path.name or source
+    path = resolve_local(source)
+    name = Path(source).name or source
+    if path is None:
+        raise DatasetError("no saved dataset by that name under the home folder's datasets/ (a file in the "
+                           "working folder needs a path such as ./" + source + ")", file=name)
     if not path.exists():
-        saved = _saved_dataset_dir(source)
-        if saved is not None:
-            path = saved
-        else:
-            raise DatasetError(f"file not found (looked at {path.resolve()})", file=name)
+        raise DatasetError(f"file not found (looked at {path.resolve()})", file=name)
     if path.is_dir() and (path / "meta.json").is_file():
         # A dataset prepared earlier: its rows are already canonical; read both splits.
         train, val, _ = read_prepared(path)
@@ -125,16 +127,6 @@ def read_prepared(folder: str | os.PathLike) -> tuple[list[dict], list[dict], st
         text = _decode(fp.read_bytes(), fname)
         out.append(_load_jsonl(text, fname) if text.strip() else [])
     return out[0], out[1], kind
-
-
-def _saved_dataset_dir(name: str) -> Path | None:
-    """FINETUNE_HOME/datasets/<name> when `name` is the bare name of a prepared dataset."""
-    from ..paths import datasets_dir, is_safe_name
-
-    if not is_safe_name(name):
-        return None
-    cand = datasets_dir() / name
-    return cand if (cand / "meta.json").is_file() else None
 
 
 def saved_datasets() -> list[dict]:
@@ -339,7 +331,9 @@ def _load_hub(source: str) -> list[dict]:
                if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
     try:
         import datasets
-        ds = datasets.load_dataset(dataset_id, config, split=split)
+        from ..access import request_hub_token  # a visitor's own token or none, never the owner's
+
+        ds = datasets.load_dataset(dataset_id, config, split=split, token=request_hub_token())
     except Exception as e:
         if offline:
             why = (f"offline ({'=1, '.join(offline)}=1), and it is not in the local cache; connect "

@@ -17,14 +17,22 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from .common import (DEFAULT_SEED, DEFAULT_VAL_RATIO, DatasetError, FORMATS, LORA_MIN_EXAMPLES,
-    SFT_MIN_EXAMPLES, _display_name, _fields, _slug)
 from ..paths import is_safe_name
-from .load import _saved_dataset_dir, load_records, read_prepared
-from .formats import detect_format, to_canonical, _apply_mapping, _columns, _resolve_columns, _row_format
-from .tokens import trained_token_share, _get_tokenizer, _stats, _token_lengths
-from .quality import dedupe_rows, mask_pii_rows, _Tally, _clean, _quality
-
+from .common import (
+    DEFAULT_SEED,
+    DEFAULT_VAL_RATIO,
+    FORMATS,
+    LORA_MIN_EXAMPLES,
+    SFT_MIN_EXAMPLES,
+    DatasetError,
+    _display_name,
+    _fields,
+    _slug,
+)
+from .formats import _apply_mapping, _columns, _resolve_columns, _row_format, detect_format, to_canonical
+from .load import load_records, read_prepared
+from .quality import _clean, _quality, _Tally, dedupe_rows, mask_pii_rows
+from .tokens import _get_tokenizer, _stats, _token_lengths, trained_token_share
 
 # =============================================================================================
 # Split
@@ -410,9 +418,12 @@ def load_prepared(dir_or_source: str, *, val_ratio: float = DEFAULT_VAL_RATIO,
     dataset's name under FINETUNE_HOME/datasets, or any raw source (converted, then split with
     val_ratio and seed; a prepared folder keeps its own split)."""
     src = str(dir_or_source)
+    from ..sources import check_source
+    check_source(src)
     p = Path(src).expanduser()
-    if not p.exists():
-        p = _saved_dataset_dir(src) or p
+    if is_safe_name(src):
+        from ..paths import datasets_dir
+        p = datasets_dir() / src  # a bare name is a saved dataset, never a file in the working folder
     if p.is_dir():
         return read_prepared(p)
     records = load_records(src)

@@ -10,11 +10,19 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from .common import (DatasetError, KINDS, NEAR_DUP_THRESHOLD, _KIND_FIELDS, _RowError, _fields, _gc_paused,
-    _norm, _row_text)
+from .common import (
+    _KIND_FIELDS,
+    KINDS,
+    NEAR_DUP_THRESHOLD,
+    DatasetError,
+    _fields,
+    _gc_paused,
+    _norm,
+    _row_text,
+    _RowError,
+)
 from .formats import _check_conversation
 from .tokens import _token_lengths
-
 
 # =============================================================================================
 # Cleaning report
@@ -249,9 +257,10 @@ def _shingle_hashes(texts: list[str]):
 
     Returns (hashes, row_of_hash) as numpy arrays. Words become vocabulary ids so the hashes are the
     same in every process (Python's str hash is salted per process)."""
-    import numpy as np
     from collections import defaultdict
     from itertools import count
+
+    import numpy as np
     # Ids from 1 in order of first appearance (0 marks "no word"); map() keeps the loop in C.
     vocab: defaultdict[str, int] = defaultdict(count(1).__next__)
     word_id = vocab.__getitem__

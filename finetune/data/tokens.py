@@ -15,7 +15,6 @@ from typing import Any
 
 from .common import _gc_paused, _msgs_text
 
-
 # =============================================================================================
 # Token lengths and statistics
 

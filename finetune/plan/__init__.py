@@ -20,20 +20,34 @@ tier table are read once. Try it: `python -m finetune plan --model meta-llama/Ll
 --hardware t4-small`.
 """
 
-from .common import (GB, METHODS, PEFT_METHODS, PREFIX_VIRTUAL_TOKENS, PRIORITIES, TASK_TYPES, PlanRequest,
-                     fmt_seconds)
-from .specs import LLAMA_LIKE, MODELS_FILE, TARGET_MODULES, model_spec, registry_models
-from .estimate import (CPU_OVERHEAD_GB, CUDA_OVERHEAD_GB, GPU_LAYER_OVERHEAD_S, GPU_MFU, GPU_STEP_OVERHEAD_S, NF4_BYTES,
-                       UNSLOTH_MINIMUM, calibrated_time,
-                       estimate_memory, estimate_run_memory, estimate_time, flops_per_token, inference_cost_per_1m, trainable_params)
+from .common import GB, METHODS, PEFT_METHODS, PREFIX_VIRTUAL_TOKENS, PRIORITIES, TASK_TYPES, PlanRequest, fmt_seconds
+from .estimate import (
+                     CPU_OVERHEAD_GB,
+                     CUDA_OVERHEAD_GB,
+                     GPU_LAYER_OVERHEAD_S,
+                     GPU_MFU,
+                     GPU_STEP_OVERHEAD_S,
+                     NF4_BYTES,
+                     UNSLOTH_MINIMUM,
+                     calibrated_time,
+                     planned_backend,
+                     estimate_memory,
+                     estimate_run_memory,
+                     estimate_time,
+                     flops_per_token,
+                     inference_cost_per_1m,
+                     trainable_params,
+)
 from .export import write_plan_files
-from .recommend import (FULL_FT_MIN_EXAMPLES, METHOD_LR, PRESETS, PRIORITY_PRESET, SFT_MIN_EXAMPLES, plan)
+from .recommend import FULL_FT_MIN_EXAMPLES, METHOD_LR, PRESETS, PRIORITY_PRESET, SFT_MIN_EXAMPLES, plan
+from .specs import LLAMA_LIKE, MODELS_FILE, TARGET_MODULES, model_spec, registry_models
 
 __all__ = [
     "GB", "METHODS", "PEFT_METHODS", "PREFIX_VIRTUAL_TOKENS", "PRIORITIES", "TASK_TYPES", "PlanRequest",
     "fmt_seconds", "LLAMA_LIKE", "MODELS_FILE", "TARGET_MODULES", "model_spec", "registry_models",
-    "CPU_OVERHEAD_GB", "CUDA_OVERHEAD_GB", "GPU_LAYER_OVERHEAD_S", "GPU_MFU", "GPU_STEP_OVERHEAD_S", "NF4_BYTES", "UNSLOTH_MINIMUM", "calibrated_time",
-    "estimate_memory", "estimate_run_memory", "estimate_time", "flops_per_token", "inference_cost_per_1m", "trainable_params",
+    "CPU_OVERHEAD_GB", "CUDA_OVERHEAD_GB", "GPU_LAYER_OVERHEAD_S", "GPU_MFU", "GPU_STEP_OVERHEAD_S", "NF4_BYTES",
+    "UNSLOTH_MINIMUM", "calibrated_time", "planned_backend", "estimate_memory", "estimate_run_memory", "estimate_time",
+    "flops_per_token", "inference_cost_per_1m", "trainable_params",
     "write_plan_files", "FULL_FT_MIN_EXAMPLES", "METHOD_LR", "PRESETS", "PRIORITY_PRESET",
     "SFT_MIN_EXAMPLES", "plan",
 ]

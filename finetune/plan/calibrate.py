@@ -287,8 +287,8 @@ def predicted_vs_actual(run_id: str, calibration: dict | None = None) -> dict:
     `calibration` defaults to the stored dry run of the run's model (None if there is none).
     """
     from ..paths import read_json
-    from .recommend import plan
     from ..runs import load_config, read_status, run_dir
+    from .recommend import plan
 
     st = read_status(run_id)
     if st.get("state") not in ("completed", "stopped"):

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..builtin import TINY_CHAT_ID
-from ..config import METHODS as _CONFIG_METHODS, Method
+from ..config import METHODS as _CONFIG_METHODS
+from ..config import Method
 from ..hardware import tier_names
-
 
 # The training methods are config.METHODS (one list for the config, CLI, UI and planner); the
 # planner lists them in its own order, cheapest-to-explain first, for its tables.

@@ -15,11 +15,19 @@ The memory model, in bytes:
     overhead     CUDA context, cuBLAS workspaces and allocator slack, about 0.5 GB (0.3 GB on CPU).
 So full fine-tuning costs 16 bytes/parameter before activations, LoRA about 2 + 16*(LoRA share).
 
-Calibration: Unsloth publishes "absolute minimum" VRAM (QLoRA / LoRA): 7B 5/19 GB, 8B 6/22,
-14B 8.5/33, 70B 41/164. Those figures are reproduced (tests/test_plan.py, within 25%) by the
-settings in `UNSLOTH_MINIMUM`: batch 1, a short 512-token sequence, rank 16 on all linear layers,
-gradient checkpointing on, and the 8-bit AdamW that Unsloth's notebooks use. Longer sequences and
-larger batches add the activation and logit terms on top.
+The backend that will run changes two terms (`backend=`, see `planned_backend`):
+    "trl"      transformers + PEFT under TRL: the loss upcasts the whole b*s*V logits to fp32 (4*V
+               bytes per token) and gradient checkpointing keeps every layer's input on the device.
+    "unsloth"  Unsloth on one CUDA GPU (LoRA / QLoRA): chunked cross-entropy never holds more than
+               UNSLOTH_CE_CHUNK_TOKENS rows of logits, and its offloaded gradient checkpointing moves
+               the layer inputs to CPU RAM, so the GPU holds one layer's activations plus two inputs in
+               flight. For 4-bit runs the input embedding table is offloaded to the CPU too
+               (FastLanguageModel's offload_embedding; not possible when it is tied to lm_head).
+
+Calibration: Unsloth publishes "absolute minimum" VRAM (QLoRA / LoRA) at sequence length 2048 and
+batch 1: 7B 5/19 GB, 8B 6/22, 14B 8.5/33, 70B 41/164. The unsloth backend at `UNSLOTH_MINIMUM`
+(rank 16 on all linear layers, gradient checkpointing, 8-bit AdamW) reproduces every row within 25%,
+Qwen2.5-14B (1.56B embedding parameters) included (tests/test_plan.py).
 """
 
 from __future__ import annotations
@@ -27,15 +35,18 @@ from __future__ import annotations
 from ..hardware import get_tier, usable_memory_gb
 from .common import GB, METHODS, PREFIX_VIRTUAL_TOKENS
 
-
 # bytes per NF4 linear weight: 4 bits + an fp8 absmax per 64 weights + an fp32 absmax per 256 blocks.
 NF4_BYTES = 0.52
 CUDA_OVERHEAD_GB = 0.5
 CPU_OVERHEAD_GB = 0.3
 
-# Settings that reproduce Unsloth's "absolute minimum" VRAM table (see module docstring).
-UNSLOTH_MINIMUM = dict(seq_len=512, batch_size=1, lora_rank=16, gradient_checkpointing=True,
-                       optimizer="adamw_8bit")
+# Settings of Unsloth's "absolute minimum" VRAM table (see module docstring).
+UNSLOTH_MINIMUM = dict(seq_len=2048, batch_size=1, lora_rank=16, gradient_checkpointing=True,
+                       optimizer="adamw_8bit", backend="unsloth")
+UNSLOTH_CE_CHUNK_TOKENS = 512  # rows of fp32 logits (and their grads) alive at once in the chunked loss
+UNSLOTH_METHODS = ("lora", "qlora")  # what the studio runs through Unsloth (finetune.config.UNSLOTH_METHODS)
+BACKENDS = ("trl", "unsloth")
+RUN_METHOD_AS = {"rslora": "lora", "cpt": "lora", "orpo": "dpo", "kto": "dpo"}  # trainer method -> planner method
 
 # Assumed model FLOPs utilisation on a GPU. QLoRA dequantises every weight on every matmul
 # (bitsandbytes), DoRA recomputes weight norms; both run well below plain LoRA.
@@ -71,9 +82,25 @@ def trainable_params(spec: dict, method: str, lora_rank: int = 16) -> int:
     return int(n)
 
 
+def planned_backend(method: str, tier: dict, shards: int = 1) -> str:
+    """The backend finetune.train will use for this method on this tier: Unsloth on one CUDA GPU for
+    LoRA and QLoRA (the Space installs it; locally only when it is installed), else TRL."""
+    if tier.get("device") != "cuda" or method not in UNSLOTH_METHODS or shards > 1 or (tier.get("gpu_count") or 0) > 1:
+        return "trl"
+    if tier.get("name") == "local":
+        import importlib.util
+
+        return "unsloth" if importlib.util.find_spec("unsloth") is not None else "trl"
+    return "unsloth"
+
+
 def _memory_parts(spec: dict, method: str, lora_rank: int, gradient_checkpointing: bool,
-                  load_in_4bit: bool | None, optimizer: str | None, device: str, shards: int):
+                  load_in_4bit: bool | None, optimizer: str | None, device: str, shards: int,
+                  backend: str = "trl"):
     """Static bytes (independent of batch and length) and bytes per token in flight (b*s)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: must be one of {', '.join(BACKENDS)} (got {backend!r})")
+    unsloth = backend == "unsloth" and device == "cuda"
     if load_in_4bit is None:
         load_in_4bit = method == "qlora" or (spec.get("prequantized_4bit", False) and method != "full")
     optimizer = optimizer or _default_optimizer(method, device)
@@ -83,6 +110,8 @@ def _memory_parts(spec: dict, method: str, lora_rank: int, gradient_checkpointin
         weights = 4 * (n_lin + n_rest)  # fp32 master weights; bf16 autocast casts on the fly
     elif load_in_4bit:
         weights = NF4_BYTES * n_lin + 2 * n_rest
+        if unsloth and not spec.get("tie_embeddings"):  # offload_embedding: the input table lives on the CPU
+            weights -= 2 * spec["params_embedding"] / 2
     else:
         weights = 2 * (n_lin + n_rest)
     n_train = trainable_params(spec, method, lora_rank)
@@ -97,8 +126,13 @@ def _memory_parts(spec: dict, method: str, lora_rank: int, gradient_checkpointin
         static = {k: v / shards for k, v in static.items()}
     h, L, V = spec["hidden"], spec["layers"], spec["vocab"]
     per_layer_full = 34 * h
-    act = (2 * h * L + per_layer_full) if gradient_checkpointing else per_layer_full * L
-    per_token = {"activations": act, "logits": 4 * V}
+    if unsloth and gradient_checkpointing:  # layer inputs offloaded to CPU RAM; two in flight
+        act = per_layer_full + 2 * 2 * h
+    else:
+        act = (2 * h * L + per_layer_full) if gradient_checkpointing else per_layer_full * L
+    per_token = {"activations": act, "logits": 0 if unsloth else 4 * V}
+    if unsloth:
+        static["logits"] = 4 * V * UNSLOTH_CE_CHUNK_TOKENS  # one chunk, whatever the batch and length
     overhead = (CUDA_OVERHEAD_GB if device == "cuda" else CPU_OVERHEAD_GB) * GB
     if method == "dora":
         # PEFT's DoRA materialises W + BA (fp32) per layer to take its column norms.
@@ -109,7 +143,8 @@ def _memory_parts(spec: dict, method: str, lora_rank: int, gradient_checkpointin
 
 def estimate_memory(spec: dict, method: str, seq_len: int, batch_size: int, lora_rank: int = 16,
                     gradient_checkpointing: bool = True, *, load_in_4bit: bool | None = None,
-                    optimizer: str | None = None, device: str = "cuda", shards: int = 1) -> dict:
+                    optimizer: str | None = None, device: str = "cuda", shards: int = 1,
+                    backend: str = "trl") -> dict:
     """Peak training memory per device in GB, with a breakdown (see module docstring).
 
     method "dpo" is LoRA-DPO: the reference model is the base with the adapter switched off, so it
@@ -118,10 +153,12 @@ def estimate_memory(spec: dict, method: str, seq_len: int, batch_size: int, lora
     if method not in METHODS:
         raise ValueError(f"method: must be one of {', '.join(METHODS)} (got {method!r})")
     static, per_token = _memory_parts(spec, method, lora_rank, gradient_checkpointing, load_in_4bit,
-                                      optimizer, device, shards)
+                                      optimizer, device, shards, backend)
     tokens = batch_size * seq_len * (2 if method == "dpo" else 1)
-    parts = {**{k: v for k, v in static.items() if k != "overhead"},
-             **{k: v * tokens for k, v in per_token.items()}, "overhead": static["overhead"]}
+    parts = {k: v for k, v in static.items() if k != "overhead"}
+    for k, v in per_token.items():
+        parts[k] = parts.get(k, 0) + v * tokens
+    parts["overhead"] = static["overhead"]
     breakdown = {k: round(v / GB, 3) for k, v in parts.items()}
     return {
         "total_gb": round(sum(parts.values()) / GB, 2),
@@ -129,6 +166,7 @@ def estimate_memory(spec: dict, method: str, seq_len: int, batch_size: int, lora
         "static_gb": round(sum(static.values()) / GB, 3),
         "per_token_mb": round(sum(per_token.values()) * (2 if method == "dpo" else 1) / 1e6, 4),
         "trainable_params": trainable_params(spec, method, lora_rank),
+        "backend": backend if device == "cuda" else "trl",
     }
 
 
@@ -274,12 +312,16 @@ def estimate_run_memory(model: str, method: str, seq_len: int, batch_size: int, 
 
     spec = model_spec(model, params_b)
     tier = get_tier(hardware)
+    # The trainer's methods on the planner's: rsLoRA and continued pretraining cost what LoRA costs;
+    # ORPO and KTO put two completions per row through the model, as LoRA-DPO does.
+    method = RUN_METHOD_AS.get(method, method)
     four_bit = method == "qlora" or (spec.get("prequantized_4bit", False) and method != "full")
     optimizer = _default_optimizer("qlora" if four_bit else method, tier["device"])
     shards = _shards(spec, method, seq_len, batch_size, lora_rank, gradient_checkpointing, tier, optimizer,
                      four_bit)
     est = estimate_memory(spec, method, seq_len, batch_size, lora_rank, gradient_checkpointing,
-                          load_in_4bit=four_bit, optimizer=optimizer, device=tier["device"], shards=shards)
+                          load_in_4bit=four_bit, optimizer=optimizer, device=tier["device"], shards=shards,
+                          backend=planned_backend("qlora" if four_bit else method, tier, shards))
     usable = usable_memory_gb(tier)
     return {"vram_gb": est["total_gb"], "usable_gb": round(usable, 2), "fits": est["total_gb"] <= usable,
             "hardware": tier["name"]}

@@ -10,11 +10,18 @@ from ..config import BUILTIN_DEMO_REASON, BUILTIN_DEMO_TRAIN
 from ..data.common import SFT_MIN_EXAMPLES  # the decision tree's threshold for supervised fine-tuning
 from ..hardware import get_tier, list_tiers, tiers_meta, usable_memory_gb
 from .common import GB, METHODS, PREFIX_VIRTUAL_TOKENS, PlanRequest, _hours, _slug
-from .specs import model_spec
-from .estimate import (calibrated_time, estimate_memory, estimate_time, inference_cost_per_1m,
-    _default_optimizer, _max_fit, _shards)
+from .estimate import (
+    _default_optimizer,
+    _max_fit,
+    _shards,
+    calibrated_time,
+    estimate_memory,
+    estimate_time,
+    planned_backend,
+    inference_cost_per_1m,
+)
 from .export import _python_script, _report_md, _trl_config, _yaml
-
+from .specs import model_spec
 
 FULL_FT_MIN_EXAMPLES = 10000  # below this, full fine-tuning rarely beats LoRA and forgets more
 
@@ -47,6 +54,7 @@ def _method_row(spec: dict, tier: dict, req: PlanRequest, m: str, lora_rank: int
     kw = dict(device=device, load_in_4bit=four_bit, optimizer=optimizer)
     shards = _shards(spec, m, req.seq_len, req.batch_size, lora_rank, req.gradient_checkpointing, tier,
                      optimizer, four_bit)
+    kw["backend"] = planned_backend("qlora" if four_bit else m, tier, shards)
     est = estimate_memory(spec, m, req.seq_len, req.batch_size, lora_rank, req.gradient_checkpointing,
                           shards=shards, **kw)
     static_b = est["static_gb"] * GB
@@ -439,9 +447,13 @@ def plan(req: PlanRequest) -> dict:
     load_4bit = bool(cfg.get("load_in_4bit")) or None
     shards = _shards(spec, tm, req.seq_len, cfg["per_device_train_batch_size"], cfg.get("lora_r", 16),
                      cfg["gradient_checkpointing"], tier, cfg["optim"], load_4bit)
+    backend = planned_backend("qlora" if load_4bit else tm, tier, shards)
     mem = estimate_memory(spec, tm, req.seq_len, cfg["per_device_train_batch_size"], cfg.get("lora_r", 16),
                           cfg["gradient_checkpointing"], load_in_4bit=load_4bit, optimizer=cfg["optim"],
-                          device=tier["device"], shards=shards)
+                          device=tier["device"], shards=shards, backend=backend)
+    if backend == "unsloth":
+        reasons.append("Memory is estimated for Unsloth (it runs LoRA/QLoRA on one CUDA GPU here): chunked "
+                       "cross-entropy and gradient checkpointing offloaded to CPU RAM.")
     fits = row["applicable"] and mem["total_gb"] <= capacity
 
     epochs = cfg["num_train_epochs"]
@@ -470,7 +482,8 @@ def plan(req: PlanRequest) -> dict:
                      gc, t, _default_optimizer(opt_method, t["device"]), load_4bit)
         e = estimate_memory(spec, tm, req.seq_len, cfg["per_device_train_batch_size"], cfg.get("lora_r", 16),
                             gc, load_in_4bit=load_4bit,
-                            optimizer=_default_optimizer(opt_method, t["device"]), device=t["device"], shards=sh)
+                            optimizer=_default_optimizer(opt_method, t["device"]), device=t["device"], shards=sh,
+                            backend=planned_backend(opt_method, t, sh))
         tt = estimate_time(spec, tm, tokens, t, req.seq_len, cfg.get("lora_r", 16), gc,
                            mean_tokens=mean_tokens, batch_size=cfg["per_device_train_batch_size"],
                            load_in_4bit=bool(load_4bit))
@@ -545,6 +558,7 @@ def plan(req: PlanRequest) -> dict:
         "reasons": reasons,
         "vram_gb": mem["total_gb"],
         "vram_breakdown": mem["breakdown"],
+        "backend": backend,
         "trainable_params": mem["trainable_params"],
         "fits": bool(fits),
         "feasibility": feas,

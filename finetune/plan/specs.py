@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ..builtin import TINY_CHAT_CONFIG, TINY_CHAT_ID
 
-
 MODELS_FILE = Path(__file__).resolve().parent.parent / "assets" / "models.json"
 
 TARGET_MODULES = {

@@ -1,0 +1,256 @@
+"""Every training method trains a few steps on the real tiny model: loss finite, trained parameters
+moved, the expected files land. Also: precision and backend choices, QLoRA on the CPU, DPO on top of
+a finished SFT run's adapter, report_to=tensorboard, and the `gpu` tests (Unsloth, QLoRA on CUDA,
+fp16 with a loss scaler) that run only where a CUDA GPU is present.
+
+Runs `train_run` in this process (fast, and the trainer object can be inspected).
+"""
+
+import json
+import math
+
+import pytest
+
+
+def _cfg(method, source="builtin:demo", **train):
+    from finetune.config import default_run_config
+
+    base = dict(method=method, max_steps=3, epochs=1.0, eval_steps=0, save_steps=3, logging_steps=1)
+    base.update(train)
+    return default_run_config("builtin:tiny-chat", source, **base)
+
+
+def _train(cfg, monkeypatch):
+    """Run train_run in-process; return (run_id, status, events, {param: (before, after)})."""
+    from finetune import train as train_mod
+    from finetune.runs import create_run, read_events, read_status, run_dir
+
+    seen = {}
+    original = train_mod.make_trainer
+
+    def spy(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+        seen["trainer"] = trainer
+        seen["before"] = {n: p.detach().float().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        return trainer
+
+    monkeypatch.setattr(train_mod, "make_trainer", spy)
+    run_id = create_run(cfg)
+    code = train_mod.train_run(run_dir(run_id))
+    st = read_status(run_id)
+    assert code == 0 and st["state"] == "completed", st.get("error")
+    after = {n: p.detach().float() for n, p in seen["trainer"].model.named_parameters() if n in seen["before"]}
+    moved = [n for n in seen["before"] if not seen["before"][n].equal(after[n])]
+    return run_id, st, read_events(run_id)[0], moved, seen["trainer"]
+
+
+def _check_common(run_id, st, events, moved, artifact="adapter"):
+    from finetune.runs import run_dir
+
+    d = run_dir(run_id)
+    losses = [e["loss"] for e in events if e.get("loss") is not None]
+    assert losses and all(math.isfinite(x) for x in losses)
+    assert moved, "no trained parameter changed"
+    assert all(e.get("memory_gb") for e in events if e.get("loss") is not None)
+    assert st["backend"] == "transformers" and "CPU" in st["backend_why"]
+    assert {"README.md", artifact, "checkpoints", "config.json", "events.jsonl", "status.json"} <= {
+        p.name for p in d.iterdir()}
+    return d
+
+
+def _prefs(tmp_path, n=24):
+    rows = [{"prompt": f"Is {k} even or odd?", "chosen": "even" if k % 2 == 0 else "odd",
+             "rejected": "odd" if k % 2 == 0 else "even"} for k in range(n)]
+    p = tmp_path / "prefs.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(p)
+
+
+@pytest.mark.parametrize("method", ["lora", "rslora", "dora", "qlora"])
+def test_lora_family_trains(method, tiny_model_dir, monkeypatch):
+    run_id, st, events, moved, trainer = _train(_cfg(method), monkeypatch)
+    d = _check_common(run_id, st, events, moved)
+    ac = json.loads((d / "adapter" / "adapter_config.json").read_text())
+    assert ac["use_rslora"] is (method == "rslora") and ac["use_dora"] is (method == "dora")
+    assert any("lora_B" in n for n in moved)
+    if method == "dora":
+        assert any("lora_magnitude_vector" in n for n in moved)
+    if method == "qlora":  # the base really is 4-bit NF4 on this CPU
+        import bitsandbytes as bnb
+
+        linears = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert linears and linears[0].weight.quant_type == "nf4"
+
+
+def test_full_fine_tuning_keeps_fp32_master_weights(tiny_model_dir, monkeypatch):
+    import torch
+
+    run_id, st, events, moved, trainer = _train(_cfg("full", learning_rate=1e-4), monkeypatch)
+    d = _check_common(run_id, st, events, moved, artifact="model")
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert (d / "model" / "config.json").exists() and not (d / "adapter").exists()
+    assert any("embed_tokens" in n for n in moved) and any("mlp" in n for n in moved)
+
+
+def test_prefix_tuning_trains(tiny_model_dir, monkeypatch):
+    run_id, st, events, moved, _ = _train(_cfg("prefix"), monkeypatch)
+    d = _check_common(run_id, st, events, moved)
+    assert json.loads((d / "adapter" / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
+    assert any("prompt_encoder" in n for n in moved)
+
+
+def test_continued_pretraining_on_plain_text(tiny_model_dir, monkeypatch, tmp_path):
+    text = tmp_path / "corpus.txt"
+    # One long paragraph per line: longer than max_seq_len, so it must be split into blocks, not cut.
+    text.write_text("\n".join(("The river runs to the sea and the sea returns as rain. " * 12).strip()
+                              for _ in range(12)))
+    cfg = _cfg("cpt", str(text))
+    cfg.data.max_seq_len = 64
+    run_id, st, events, moved, trainer = _train(cfg, monkeypatch)
+    _check_common(run_id, st, events, moved)
+    summ = st["data_summary"]
+    assert summ["trained_share"] == 1.0 and summ["blocks"] > summ["rows"]
+    ds = trainer.train_dataset
+    assert all(len(x) <= 64 for x in ds["input_ids"])
+
+
+def test_cpt_refuses_instruction_data(tiny_model_dir):
+    from finetune.runs import create_run, read_status, run_dir
+    from finetune.train import train_run
+
+    run_id = create_run(_cfg("cpt"))
+    assert train_run(run_dir(run_id)) == 1
+    assert "plain text" in read_status(run_id)["error"]
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
+def test_preference_methods_train(method, tiny_model_dir, monkeypatch, tmp_path):
+    cfg = _cfg(method, _prefs(tmp_path), learning_rate=1e-3, batch_size=4)
+    run_id, st, events, moved, trainer = _train(cfg, monkeypatch)
+    d = _check_common(run_id, st, events, moved)
+    assert (d / "adapter" / "adapter_config.json").exists()
+    assert type(trainer).__mro__[2].__name__ == {"dpo": "DPOTrainer", "orpo": "ORPOTrainer", "kto": "KTOTrainer"}[method]
+
+
+def test_kto_on_labelled_rows(tiny_model_dir, monkeypatch, tmp_path):
+    rows = [{"prompt": f"Is {k} even or odd?", "completion": ("even" if k % 2 == 0 else "odd"), "label": True}
+            for k in range(12)] + [{"prompt": f"Is {k} even or odd?", "completion": ("odd" if k % 2 == 0 else "even"),
+                                    "label": False} for k in range(12)]
+    p = tmp_path / "kto.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    run_id, st, events, moved, _ = _train(_cfg("kto", str(p), learning_rate=1e-3, batch_size=4), monkeypatch)
+    _check_common(run_id, st, events, moved)
+
+
+def test_dpo_continues_a_finished_sft_adapter(tiny_model_dir, monkeypatch, tmp_path):
+    from safetensors.torch import load_file
+
+    from finetune.runs import create_run, read_status, run_dir
+    from finetune.train import train_run
+
+    sft_id, _, _, _, _ = _train(_cfg("lora", max_steps=2, save_steps=2), monkeypatch)
+    sft = load_file(run_dir(sft_id) / "adapter" / "adapter_model.safetensors")
+    cfg = _cfg("dpo", _prefs(tmp_path), learning_rate=1e-3, init_from_run=sft_id)
+    run_id, st, events, moved, trainer = _train(cfg, monkeypatch)
+    d = _check_common(run_id, st, events, moved)
+    assert "ref" in trainer.model.peft_config  # the SFT adapter's frozen copy is the reference
+    dpo = load_file(d / "adapter" / "adapter_model.safetensors")
+    assert set(dpo) == set(sft)  # the same adapter, continued (only the trained one is saved)
+    assert any(not dpo[k].equal(sft[k]) for k in sft)
+    assert not (d / "adapter" / "ref").exists()
+    bad = _cfg("dpo", _prefs(tmp_path), init_from_run="no-such-run")
+    bad_id = create_run(bad)
+    assert train_run(run_dir(bad_id)) == 1 and "train.init_from_run" in read_status(bad_id)["error"]
+
+
+def test_report_to_tensorboard_writes_event_files(tiny_model_dir, monkeypatch):
+    run_id, st, events, moved, _ = _train(_cfg("lora", max_steps=2, save_steps=2, report_to="tensorboard"),
+                                          monkeypatch)
+    from finetune.runs import run_dir
+
+    assert list((run_dir(run_id) / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_precision_and_backend_choices():
+    from finetune.config import ConfigError, RunConfig, TrainConfig, choose_backend, precision_plan
+
+    t4 = {"device": "cuda", "bf16": False}
+    a100 = {"device": "cuda", "bf16": True}
+    amx_cpu = {"device": "cpu", "bf16": True}
+    old_cpu = {"device": "cpu", "bf16": False}
+    lora, full = RunConfig(), RunConfig(train=TrainConfig(method="full"))
+    p = precision_plan(lora, t4)
+    assert p["fp16"] and not p["bf16"] and p["weights_dtype"] == "float16" and "scaler" in p["why"]
+    p = precision_plan(full, t4)
+    assert p["fp16"] and p["weights_dtype"] == "float32" and "master" in p["why"]
+    assert precision_plan(lora, a100)["weights_dtype"] == "bfloat16" and precision_plan(full, a100)["bf16"]
+    assert precision_plan(lora, amx_cpu) == {"precision": "bf16", "weights_dtype": "float32", "bf16": True,
+                                             "fp16": False, "why": "the CPU has AMX or avx512_bf16"}
+    assert precision_plan(lora, old_cpu)["precision"] == "fp32"
+    with pytest.raises(ConfigError, match="train.precision"):
+        precision_plan(RunConfig(train=TrainConfig(precision="fp16")), old_cpu)
+    assert choose_backend(lora, a100, True)[0] == "unsloth"
+    assert choose_backend(lora, a100, False) == ("transformers", "transformers + PEFT on the GPU (unsloth is not installed)")
+    assert choose_backend(RunConfig(train=TrainConfig(method="dora")), a100, True)[0] == "transformers"
+    assert choose_backend(RunConfig(train=TrainConfig(backend="transformers")), a100, True)[0] == "transformers"
+    assert choose_backend(lora, old_cpu, True)[0] == "transformers"
+
+
+def test_sft_args_follow_the_precision_plan():
+    from finetune.config import RunConfig, to_sft_config
+
+    args = to_sft_config(RunConfig(), "/tmp/x", prec={"bf16": True, "fp16": False})
+    assert args.bf16 and not args.fp16 and args.train_sampling_strategy == "group_by_length"
+    assert not args.gradient_checkpointing and args.per_device_eval_batch_size == 2 * args.per_device_train_batch_size
+
+
+def test_unsloth_kwargs_keep_its_fast_path():
+    from finetune.config import RunConfig, TrainConfig, to_unsloth_peft_kwargs
+
+    kw = to_unsloth_peft_kwargs(RunConfig(train=TrainConfig(method="rslora", gradient_checkpointing=True)))
+    assert kw["lora_dropout"] == 0 and kw["bias"] == "none" and kw["use_rslora"]
+    assert kw["use_gradient_checkpointing"] == "unsloth" and "q_proj" in kw["target_modules"]
+
+
+# ---- CUDA only (skipped without a GPU) ---------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_unsloth_backend_on_cuda(tiny_model_dir, monkeypatch):
+    pytest.importorskip("unsloth")
+    cfg = _cfg("lora")
+    cfg.data.max_seq_len = 128
+    run_id, st, events, moved, trainer = _train(cfg, monkeypatch)
+    assert st["backend"] == "unsloth" and "Unsloth" in st["backend_why"]
+    assert moved and all(math.isfinite(e["loss"]) for e in events if e.get("loss") is not None)
+    assert all(m.p == 0 for m in trainer.model.modules() if type(m).__name__ == "Dropout" and hasattr(m, "p")
+               and "lora" in type(m).__module__)
+
+
+@pytest.mark.gpu
+def test_qlora_on_cuda(tiny_model_dir, monkeypatch):
+    import bitsandbytes as bnb
+    import torch
+
+    cfg = _cfg("qlora", backend="transformers")
+    run_id, st, events, moved, trainer = _train(cfg, monkeypatch)
+    linears = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert linears and linears[0].weight.device.type == "cuda"
+    assert moved and torch.cuda.max_memory_allocated() > 0
+
+
+@pytest.mark.gpu
+def test_fp16_autocast_uses_a_loss_scaler(tiny_model_dir, monkeypatch):
+    import torch
+
+    cfg = _cfg("lora", precision="fp16", backend="transformers")
+    run_id, st, events, moved, trainer = _train(cfg, monkeypatch)
+    assert st["precision"] == "fp16" and trainer.args.fp16
+    assert trainer.accelerator.scaler is not None  # fp16 without a scaler underflows
+    base = [p for n, p in trainer.model.named_parameters() if "lora_" not in n]
+    assert base[0].dtype == torch.float16
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
+    full = _cfg("full", precision="fp16", backend="transformers", learning_rate=1e-5)
+    _, st, _, moved, trainer = _train(full, monkeypatch)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
+    assert trainer.accelerator.scaler is not None and moved

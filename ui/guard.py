@@ -1,0 +1,246 @@
+"""Access checks for every event of the app, applied once to the built Blocks (`guard_demo`).
+
+Every handler is wrapped so that Gradio injects the caller's `gr.OAuthProfile | None` and
+`gr.OAuthToken | None` (API clients send their HF token with gradio_client's `oauth_token=`; the
+engine checks it with whoami). The wrapper then:
+  - refuses protected actions to anyone not logged in and on the allowlist (public mode), by the
+    endpoint's api_name: everything except OPEN_APIS is protected, so endpoints added later are
+    closed by default;
+  - refuses any input that names a run or a saved dataset the caller does not own (it reads as
+    missing), which covers the UI-only events as well;
+  - makes the caller's identity available to the handler (`current()`), for owners, choices lists,
+    limits and tokens.
+Locally (not public mode) nothing is refused and runs have no owner.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import re
+import threading
+import typing
+from typing import Optional
+
+import gradio as gr
+
+from finetune import access
+
+OPEN_APIS = {"plan", "inspect_dataset", "status", "runs"}  # anyone may plan and inspect; status/runs: own runs only
+PRIVATE_ACTIONS = {"dry_run": "train", "resume": "resume", "delete": "train"}  # UI-only handlers that act
+_IDENT: contextvars.ContextVar[access.Identity | None] = contextvars.ContextVar("fts_identity", default=None)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_START_LOCK = threading.Lock()
+
+
+def current() -> access.Identity:
+    """The identity of the request being handled (anonymous outside a guarded handler)."""
+    return _IDENT.get() or access.identify(None, None)
+
+
+def _check_inputs(ident: access.Identity, args) -> None:
+    if not ident.public:
+        return
+    from finetune.paths import datasets_dir, runs_dir
+
+    from pathlib import Path
+
+    runs, dsets = runs_dir().resolve(), datasets_dir().resolve()
+    for a in args:
+        if not isinstance(a, str) or not a.strip() or len(a) > 4096:
+            continue
+        name = a.strip()
+        if "/" in name or "\\" in name:  # a path into the home folder names its run or dataset
+            try:
+                p = Path(name).expanduser().resolve()
+            except (OSError, RuntimeError, ValueError):
+                continue
+            for root, check in ((runs, access.check_run), (dsets, access.check_dataset)):
+                if p != root and p.is_relative_to(root):
+                    check(ident, p.relative_to(root).parts[0])
+            continue
+        if not _NAME.match(name):
+            continue
+        if (runs_dir() / name / "config.json").exists():
+            access.check_run(ident, name)
+        elif (datasets_dir() / name).is_dir():
+            access.check_dataset(ident, name)
+
+
+def _bind(ident: access.Identity):
+    """Make the identity and its Hub token (the visitor's, or none) current for this call."""
+    return _IDENT.set(ident), access.set_request_hub_token(access.hub_token(ident))
+
+
+def _unbind(handles) -> None:
+    _IDENT.reset(handles[0])
+    access.reset_request_hub_token(handles[1])
+
+
+def _refuse(exc: Exception):
+    raise gr.Error(str(exc), duration=None) from None
+
+
+def guard(fn, action: str | None):
+    """fn wrapped with the identity, the permission for `action` (None: none needed) and input checks."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    sig = inspect.signature(fn)
+    extra = [inspect.Parameter("fts_profile", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[gr.OAuthProfile]),
+             inspect.Parameter("fts_token", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[gr.OAuthToken])]
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
+
+    def enter(profile, token, args):
+        ident = access.identify(getattr(profile, "username", None) if profile else None,
+                                getattr(token, "token", None) if token else None)
+        try:
+            if action:
+                access.require(ident, action)
+            _check_inputs(ident, args)
+        except (access.AccessError, ValueError) as exc:
+            _refuse(exc)
+        return ident
+
+    if inspect.isgeneratorfunction(fn):
+        def wrapper(fts_profile, fts_token, *args, **kwargs):
+            ident = enter(fts_profile, fts_token, args)
+            gen = fn(*args, **kwargs)
+            while True:  # Gradio steps generators in fresh contexts: set the identity for each step
+                handles = _bind(ident)
+                try:
+                    item = next(gen)
+                except StopIteration:
+                    return
+                finally:
+                    _unbind(handles)
+                yield item
+    elif inspect.iscoroutinefunction(fn):
+        async def wrapper(fts_profile, fts_token, *args, **kwargs):
+            handles = _bind(enter(fts_profile, fts_token, args))
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                _unbind(handles)
+    else:
+        def wrapper(fts_profile, fts_token, *args, **kwargs):
+            handles = _bind(enter(fts_profile, fts_token, args))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _unbind(handles)
+
+    for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
+        try:
+            setattr(wrapper, attr, getattr(fn, attr))
+        except (AttributeError, TypeError):
+            pass
+    wrapper.__signature__ = sig.replace(parameters=extra + params)
+    wrapper.__annotations__ = {**{p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty},
+                               "fts_profile": Optional[gr.OAuthProfile], "fts_token": Optional[gr.OAuthToken]}
+    wrapper.__fts_guarded__ = action or "open"
+    return wrapper
+
+
+def action_for(api_name: str | None, visibility: str, fn_name: str) -> str | None:
+    """The permission an endpoint needs: None for open ones. Unknown public endpoints are protected."""
+    if visibility == "private" or not api_name:
+        return PRIVATE_ACTIONS.get(fn_name)
+    base = re.sub(r"_\d+$", "", api_name)
+    if base in OPEN_APIS:
+        return None
+    return {"prepare_dataset": "prepare", "augment_dataset": "augment", "ab_pair": "compare"}.get(base, base)
+
+
+def guard_demo(demo: gr.Blocks) -> gr.Blocks:
+    """Wrap every event handler of the built app (call after all events are defined, before launch)."""
+    for block_fn in demo.fns.values():
+        fn = block_fn.fn
+        if fn is None or getattr(fn, "__fts_guarded__", None):
+            continue
+        name = getattr(fn, "__name__", "")
+        block_fn.fn = guard(fn, action_for(block_fn.api_name, block_fn.api_visibility, name))
+        if block_fn.api_name and block_fn.api_visibility != "private":
+            block_fn.fn.__name__ = block_fn.api_name  # MCP tools are named after the function: use the API name
+    return demo
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers the tabs call
+
+
+def start_as_caller(cfg) -> str:
+    """Start a training run owned by the caller, within the public-mode limits, with only their token."""
+    from finetune.runs import start_training
+
+    ident = current()
+    with _START_LOCK:  # the limits are checked and the run started as one step
+        access.check_training_limits(ident, cfg.model.model_id)
+        cfg.owner = ident.owner
+        return start_training(cfg, env=access.child_env(ident))
+
+
+def resume_as_caller(run_id: str) -> None:
+    from finetune.runs import load_config, start_run
+
+    ident = current()
+    access.check_run(ident, run_id)
+    with _START_LOCK:
+        access.check_training_limits(ident, load_config(run_id).model.model_id)
+        start_run(run_id, resume=True, env=access.child_env(ident))
+
+
+def dataset_name_for_caller(name: str | None, source: str) -> str | None:
+    """The saved-dataset name to prepare into: in public mode never another user's (prefixed by the
+    caller's username when none is given)."""
+    ident = current()
+    if not ident.public:
+        return name
+    from pathlib import Path
+
+    if not name:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(source).split(":")[-1]).stem).strip("-.") or "dataset"
+        name = f"{ident.username}-{stem}"[:100]
+    from finetune.paths import datasets_dir
+
+    if (datasets_dir() / name).exists() and not access.owns(ident, access.dataset_owner(name)):
+        raise gr.Error(f"a saved dataset named {name!r} exists already; choose another name", duration=None)
+    return name
+
+
+def record_dataset_owner(result: dict) -> dict:
+    """After prepare/augment: the new saved dataset belongs to the caller."""
+    from pathlib import Path
+
+    d = (result or {}).get("dir")
+    if d:
+        access.set_dataset_owner(Path(d).name, current())
+    return result
+
+
+def visible_run_ids(run_ids: list[str]) -> list[str]:
+    ident = current()
+    if not ident.public:
+        return run_ids
+    return [r["run_id"] for r in access.visible_runs(ident, [{"run_id": r} for r in run_ids])]
+
+
+def visible_runs(rows: list[dict]) -> list[dict]:
+    return access.visible_runs(current(), rows)
+
+
+def visible_dataset_names(names: list[str]) -> list[str]:
+    return access.visible_datasets(current(), names)
+
+
+def login_button():
+    """gr.LoginButton on a Space (HF OAuth); locally a token field in the Hub panel does instead.
+
+    Outside a Space, Gradio mocks the login with the machine's own HF login and fails to start
+    without one, so the button is only added where OAuth is real."""
+    import os
+
+    if os.environ.get("SPACE_ID"):
+        return gr.LoginButton()
+    return None
