@@ -122,8 +122,8 @@ def test_live_view_reads_incrementally_and_switches_its_timer(home, monkeypatch)
     assert list(table.columns) == train_live.RUN_COLUMNS
 
     reads = []
-    real = live.read_events
-    monkeypatch.setattr(live, "read_events", lambda r, off=0: reads.append(off) or real(r, off))
+    real = live.poll
+    monkeypatch.setattr(live, "poll", lambda r, off=0, gen=None: reads.append(off) or real(r, off, gen))
     out = train_live.poll(rid, shown)  # nothing new: chart, log and table are skipped
     assert out[2] == gr.skip() and out[3] == gr.skip() and out[7] == gr.skip()
     append_event(d, {"step": 2, "loss": 2.5, "eval_loss": 2.9, "learning_rate": 1e-3, "grad_norm": 0.5})
