@@ -50,6 +50,13 @@ def render_report(r: dict):
     return head, report_markdown(r), r.get("chart") or None
 
 
+@user_errors
+def _download(run_id: str | None):
+    from .train_live import download_value
+
+    return download_value((run_id or "").strip() or None)
+
+
 ISSUES = ("overfitting", "underfitting", "unstable_training", "catastrophic_forgetting", "mode_collapse",
           "out_of_memory")
 
@@ -93,6 +100,7 @@ def build(run_box, train: dict | None = None, tabs=None) -> None:
         max_ex = gr.Number(value=200, precision=0, minimum=1, maximum=5000, label="Max examples", scale=1)
         go = gr.Button("Evaluate", variant="primary", scale=1)
         diag = gr.Button("Diagnose", scale=1)
+    download = gr.DownloadButton("Download adapter (.zip)", visible=False, elem_id="eval-download")
     headline = gr.Markdown("Choose a finished run and press **Evaluate** (runs in its own process) or **Diagnose**.")
     raw = gr.JSON(visible=False)
     flags = gr.JSON(visible=False)
@@ -112,6 +120,7 @@ def build(run_box, train: dict | None = None, tabs=None) -> None:
         chart = gr.Image(label="Metrics: base (grey) vs fine-tuned (blue)", type="filepath", height=300,
                          interactive=False, scale=0, min_width=360)
     run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run_id, api_visibility="private")
+    run_id.change(_download, run_id, download, api_visibility="private")
     run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
     go.click(evaluate_api, [run_id, max_ex], raw, api_name="evaluate", concurrency_limit=1,
              concurrency_id="model_work").then(render_report, raw, [headline, report, chart], api_visibility="private").then(
