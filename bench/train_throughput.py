@@ -70,7 +70,7 @@ def compute_rows(n: int) -> list[dict]:
     recs = demo_records()
     rows = []
     for i in range(n):
-        chunk = recs[(i * 9) % len(recs):(i * 9) % len(recs) + 9]
+        chunk = recs[(i * 11) % len(recs):(i * 11) % len(recs) + 11]
         prompt = " ".join(f"{r['instruction']} {r['input']}".strip() for r in chunk) * 2
         answer = " ".join(f"{r['instruction']} {r['output']}." for r in chunk) * 2
         rows.append({"instruction": "Answer every question in order. " + prompt, "input": "", "output": answer})
