@@ -233,7 +233,8 @@ def main() -> None:
     os.environ["FINETUNE_HOME"] = str(home)
     peak = {d: measured_peak_tflops(d) for d in ("float32", "bfloat16")}
     print(f"CPU: {os.cpu_count()} logical cores, load {os.getloadavg()[0]:.1f}; measured matmul peak "
-          f"fp32 {peak['float32']:.3f} TFLOP/s, bf16 {peak['bfloat16']:.3f} TFLOP/s", flush=True)
+          f"fp32 {peak['float32'] * 1e3:.1f} GFLOP/s, bf16 {peak['bfloat16'] * 1e3:.1f} GFLOP/s (MFU bf16 above 100% means "
+          f"this CPU has no native bf16: bf16 matmuls are slower than fp32 here)", flush=True)
     results = []
     for w in workloads:
         wl = prepare("demo" if w.startswith("demo") else "compute", home, rows)
