@@ -143,8 +143,10 @@ def guard(fn, action: str | None):
     return wrapper
 
 
-def action_for(api_name: str | None, visibility: str, fn_name: str) -> str | None:
+def action_for(api_name: str | None, visibility: str, fn_name: str, module: str = "") -> str | None:
     """The permission an endpoint needs: None for open ones. Unknown public endpoints are protected."""
+    if module.startswith("gradio."):  # Gradio's own plumbing (gr.render's re-render): identity and input checks only
+        return None
     if visibility == "private" or not api_name:
         return PRIVATE_ACTIONS.get(fn_name)
     base = re.sub(r"_\d+$", "", api_name)
@@ -161,7 +163,8 @@ def guard_demo(demo: gr.Blocks) -> gr.Blocks:
         if fn is None or getattr(fn, "__fts_guarded__", None):
             continue
         name = getattr(fn, "__name__", "")
-        block_fn.fn = guard(fn, action_for(block_fn.api_name, block_fn.api_visibility, name))
+        block_fn.fn = guard(fn, action_for(block_fn.api_name, block_fn.api_visibility, name,
+                                           getattr(fn, "__module__", "") or ""))
         if block_fn.api_name and block_fn.api_visibility != "private":
             block_fn.fn.__name__ = block_fn.api_name  # MCP tools are named after the function: use the API name
     return demo
