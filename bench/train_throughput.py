@@ -70,7 +70,7 @@ def compute_rows(n: int) -> list[dict]:
     recs = demo_records()
     rows = []
     for i in range(n):
-        chunk = recs[(i * 9) % len(recs):(i * 9) % len(recs) + 9]
+        chunk = recs[(i * 11) % len(recs):(i * 11) % len(recs) + 11]
         prompt = " ".join(f"{r['instruction']} {r['input']}".strip() for r in chunk) * 2
         answer = " ".join(f"{r['instruction']} {r['output']}." for r in chunk) * 2
         rows.append({"instruction": "Answer every question in order. " + prompt, "input": "", "output": answer})
@@ -233,7 +233,8 @@ def main() -> None:
     os.environ["FINETUNE_HOME"] = str(home)
     peak = {d: measured_peak_tflops(d) for d in ("float32", "bfloat16")}
     print(f"CPU: {os.cpu_count()} logical cores, load {os.getloadavg()[0]:.1f}; measured matmul peak "
-          f"fp32 {peak['float32']:.3f} TFLOP/s, bf16 {peak['bfloat16']:.3f} TFLOP/s", flush=True)
+          f"fp32 {peak['float32'] * 1e3:.1f} GFLOP/s, bf16 {peak['bfloat16'] * 1e3:.1f} GFLOP/s (MFU bf16 above 100% means "
+          f"this CPU has no native bf16: bf16 matmuls are slower than fp32 here)", flush=True)
     results = []
     for w in workloads:
         wl = prepare("demo" if w.startswith("demo") else "compute", home, rows)

@@ -161,6 +161,13 @@ class TrainConfig:
         "state and gradients), zero3 (DeepSpeed: also shards weights), zero3-offload (ZeRO-3 with optimizer "
         "state and weights in CPU RAM), fsdp (PyTorch FSDP2: shards weights, gradients, optimizer state), or "
         "auto (chosen from the planner's memory estimate).", default="auto")
+    keep_best: bool = _help("Keep the adapter from the evaluation with the lowest validation loss instead of the "
+                            "last step's (needs a validation split; the status says which step was kept).",
+                            default=True)
+    early_stopping_patience: int = _help("Stop when validation loss has not improved for this many evaluations "
+                                         "in a row (0 = never stop early).", default=0)
+    early_stopping_threshold: float = _help("An evaluation counts as an improvement only when it lowers the best "
+                                            "validation loss by more than this.", default=0.0)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -194,6 +201,10 @@ class TrainConfig:
         if self.accelerate_preset not in ACCELERATE_PRESETS:
             raise ConfigError("train.accelerate_preset",
                               f"must be one of {', '.join(ACCELERATE_PRESETS)}, got {self.accelerate_preset!r}")
+        _check_range("train.early_stopping_patience", self.early_stopping_patience, 0, 10_000, integer=True)
+        _check_range("train.early_stopping_threshold", self.early_stopping_threshold, 0.0, 100.0)
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError("train.keep_best", f"must be true or false, got {self.keep_best!r}")
 
 
 @dataclass

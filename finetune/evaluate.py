@@ -31,6 +31,7 @@ from .eval.metrics import exact_match, normalize_answer  # noqa: F401  -- re-exp
 from .eval.report import report_markdown
 from .eval.scoring import perplexity  # noqa: F401  -- re-exported
 from .paths import atomic_write_json, atomic_write_text, home, read_json
+from .monitor import kept_sentence
 from .runs import RunError, artifact_dir, load_config, run_dir
 
 SNAPSHOT_DIR = "data"
@@ -259,6 +260,7 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
                                                base["general_answers"], tuned["general_answers"]) if probes else {},
             "safety": pr.safety_result(base["harm_answers"], tuned["harm_answers"]) if probes else {},
             "samples": samples[:20], "best": best, "worst": worst,
+            "kept": kept_sentence(read_json(d / "status.json", default={}) or {}),
             "dataset": dataset,
             "decoding": {"do_sample": False, "max_new_tokens": max_new_tokens, "eos_token_ids": stops, "seed": seed,
                          "base_in_4bit": qlora},

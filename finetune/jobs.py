@@ -556,7 +556,7 @@ def run_in_job(config_json: str, hub_repo: str, hub_data: str | None = None, pus
         repo, _, rel = hub_data.partition(":")
         local = Path(snapshot_download(repo, repo_type="dataset", local_dir=datasets_dir() / repo.replace("/", "--")))
         cfg.data.source = str(local if rel in ("", ".") else local / rel)
-    push_s = push_s or float(os.environ.get("FINETUNE_JOBS_PUSH_S", "15"))
+    push_s = push_s or float(os.environ.get("FINETUNE_JOBS_PUSH_S", "30"))
     run_id = runs.create_run(cfg)
     d = runs.run_dir(run_id)
     pusher = _Pusher(hub_repo)

@@ -501,6 +501,7 @@ def list_runs() -> list[dict]:
             "data": (cfg.get("data") or {}).get("source"), "created": st.get("created"),
             "queue_position": st.get("queue_position"), "backend": st.get("backend"),
             "duration_s": st.get("duration_s"), "eval_loss": st.get("eval_loss"),
+            "best_eval_loss": st.get("best_eval_loss"), "best_step": st.get("best_step"),
             "resumable": st.get("state") in ("failed", "stopped") and last_checkpoint(d.name) is not None,
         })
     return out
@@ -514,8 +515,13 @@ def artifact_dir(run_id: str) -> Path | None:
     return None
 
 
-def start_training(cfg: RunConfig, *, env: dict | None = None) -> str:
-    """Create a run for `cfg`, launch its child process and return the run id at once."""
+def start_training(cfg: RunConfig, *, env: dict | None = None, base_dir: str | os.PathLike | None = None) -> str:
+    """Check `cfg` (finetune.preflight: paths made absolute against base_dir or the current folder,
+    model reachable, data trains tokens, memory fits), create its run, launch the child and return
+    the run id at once. A failed check raises before any run folder exists."""
+    from .preflight import preflight
+
+    preflight(cfg, base_dir=base_dir)
     if cfg.train.num_processes > 1:  # refuse what cannot run here before any run folder exists
         from .parallel import choose_preset
 

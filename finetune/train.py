@@ -26,6 +26,7 @@ from . import parallel
 from .config import (LORA_METHODS, PREFERENCE_METHODS, ConfigError, RunConfig, choose_backend, precision_plan,
                      to_peft_config, to_unsloth_peft_kwargs, trainer_class)
 from .paths import atomic_write_text, read_json
+from .monitor import kept_sentence
 from .runs import append_event, last_checkpoint, now_iso, update_status
 
 
@@ -357,8 +358,9 @@ def make_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, eval_ds, out
                    callbacks=callbacks or [], peft_config=peft_config)
 
 
-def _save_artifact(trainer, tokenizer, d: Path, method: str) -> Path | None:
-    """Save the adapter (or full model) into a temp folder, then move it into place.
+def _save_artifact(trainer, tokenizer, d: Path, method: str, kept_from: Path | None = None) -> Path | None:
+    """Save the adapter (or full model) into a temp folder, then move it into place. With kept_from
+    (the best evaluation's saved weights, finetune.monitor), those become the artifact instead.
 
     Several processes: sharded weights (FSDP, ZeRO-3) are gathered by trainer.save_model, which
     every rank must call; otherwise rank 0 alone saves. Only rank 0 moves the folder into place."""
@@ -374,6 +376,8 @@ def _save_artifact(trainer, tokenizer, d: Path, method: str) -> Path | None:
             (tmp / "training_args.bin").unlink(missing_ok=True)
     elif not main:
         pass
+    elif kept_from is not None:
+        shutil.copytree(kept_from, tmp)
     elif hasattr(model, "peft_config") and "ref" in getattr(model, "peft_config", {}):
         # DPO/KTO on a finished run's adapter add a frozen "ref" copy: save only the trained one.
         model.save_pretrained(tmp, selected_adapters=["default"])
@@ -403,7 +407,9 @@ def write_model_card(d: Path, cfg: RunConfig, status: dict) -> None:
         lines += [f"| LoRA rank / alpha / dropout | {cfg.lora.r} / {cfg.lora.alpha} / {cfg.lora.dropout} |",
                   f"| target modules | {cfg.lora.target_modules} |"]
     lines += ["", "## Results", "", f"- final training loss: {status.get('loss')}",
-              f"- final validation loss: {status.get('eval_loss')}", f"- steps: {status.get('step')}",
+              f"- final validation loss: {status.get('final_eval_loss', status.get('eval_loss'))}",
+              f"- steps: {status.get('step')}", f"- {kept_sentence(status)}",
+              *([f"- stopped early: {status.get('early_stop_reason')}"] if status.get("early_stopped") else []),
               f"- duration: {status.get('duration_s')} s", ""]
     if cfg.model.model_id.startswith("builtin:"):
         lines += ["The base is Fine-Tune Studio's randomly initialised demo model; this adapter only demonstrates the pipeline.", ""]
@@ -517,10 +523,14 @@ def _train_run(d: Path, resume: bool) -> int:
                                    f"random (random batches waste only {waste:.0%} on padding)")
         status(d, backend=backend, data_summary=summary)
         cb = _make_callback(d)
+        from .monitor import make_monitor
+
+        best = make_monitor(d, keep_best=cfg.train.keep_best, patience=cfg.train.early_stopping_patience,
+                            threshold=cfg.train.early_stopping_threshold, writer=main)
         from transformers import set_seed
 
         set_seed(cfg.train.seed)  # adapter init draws from the global RNG: make runs reproducible
-        trainer = make_trainer(cfg, model, tok, peft_config, train_ds, eval_ds, str(d / "checkpoints"), plan, [cb])
+        trainer = make_trainer(cfg, model, tok, peft_config, train_ds, eval_ds, str(d / "checkpoints"), plan, [cb, best])
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
         status(d, trainable_params=trainable, total_params=total, memory_gb=memory_in_use_gb())
@@ -548,9 +558,13 @@ def _train_run(d: Path, resume: bool) -> int:
                                  "loss": None, "eval_loss": final_eval, "learning_rate": None, "grad_norm": None,
                                  "tokens_per_s": None, "elapsed_s": round(time.time() - cb.t0, 3),
                                  "memory_gb": memory_in_use_gb()})
-        _save_artifact(trainer, tok, d, cfg.train.method)
+        last_step = trainer.state.global_step
+        kept_from = best.choose_artifact(last_step, last_evaluated=final_eval is not None)
+        _save_artifact(trainer, tok, d, cfg.train.method, kept_from)
         if not main:
             return 0
+        if not cb.stopped:  # a stopped run may resume and needs its best so far; a finished one does not
+            shutil.rmtree(best.best_dir, ignore_errors=True)
         state = "stopped" if cb.stopped else "completed"
         metrics = result.metrics or {}
         st = update_status(
@@ -558,6 +572,7 @@ def _train_run(d: Path, resume: bool) -> int:
             eval_loss=final_eval if final_eval is not None else read_json(d / "status.json", {}).get("eval_loss"),
             train_loss_avg=metrics.get("train_loss"), duration_s=round(time.time() - t_start, 2),
             train_runtime_s=metrics.get("train_runtime"), finished=now_iso(),
+            kept_step=best.best_step if kept_from else last_step, final_eval_loss=final_eval,
             resumable=state == "stopped" and last_checkpoint(d) is not None)
         try:
             write_model_card(d, cfg, st)

@@ -44,7 +44,8 @@ def test_inspect_and_prepare_handlers_turn_bad_files_into_clear_errors(tmp_path,
 def test_handlers_bad_rows_mapping_and_missing_source(tmp_path, tiny_model_dir):
     p = tmp_path / "rows.jsonl"
     p.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": ""}\n')
-    assert "rows.jsonl row 2, field 'completion': is empty" in _error(T.prepare_api, str(p), "", "auto", "", 0.1, 42, "")
+    assert "rows.jsonl row 2, field 'completion': is empty" in _error(T.prepare_api, str(p), "", "auto", "", 0.1, 42, "",
+                                                                      False, "none", "", 0, True)  # strict
     assert "write field=column" in _error(T.inspect_api, str(p), "", "auto", "prompt", "builtin:tiny-chat")
     assert "column 'nope' not found" in _error(T.inspect_api, str(p), "", "auto", "prompt=nope", "builtin:tiny-chat")
     assert "Choose builtin:demo" in _error(T.inspect_api, None, "", "auto", "", "builtin:tiny-chat")

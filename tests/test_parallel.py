@@ -71,8 +71,8 @@ def test_two_cpu_processes_train_one_run_folder(tiny_model_dir):
     assert all(math.isfinite(e["loss"]) for e in events if e.get("loss") is not None)
     # Data parallel for real: each step consumed 2 ranks x 8 rows of the 414 training rows.
     assert events[0]["epoch"] == pytest.approx(1 / math.ceil(414 / 16), abs=1e-3)
-    assert {"README.md", "adapter", "checkpoints", "config.json", "events.jsonl", "status.json",
-            "train.log"} == {p.name for p in d.iterdir()}
+    assert {"README.md", "adapter", "checkpoints", "config.json", "data", "events.jsonl", "status.json",
+            "train.log"} == {p.name for p in d.iterdir()}  # data/: the validation snapshot create_run keeps
     assert (d / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists()
     model = PeftModel.from_pretrained(load_model("builtin:tiny-chat"), str(d / "adapter"))
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())

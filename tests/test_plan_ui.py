@@ -38,8 +38,9 @@ def test_render_outputs_feed_the_charts_tables_and_files(home, tiny_model_dir):
     assert list(bars.columns) == ["method", "part", "GB"] and len(bars) == 36
     assert set(bars["part"]) == {"weights", "trainable_and_grads", "optimizer", "activations", "logits", "overhead"}
     assert bars["GB"].dtype.kind == "f" and bars["GB"].sum() > 0 and "lora ←" in set(bars["method"])
-    pts = out["scatter"]
-    assert {"tier", "hardware", "hours", "cost_usd"} <= set(pts.columns)
+    pts = out["scatter"]["value"]  # an update: the data and the x title with the unit that fits
+    assert out["scatter"]["x_title"] == "training time (min)"  # the longest tier (local) takes 2-3 minutes
+    assert {"tier", "hardware", "hours", "cost_usd", "time"} <= set(pts.columns)
     assert pts["hours"].notna().sum() >= 3 and pts["hours"].dtype.kind == "f"
     tiers = out["tiers"]
     assert list(tiers.columns) == ["tier", "fits", "time", "training $", "$/h", "memory GB", "serving $/1M tokens"]
@@ -59,11 +60,12 @@ def test_a_big_model_changes_the_chart_data_but_keeps_its_series(tiny_model_dir)
     small = dict(zip(OUTPUTS, render_plan(_plan())))
     big = dict(zip(OUTPUTS, render_plan(_plan((0, "meta-llama/Llama-3.1-8B-Instruct"), (6, "t4-small")))))
     # Gradio's native plot keeps the color domain of its first value: the series never change.
-    assert list(small["scatter"]["hardware"]) == list(big["scatter"]["hardware"])
+    assert list(small["scatter"]["value"]["hardware"]) == list(big["scatter"]["value"]["hardware"])
     assert set(small["chart"]["part"]) == set(big["chart"]["part"])
     assert big["chart"]["GB"].max() > 10 * small["chart"]["GB"].max()
     assert big["summary"].startswith("### Recommended: **qlora**")
-    assert big["scatter"]["hours"].isna().sum() < len(big["scatter"])
+    assert big["scatter"]["value"]["hours"].isna().sum() < len(big["scatter"]["value"])
+    assert big["scatter"]["x_title"] == "training time (h)"
 
 
 def test_inputs_budget_labels_and_unknown_model():
@@ -86,12 +88,16 @@ def test_use_this_plan_values_and_prompting_warning():
 
     p = _plan((1, "full"))
     values = use_plan(p)
-    assert dict(zip(TRAIN_FIELDS, values[:-1])) == train_settings(p)
-    assert values[0] == "full" and values[1] == p["hyperparameters_dict"]["learning_rate"] == 2e-5
+    assert dict(zip(TRAIN_FIELDS, values[:-1])) == train_settings(p) | {"learning_rate": "2e-5"}
+    assert values[0] == "full" and p["hyperparameters_dict"]["learning_rate"] == 2e-5
     assert values[-1].selected == "train"
-    demo = dict(zip(TRAIN_FIELDS, use_plan(_plan())[:-1]))
-    assert demo == {"method": "lora", "learning_rate": 2e-3, "epochs": 20.0, "batch_size": 8, "max_seq_len": 256,
-                    "lora_rank": 16}  # the built-in model's own settings (finetune.config.BUILTIN_DEMO_TRAIN)
+    p0 = _plan()
+    demo = dict(zip(TRAIN_FIELDS, use_plan(p0)[:-1]))
+    # the built-in model's own settings (finetune.config.BUILTIN_DEMO_TRAIN), and every LoRA/optimiser setting
+    assert {k: demo[k] for k in ("method", "learning_rate", "epochs", "batch_size", "max_seq_len", "lora_rank")} == {
+        "method": "lora", "learning_rate": "2e-3", "epochs": 20.0, "batch_size": 8, "max_seq_len": 256, "lora_rank": 16}
+    assert demo["lora_dropout"] == p0["hyperparameters_dict"]["lora_dropout"] and "q_proj" in demo["target_modules"]
+    assert {"lora_alpha", "grad_accum", "warmup_ratio", "lr_scheduler", "gradient_checkpointing"} <= set(demo)
     prompting = _plan(prompting_sufficient=True)
     assert prompting["method"] == "prompting"
     with pytest.warns(UserWarning, match="prompt is enough"):
@@ -206,6 +212,9 @@ def test_plan_tab_in_chromium(app_url, home):
     from conftest import chromium_page
 
     with chromium_page(app_url) as page:
+        expect(page.get_by_text("Recommended:")).to_be_visible(timeout=30_000)  # the tab opens short
+        expect(page.locator("#plan-memory-chart")).to_be_hidden()
+        page.get_by_text("Charts: memory per method, time vs cost per tier").click()
         bars = page.locator("#plan-memory-chart .mark-rect path")
         expect(bars.first).to_be_visible(timeout=30_000)
         page.get_by_label("Method", exact=True).first.fill("full")

@@ -1,21 +1,17 @@
-"""UI guards: memory warning before launch, server paths refused on a public Space, clear errors."""
+"""UI guards: memory refusal before launch, server paths refused on a public Space, clear errors."""
 
 import gradio as gr
 import pytest
 
 
-def test_memory_warning_before_launch(monkeypatch):
-    from finetune.config import default_run_config
+def test_a_run_that_will_not_fit_is_refused_before_launch(home):
+    """The memory estimate is part of preflight (finetune.preflight): one clear error, no run folder."""
     from ui import train_tab
 
-    said = []
-    monkeypatch.setattr(train_tab.gr, "Warning", lambda msg, *a, **k: said.append(msg))
-    cfg = default_run_config("meta-llama/Llama-3.1-70B-Instruct", "builtin:demo", method="full")
-    train_tab._warn_if_it_will_not_fit(cfg)
-    assert said and "will not fit" in said[0] and "batch size" in said[0]
-    said.clear()
-    train_tab._warn_if_it_will_not_fit(default_run_config())
-    assert said == []
+    before = sorted((home / "runs").iterdir()) if (home / "runs").exists() else []
+    with pytest.raises(gr.Error, match=r"train\.batch_size: the memory estimate is .* lower the batch size"):
+        train_tab.train_api("meta-llama/Llama-3.1-70B-Instruct", "builtin:demo", "full", "2e-5", 1, 8, 256, 16)
+    assert (sorted((home / "runs").iterdir()) if (home / "runs").exists() else []) == before
 
 
 def test_typed_server_paths_are_refused_on_a_space(monkeypatch, home, tmp_path):

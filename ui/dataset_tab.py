@@ -62,20 +62,44 @@ def inspect_api(upload, source: str, fmt: str, mapping: str, model: str, max_seq
 
 @user_errors
 def prepare_api(upload, source: str, fmt: str, mapping: str, val_ratio: float, seed: float, name: str,
-                mask_pii: bool = False, dedupe: str = "none", model: str = "", max_seq_len: float = 0) -> dict:
+                mask_pii: bool = False, dedupe: str = "none", model: str = "", max_seq_len: float = 0,
+                strict: bool = False) -> dict:
     """Convert, clean and split into train/validation files under the home folder (the
-    `prepare_dataset` API). With a model, a dataset in which no token would be trained is refused."""
+    `prepare_dataset` API). Rows that cannot be converted are dropped and listed (cleaning.skipped_rows:
+    row, file line, field, problem); with strict, the first one refuses the file instead. With a model,
+    a dataset in which no token would be trained is refused."""
     from finetune.data import prepare_dataset
 
     from .guard import dataset_name_for_caller, record_dataset_owner
 
     src = _source(upload, source)
-    return record_dataset_owner(prepare_dataset(
-                           src, None, val_ratio=float(val_ratio), seed=int(seed),
-                           fmt=_fmt(fmt), mapping=_mapping(mapping),
-                           name=dataset_name_for_caller((name or "").strip() or None, src),
-                           mask_pii=bool(mask_pii), dedupe=None if dedupe in (None, "", "none") else dedupe,
-                           tokenizer=model or None, max_seq_len=int(max_seq_len or 0) or None))
+    res = record_dataset_owner(prepare_dataset(
+        src, None, val_ratio=float(val_ratio), seed=int(seed), fmt=_fmt(fmt), mapping=_mapping(mapping),
+        name=dataset_name_for_caller((name or "").strip() or None, src),
+        mask_pii=bool(mask_pii), dedupe=None if dedupe in (None, "", "none") else dedupe,
+        tokenizer=model or None, max_seq_len=int(max_seq_len or 0) or None, on_error="raise" if strict else "skip"))
+    dropped = res["cleaning"].get("skipped_rows") or []
+    if dropped:
+        where = "; ".join(f"{'line ' + str(d['line']) if d.get('line') else 'row ' + str(d['row'])}"
+                          f"{' (' + d['field'] + ')' if d.get('field') else ''}: {d['problem']}" for d in dropped[:5])
+        more = f" and {res['cleaning']['skipped_invalid'] - 5} more" if res["cleaning"]["skipped_invalid"] > 5 else ""
+        gr.Warning(f"Dropped {res['cleaning']['skipped_invalid']} invalid row(s): {where}{more}.")
+    return res
+
+
+def picked(upload, source: str):
+    """The shared Dataset picker follows what was just inspected or uploaded."""
+    try:
+        return gr.Dropdown(choices=dataset_choices(), value=_source(upload, source), allow_custom_value=True)
+    except gr.Error:
+        return gr.skip()
+
+
+def picked_result(res: dict | None):
+    """After Prepare or Augment, the picker selects the saved dataset."""
+    if not res or not res.get("dir"):
+        return gr.skip()
+    return gr.Dropdown(choices=dataset_choices(), value=res["dir"], allow_custom_value=True)
 
 
 @user_errors
@@ -209,7 +233,9 @@ def build(model_box, source) -> None:
             with gr.Row():
                 mask_pii = gr.Checkbox(label="Mask e-mails, phones and keys")
                 dedupe = gr.Radio(["none", "exact", "near"], value="none", label="Drop duplicates")
-            name = gr.Textbox(label="Save as (name)", placeholder="my-dataset")
+            strict = gr.Checkbox(False, label="Strict: refuse the file if any row is invalid",
+                                 info="off: invalid rows are dropped and listed by line")
+            name = gr.Textbox(label="Save as (name)", placeholder="my-dataset", elem_id="prepare-name")
             prepare = gr.Button("Prepare and save split")
             with gr.Accordion("Augment: paraphrases or synthetic rows", open=False):
                 method = gr.Radio(["paraphrase", "self_instruct"], value="paraphrase", label="Method",
@@ -227,15 +253,17 @@ def build(model_box, source) -> None:
                                          color_map={"trained": "green", "masked": "lightgray", "problem": "red"}, combine_adjacent=True)
             saved = gr.JSON(label="Prepared dataset")
             info = gr.JSON(visible=False)
-    refresh = dict(fn=lambda: gr.Dropdown(choices=dataset_choices()), inputs=None, outputs=source, api_visibility="private")
+    upload.upload(picked, [upload, source], source, api_visibility="private")
     hub_use.click(use_hub, [hub_id, hub_config, hub_split], source, api_visibility="private")
     inspect.click(inspect_api, [upload, source, fmt, mapping, model_box, max_len, min_ex], info, api_name="inspect_dataset").then(
         render_inspection, [info, model_box], [report, preview, hist], api_visibility="private").then(
-        mapping_controls, [info, fmt], [map_hint, map_acc, *boxes], api_visibility="private")
+        mapping_controls, [info, fmt], [map_hint, map_acc, *boxes], api_visibility="private").then(
+        picked, [upload, source], source, api_visibility="private")
     fmt.input(mapping_controls, [info, fmt], [map_hint, map_acc, *boxes], api_visibility="private")
     for box in boxes:
         box.input(mapping_text, [info, fmt, *boxes], mapping, api_visibility="private")
-    prepare.click(prepare_api, [upload, source, fmt, mapping, val_ratio, seed, name, mask_pii, dedupe, model_box, max_len], saved,
-                  api_name="prepare_dataset").then(**refresh)
+    prepare.click(prepare_api, [upload, source, fmt, mapping, val_ratio, seed, name, mask_pii, dedupe, model_box, max_len,
+                                strict], saved, api_name="prepare_dataset").success(
+        picked_result, saved, source, api_visibility="private")
     augment.click(augment_api, [upload, source, method, aug_n, aug_seed, model_box, aug_name], augmented,
-                  api_name="augment_dataset").then(**refresh)
+                  api_name="augment_dataset").success(picked_result, augmented, source, api_visibility="private")

@@ -50,15 +50,48 @@ def render_report(r: dict):
     return head, report_markdown(r), r.get("chart") or None
 
 
+@user_errors
+def _download(run_id: str | None):
+    from .train_live import download_value
+
+    return download_value((run_id or "").strip() or None)
+
+
+ISSUES = ("overfitting", "underfitting", "unstable_training", "catastrophic_forgetting", "mode_collapse",
+          "out_of_memory")
+
+
+def show_flags(result: dict):
+    items = (result or {}).get("flags") or []
+    if not result:
+        text = ""
+    elif not items:
+        text = (f"**Diagnose:** no issue found in {result.get('events', 0)} logged steps"
+                + ("." if result.get("evaluated") else " (evaluate the run to check forgetting and mode collapse too)."))
+    else:
+        text = f"**Diagnose:** {len(items)} issue(s) found.\n\n" + "\n".join(
+            f"- **{f['issue'].replace('_', ' ')}**: {f['evidence']}  \n  _{f['suggestion']}_" for f in items)
+    found = {f["issue"] for f in items}
+    return (text, *(gr.Button(visible=k in found) for k in ISSUES))
+
+
+def apply_flag(result: dict, issue: str, keys: list[str]) -> tuple:
+    flag = next((f for f in (result or {}).get("flags") or [] if f["issue"] == issue), None)
+    if flag is None:
+        raise gr.Error("Press Diagnose again: that issue is not flagged any more.")
+    return settings_updates(flag["settings"], keys)
+
+
 def settings_updates(settings: dict, keys: list[str]) -> tuple:
-    """Values for the Train tab's components named in keys, plus a switch to the Train tab."""
+    """Values for the Train tab's components named in keys (unchanged where the settings say nothing),
+    plus a switch to the Train tab."""
     shown = [k for k in keys if k in settings]
     rest = [k for k in settings if k not in keys]
     gr.Info("Train tab set for a new run: " + ", ".join(f"{k} = {settings[k]:g}" if isinstance(settings[k], float)
                                                         else f"{k} = {settings[k]}" for k in shown)
             + (f". Also suggested (set them in the run config): {', '.join(f'{k} = {settings[k]}' for k in rest)}"
                if rest else ""))
-    return tuple(settings[k] for k in shown) + (gr.Tabs(selected="train"),)
+    return tuple(settings[k] if k in settings else gr.skip() for k in keys) + (gr.Tabs(selected="train"),)
 
 
 def build(run_box, train: dict | None = None, tabs=None) -> None:
@@ -67,34 +100,27 @@ def build(run_box, train: dict | None = None, tabs=None) -> None:
         max_ex = gr.Number(value=200, precision=0, minimum=1, maximum=5000, label="Max examples", scale=1)
         go = gr.Button("Evaluate", variant="primary", scale=1)
         diag = gr.Button("Diagnose", scale=1)
+    download = gr.DownloadButton("Download adapter (.zip)", visible=False, elem_id="eval-download")
     headline = gr.Markdown("Choose a finished run and press **Evaluate** (runs in its own process) or **Diagnose**.")
     raw = gr.JSON(visible=False)
     flags = gr.JSON(visible=False)
 
-    @gr.render(inputs=flags)
-    def show_flags(result):
-        if not result:
-            return
-        items = result.get("flags") or []
-        if not items:
-            gr.Markdown(f"**Diagnose:** no issue found in {result.get('events', 0)} logged steps"
-                        + ("" if result.get("evaluated") else " (evaluate the run to check forgetting and mode collapse too)."))
-            return
-        gr.Markdown(f"**Diagnose:** {len(items)} issue(s) found.")
-        for fl in items:
-            with gr.Row(equal_height=True):
-                gr.Markdown(f"**{fl['issue'].replace('_', ' ')}**: {fl['evidence']}  \n_{fl['suggestion']}_")
-                btn = gr.Button(f"Apply to Train tab: {fl['issue'].replace('_', ' ')}", size="sm", scale=0)
-            if train is not None and tabs is not None:
-                keys = [k for k in fl["settings"] if k in train]
-                btn.click(lambda s=fl["settings"], k=keys: settings_updates(s, k), None,
-                          [train[k] for k in keys] + [tabs], api_visibility="private")
+    flags_md = gr.Markdown()
+    with gr.Row():  # one button per issue kind, shown when that issue is flagged
+        buttons = {k: gr.Button(f"Apply to Train tab: {k.replace('_', ' ')}", size="sm", visible=False) for k in ISSUES}
+    keys = [k for k in (train or {}) if k != "run_id"]
+    flags.change(show_flags, flags, [flags_md, *buttons.values()], api_visibility="private")
+    if train is not None and tabs is not None:
+        for issue, btn in buttons.items():
+            btn.click(lambda res, i=issue: apply_flag(res, i, keys), flags, [train[k] for k in keys] + [tabs],
+                      api_visibility="private")
 
     with gr.Row():
         report = gr.Markdown(elem_id="eval-report")
         chart = gr.Image(label="Metrics: base (grey) vs fine-tuned (blue)", type="filepath", height=300,
                          interactive=False, scale=0, min_width=360)
     run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run_id, api_visibility="private")
+    run_id.change(_download, run_id, download, api_visibility="private")
     run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
     go.click(evaluate_api, [run_id, max_ex], raw, api_name="evaluate", concurrency_limit=1,
              concurrency_id="model_work").then(render_report, raw, [headline, report, chart], api_visibility="private").then(

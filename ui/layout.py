@@ -13,6 +13,9 @@ from . import compare_tab, dataset_tab, evaluate_tab, guard, hub_panel, plan_tab
 
 CSS = """
 .fts-note {font-size: 0.9em; opacity: 0.8}
+.fts-progress progress {width: 100%; height: 1.1em; accent-color: var(--color-accent)}
+.fts-progress-text {font-variant-numeric: tabular-nums}
+#loss-plot .vega-embed {overflow: visible}
 """
 
 
@@ -41,12 +44,14 @@ def build_demo() -> gr.Blocks:
                         "need a login on this Space's allowlist. You see only your own runs and datasets.",
                         elem_classes="fts-note")
         run_state = gr.BrowserState(None, storage_key="fine_tune_studio_run", secret=_browser_secret())
+        data_state = gr.BrowserState(None, storage_key="fine_tune_studio_data", secret=_browser_secret())
         with gr.Row():
             model = gr.Dropdown(plan_tab.model_choices(), value=TINY_CHAT_ID, allow_custom_value=True,
                                 label="Base model", scale=2,
                                 info="builtin:tiny-chat is a randomly initialised demo model built offline")
             data = gr.Dropdown(dataset_tab.dataset_choices(), value=DEMO_DATASET_ID, allow_custom_value=True,
-                               label="Dataset", scale=2, info="builtin:demo, a saved dataset or a file path")
+                               label="Dataset", scale=2, info="builtin:demo, a saved dataset or a file path",
+                               elem_id="dataset-picker")
         with gr.Tabs() as tabs:
             with gr.Tab("Plan", id="plan"):
                 plan = plan_tab.build(model, data)
@@ -63,4 +68,8 @@ def build_demo() -> gr.Blocks:
         # Jobs outlive the page: reattach to the run this browser was following.
         demo.load(lambda r: gr.Dropdown(choices=train_tab.run_choices(), value=r) if r else gr.skip(),
                   run_state, t["run_id"], api_visibility="private")
+        # ...and to the dataset it had picked (an upload, a prepared split), so Train still trains that one.
+        data.change(lambda d: d, data, data_state, api_visibility="private")
+        demo.load(lambda d: gr.Dropdown(choices=dataset_tab.dataset_choices(), value=d or DEMO_DATASET_ID),
+                  data_state, data, api_visibility="private")
     return guard.guard_demo(demo)  # identity, allowlist and ownership checks on every event

@@ -21,7 +21,9 @@ from .render import check_source, md_table, user_errors
 METHODS = ["auto", *CONFIG_METHODS]
 TASK_TYPES = list(PLAN_TASK_TYPES)
 DEMO_MEAN_TOKENS = 23  # builtin:demo rows with tiny-chat's chat template ("Count from dataset" measures it)
-TRAIN_FIELDS = ("method", "learning_rate", "epochs", "batch_size", "max_seq_len", "lora_rank")
+# Every Train tab setting "Use this plan" fills (ui.plan_view.train_settings); the run applies them all.
+TRAIN_FIELDS = ("method", "learning_rate", "epochs", "batch_size", "max_seq_len", "lora_rank", "lora_alpha",
+                "lora_dropout", "target_modules", "grad_accum", "warmup_ratio", "lr_scheduler", "gradient_checkpointing")
 PART_COLORS = {"weights": "#4c78a8", "trainable_and_grads": "#f58518", "optimizer": "#e45756",
                "activations": "#72b7b2", "logits": "#54a24b", "overhead": "#b8b8b8"}
 _PALETTE = list(PART_COLORS.values()) + ["#eeca3b", "#b279a2", "#ff9da6", "#9d755d"]
@@ -76,13 +78,28 @@ def _servable(path: str) -> str:
     return shutil.copy2(p, d / p.name)
 
 
+def _time_unit(hours: list) -> tuple[str, float]:
+    """The unit that fits the longest time shown: seconds, minutes or hours (and its factor from hours)."""
+    longest = max((h for h in hours if h == h and h is not None), default=0.0)
+    return ("s", 3600.0) if longest * 3600 < 90 else ("min", 60.0) if longest < 1.5 else ("h", 1.0)
+
+
+def _scatter(points: list[dict]) -> pd.DataFrame:
+    """Tiers for the time-vs-cost chart with a `time` column in the unit that fits (x_title says which)."""
+    df = pd.DataFrame(points).astype({"hours": "float64", "cost_usd": "float64"})
+    unit, factor = _time_unit(list(df["hours"]))
+    df["time"] = df["hours"] * factor
+    df.attrs["unit"] = unit
+    return df
+
+
 def _views(p: dict) -> dict:
     from finetune.plan import write_plan_files
     from ui.plan_view import details_md, memory_rows, summary_md, tier_points, tier_rows
 
     cols = ["tier", "fits", "time", "training $", "$/h", "memory GB", "serving $/1M tokens"]
     return {"summary": summary_md(p), "chart": pd.DataFrame(memory_rows(p)),
-            "scatter": pd.DataFrame(tier_points(p)).astype({"hours": "float64", "cost_usd": "float64"}),
+            "scatter": _scatter(tier_points(p)),
             "tiers": pd.DataFrame(tier_rows(p))[cols],
             "hyper": md_table(p.get("hyperparameters") or [], ["name", "value", "rationale"]),
             "details": details_md(p), "yaml": p["trl_config_yaml"], "script": p["python_script"],
@@ -98,6 +115,7 @@ def render_plan(p: dict):
     if not p:
         return (gr.skip(),) * len(OUTPUTS)
     v = _views(p)
+    v["scatter"] = gr.update(value=v["scatter"], x_title=f"training time ({v['scatter'].attrs['unit']})")
     v["download"] = gr.DownloadButton(value=v["download"])
     return tuple(v[k] for k in OUTPUTS)
 
@@ -145,7 +163,9 @@ def use_plan(p: dict):
     s["batch_size"], s["lora_rank"] = min(64, int(s["batch_size"])), min(128, int(s["lora_rank"]))
     gr.Info(f"Train tab filled from the plan: {s['method']}, learning rate {s['learning_rate']:g}, "
             f"{s['epochs']:g} epochs, batch {s['batch_size']}.")
-    return tuple(s[k] for k in TRAIN_FIELDS) + (gr.Tabs(selected="train"),)
+    from .forms import fmt_lr
+
+    return tuple(fmt_lr(s[k]) if k == "learning_rate" else s[k] for k in TRAIN_FIELDS) + (gr.Tabs(selected="train"),)
 
 
 def connect_train(plan_parts: dict, train: dict, tabs) -> None:
@@ -197,17 +217,20 @@ def build(model, data=None) -> dict:
         with gr.Column(scale=2):
             summary = gr.Markdown(v0["summary"])
             use = gr.Button("Use this plan", variant="primary", size="sm")
-            chart = gr.BarPlot(v0["chart"], x="method", y="GB", color="part", color_map=PART_COLORS,
-                               label="Memory breakdown per method (GB, ← = chosen)", tooltip="all",
-                               elem_id="plan-memory-chart")
-            scatter = gr.ScatterPlot(v0["scatter"], x="hours", y="cost_usd", color="hardware", x_title="training hours",
-                                     y_title="training $",
-                                     color_map=dict(zip(v0["scatter"]["hardware"].unique(), _PALETTE * 3)),
-                                     label="Time vs cost on the tiers that fit (hover for the tier)",
-                                     tooltip="all", elem_id="plan-tiers-chart")
-            tiers = gr.Dataframe(v0["tiers"], label="Hardware tiers", interactive=False, max_height=320,
-                                 elem_id="plan-tiers-table")
-            with gr.Accordion("Hyperparameters", open=True):
+            # The recommendation and key numbers first; the charts, tiers and settings fold away.
+            with gr.Accordion("Charts: memory per method, time vs cost per tier", open=False, elem_id="plan-charts"):
+                chart = gr.BarPlot(v0["chart"], x="method", y="GB", color="part", color_map=PART_COLORS,
+                                   label="Memory breakdown per method (GB, ← = chosen)", tooltip="all",
+                                   elem_id="plan-memory-chart")
+                scatter = gr.ScatterPlot(v0["scatter"], x="time", y="cost_usd", color="hardware",
+                                         x_title=f"training time ({v0['scatter'].attrs['unit']})", y_title="training $",
+                                         color_map=dict(zip(v0["scatter"]["hardware"].unique(), _PALETTE * 3)),
+                                         label="Time vs cost on the tiers that fit (hover for the tier)",
+                                         tooltip=["tier", "hardware", "time", "cost_usd"], elem_id="plan-tiers-chart")
+            with gr.Accordion("Hardware tiers: time, cost, fit", open=False):
+                tiers = gr.Dataframe(v0["tiers"], label="Hardware tiers", interactive=False, max_height=320,
+                                     elem_id="plan-tiers-table")
+            with gr.Accordion("Hyperparameters", open=False):
                 hyper = gr.Markdown(v0["hyper"])
             with gr.Accordion("Risks, dataset requirements, evaluation plan, readiness", open=False):
                 details = gr.Markdown(v0["details"])

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import subprocess
-from pathlib import Path
 
 import gradio as gr
 

@@ -1,4 +1,5 @@
-"""Train tab: start a run in a child process, follow its loss and progress live, stop or resume it.
+"""Train tab: every run setting (generated from the config dataclasses), start/stop/resume, a live view
+(ui.train_live) refreshed by a gr.Timer only while a run is active, the runs table, and the download.
 
 The run id is kept in the browser (gr.BrowserState), so reloading the page reattaches to the run.
 """
@@ -6,59 +7,78 @@ The run id is kept in the browser (gr.BrowserState), so reloading the page reatt
 from __future__ import annotations
 
 import gradio as gr
-import pandas as pd
 
 from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
-from finetune.config import BUILTIN_DEMO_REASON, METHODS, TrainConfig, build_run_config, default_run_config, help_for
-from finetune.hardware import detect_hardware
+from finetune.config import (BUILTIN_DEMO_REASON, DataConfig, LoraConfig, TrainConfig, build_run_config,
+                             default_run_config)
 
-from . import jobs_panel
-from .render import check_source, fmt_duration, num, run_choices, user_errors
+from . import jobs_panel, train_live
+from .forms import coerce, field_input
+from .render import check_source, run_choices, user_errors
 
-# Both series from the first value on: Gradio 6.31's native plot keeps the color domain of its first
-# value, so a series missing then is drawn without a color later (an invisible line).
-_EMPTY = pd.DataFrame({"step": pd.Series([0, 0], dtype="int64"), "value": pd.Series([None, None], dtype="float64"),
-                       "series": ["training loss", "validation loss"]})
-_DEFAULTS = default_run_config().train
+_D = default_run_config()
+# (section, field) of every setting after the first eight `train` API parameters, in API order
+# (new ones go at the end: API clients pass them by position). trust_remote_code is left out on
+# purpose: running a model repository's own code is not a choice a web form should offer.
+MORE = [("lora", "alpha"), ("lora", "dropout"), ("lora", "target_modules"), ("train", "grad_accum"),
+        ("train", "warmup_ratio"), ("train", "lr_scheduler"), ("train", "weight_decay"), ("train", "max_steps"),
+        ("train", "eval_steps"), ("train", "save_steps"), ("train", "logging_steps"), ("train", "keep_best"),
+        ("train", "early_stopping_patience"), ("train", "gradient_checkpointing"), ("data", "val_ratio"),
+        ("train", "seed"), ("lora", "num_virtual_tokens"), ("train", "dpo_beta"), ("train", "save_total_limit"),
+        ("train", "early_stopping_threshold"), ("train", "precision"), ("train", "backend"),
+        ("train", "group_by_length"), ("train", "report_to"), ("train", "init_from_run"), ("data", "seed"),
+        ("train", "num_processes"), ("train", "accelerate_preset")]
+MAIN = [("train", "method"), ("train", "learning_rate"), ("train", "epochs"), ("train", "batch_size"),
+        ("data", "max_seq_len"), ("lora", "r")]
+_CLS = {"train": TrainConfig, "lora": LoraConfig, "data": DataConfig}
+_PARAM = {("lora", "alpha"): "lora_alpha", ("lora", "dropout"): "lora_dropout", ("data", "seed"): "data_seed",
+          ("lora", "r"): "lora_r"}
+
+
+def param(key: tuple[str, str]) -> str:
+    """The train API parameter (and Train tab component) name of a (section, field)."""
+    return _PARAM.get(key, key[1])
 
 
 @user_errors
-def train_api(model: str, data: str, method: str, learning_rate: float, epochs: float, batch_size: float,
-              max_seq_len: float, lora_r: float, num_processes: float = 1) -> str:
-    """Start a training run and return its run id at once (the `train` API)."""
-    cfg = run_config(model, data, method, learning_rate, epochs, batch_size, max_seq_len, lora_r, num_processes)
-    _warn_if_it_will_not_fit(cfg)
+def train_api(model: str, data: str, method: str, learning_rate: float | str, epochs: float, batch_size: float,
+              max_seq_len: float, lora_r: float, lora_alpha: float = 0, lora_dropout: float = 0.05,
+              target_modules: str = "all-linear", grad_accum: float = 1, warmup_ratio: float = 0.03,
+              lr_scheduler: str = "cosine", weight_decay: float = 0.0, max_steps: float = 0, eval_steps: float = 100,
+              save_steps: float = 200, logging_steps: float = 5, keep_best: bool = True,
+              early_stopping_patience: float = 0, gradient_checkpointing: bool = False, val_ratio: float = 0.1,
+              seed: float = 42, num_virtual_tokens: float = 16, dpo_beta: float = 0.1, save_total_limit: float = 2,
+              early_stopping_threshold: float = 0.0, precision: str = "auto", backend: str = "auto",
+              group_by_length: bool = True, report_to: str = "none", init_from_run: str = "",
+              data_seed: float = 42, num_processes: float = 1, accelerate_preset: str = "auto") -> str:
+    """Check and start a training run; return its run id at once (the `train` API). lora_alpha 0 means
+    2 x rank. A run that would fail (missing data, unknown model, nothing trained, too big) is refused
+    before anything is created."""
     from .guard import start_as_caller  # owner, public-mode limits, the caller's token only
 
-    return start_as_caller(cfg)
+    given = dict(locals())
+    data = check_source((data or DEMO_DATASET_ID).strip())
+    sections: dict[str, dict] = {"train": {}, "data": {}, "lora": {}}
+    for section, name in MAIN + MORE:
+        sections[section][name] = coerce(_CLS[section], name, given[param((section, name))])
+    sections["train"]["method"] = sections["train"]["method"] or "lora"
+    if not sections["lora"]["alpha"]:
+        sections["lora"]["alpha"] = 2 * sections["lora"]["r"]
+    cfg = build_run_config(model or TINY_CHAT_ID, data, sections)  # validation names the field
+    return start_as_caller(cfg)  # preflight runs inside: nothing is created when it fails
 
 
 def run_config(model, data, method, learning_rate, epochs, batch_size, max_seq_len, lora_r, num_processes=1):
-    """The run config from the tab's widgets (also used by Run on Hugging Face Jobs)."""
+    """The run config from the tab's main widgets (used by Run on Hugging Face Jobs)."""
     for label, value in (("Learning rate", learning_rate), ("Epochs", epochs), ("Batch size", batch_size),
                          ("Max sequence length", max_seq_len), ("LoRA rank", lora_r)):
-        if value is None:
+        if value is None or value == "":
             raise gr.Error(f"{label} is empty: enter a number.")
     data = check_source((data or DEMO_DATASET_ID).strip())
-    cfg = build_run_config(model or TINY_CHAT_ID, data, {
+    return build_run_config(model or TINY_CHAT_ID, data, {
         "train": {"method": method or "lora", "learning_rate": float(learning_rate), "epochs": float(epochs),
                   "batch_size": int(batch_size), "num_processes": int(num_processes or 1)},
         "data": {"max_seq_len": int(max_seq_len)}, "lora": {"r": int(lora_r), "alpha": 2 * int(lora_r)}})
-    return cfg
-
-
-def _warn_if_it_will_not_fit(cfg) -> None:
-    """Estimate memory before launch (the planner's model) and say so when it will not fit here."""
-    from finetune.plan import estimate_run_memory
-
-    try:
-        p = estimate_run_memory(cfg.model.model_id, cfg.train.method, cfg.data.max_seq_len, cfg.train.batch_size,
-                                cfg.lora.r, cfg.train.gradient_checkpointing)
-    except ValueError:  # an unknown model offline: nothing to estimate from
-        return
-    if not p["fits"]:
-        gr.Warning(f"Estimated {p['vram_gb']:.1f} GB will not fit on this machine ({p['usable_gb']} GB "
-                   "usable): expect out-of-memory. Lower the batch size or sequence length, or use QLoRA on a GPU.")
 
 
 @user_errors
@@ -91,46 +111,6 @@ def runs_api() -> list[dict]:
     return visible_runs(list_runs())
 
 
-def render_status(st: dict):
-    if not st:
-        return gr.skip(), gr.skip()
-    state, step, total = st.get("state"), st.get("step") or 0, st.get("total_steps")
-    bar = "█" * int((st.get("progress") or 0) / 5) + "░" * (20 - int((st.get("progress") or 0) / 5))
-    lines = [f"### {st.get('run_id')}: **{state}**",
-             f"`{bar}` {st.get('progress', 0):.0f}% · step {step}/{total or '?'} · ETA {fmt_duration(st.get('eta_s'))}"
-             f" · loss {num(st.get('loss'))} · validation loss {num(st.get('eval_loss'))}"
-             + (f" · {st.get('tokens_per_s')} tokens/s" if st.get("tokens_per_s") else "")]
-    if st.get("job_id"):
-        lines.append(f"\nHugging Face job [{st['job_id']}]({st.get('job_url')}) on {st.get('flavor')}: "
-                     f"{st.get('job_stage')}" + (" (not followed: reattach with a token)" if st.get("follower") else ""))
-    elif st.get("remote") and st.get("job_stage"):
-        lines.append(f"\nHugging Face Jobs: {st['job_stage'].lower()} ({st.get('flavor')})")
-    if st.get("launch"):
-        lines.append(f"\n{st['launch'].get('num_processes')} processes, {st['launch'].get('reason')}.")
-    if st.get("error"):
-        lines.append(f"\n**Error:** {st['error']}")
-    if st.get("artifact"):
-        lines.append(f"\nSaved: `{st['artifact']}` — evaluate it in the **Evaluate** tab.")
-    if st.get("resumable") and state in ("failed", "stopped"):
-        lines.append("\nThis run can be resumed from its last checkpoint.")
-    rows = []
-    for e in st.get("events", []):
-        for key, series in (("loss", "training loss"), ("eval_loss", "validation loss")):
-            if e.get(key) is not None:
-                rows.append({"step": e["step"], "value": e[key], "series": series})
-    df = pd.DataFrame(rows).astype({"step": "int64", "value": "float64"}) if rows else _EMPTY
-    return "\n".join(lines), df
-
-
-def poll(run_id: str):
-    if not run_id:
-        return gr.skip(), gr.skip()
-    try:
-        return render_status(status_api(run_id))
-    except gr.Error as exc:
-        return f"**{exc.message}**", _EMPTY
-
-
 @user_errors
 def resume(run_id: str) -> str:
     from .guard import resume_as_caller
@@ -139,24 +119,46 @@ def resume(run_id: str) -> str:
     return run_id
 
 
-def _num_field(name, **kw):
-    return dict(label=name.replace("_", " ").capitalize(), info=help_for(TrainConfig, name), **kw)
+def will_train(model: str, data: str) -> str:
+    """What Start will use: the dataset (name, rows, format) and the model."""
+    from finetune.preflight import describe_source
+    from finetune.sources import SourceError, check_source as allowed
+
+    try:  # on a public Space a typed server path is neither read nor described
+        d = describe_source(allowed(data or DEMO_DATASET_ID))
+    except SourceError as exc:
+        return f"**Will train** `{model or TINY_CHAT_ID}` on … ⚠️ {exc}"
+    rows = f"{d['rows']} rows" + (f" ({d['rows_train']} train / {d['rows_validation']} validation)"
+                                  if d.get("rows_train") is not None else "")
+    note = " — randomly initialised demo model" if (model or TINY_CHAT_ID) == TINY_CHAT_ID else ""
+    err = f" ⚠️ {d['error']}" if d.get("error") else ""
+    return (f"**Will train** `{model or TINY_CHAT_ID}`{note} on **{d['name']}** · {rows} · format "
+            f"**{d['format']}** ({d['kind']}){err}")
 
 
 def build(model_box, data_box, run_state) -> dict:
     gr.Markdown(f"Defaults suit the built-in demo model. Why: {BUILTIN_DEMO_REASON}. It is **randomly "
-                "initialised**, so a run shows the pipeline working, not a useful model.")
+                "initialised**, so a run shows the pipeline working, not a useful model.", elem_classes="fts-note")
+    summary = gr.Markdown(will_train(TINY_CHAT_ID, DEMO_DATASET_ID), elem_id="train-will-train")
+    t, lo = _D.train, _D.lora
     with gr.Row():
         with gr.Column(scale=1):
-            method = gr.Dropdown(list(METHODS), value="lora",
-                                 **_num_field("method"))
-            lr = gr.Number(value=_DEFAULTS.learning_rate, **_num_field("learning_rate"))
-            epochs = gr.Number(value=_DEFAULTS.epochs, minimum=0, **_num_field("epochs"))
-            batch = gr.Slider(1, 64, value=_DEFAULTS.batch_size, step=1, **_num_field("batch_size"))
-            seq = gr.Slider(32, 4096, value=256, step=32, label="Max sequence length (tokens)")
-            rank = gr.Slider(1, 128, value=16, step=1, label="LoRA rank", info="alpha is set to 2 x rank")
-            gpus = detect_hardware().get("gpu_count") or 0  # one process per GPU; shown only with several
-            procs = gr.Slider(1, max(2, gpus), value=1, step=1, visible=gpus > 1, **_num_field("num_processes"))
+            c = {"method": field_input(TrainConfig, "method", t.method),
+                 "learning_rate": field_input(TrainConfig, "learning_rate", t.learning_rate),
+                 "epochs": field_input(TrainConfig, "epochs", t.epochs, minimum=0, step=1),
+                 "batch_size": gr.Slider(1, 64, value=t.batch_size, step=1, label="Batch size",
+                                         info=TrainConfig.__dataclass_fields__["batch_size"].metadata["help"]),
+                 "max_seq_len": gr.Slider(32, 4096, value=_D.data.max_seq_len, step=32, label="Max sequence length (tokens)"),
+                 "lora_rank": gr.Slider(1, 128, value=lo.r, step=1, label="LoRA rank")}
+            with gr.Accordion("More settings (all applied to the run)", open=False, elem_id="train-more"):
+                for i in range(0, len(MORE), 2):  # two per row: the list stays short enough to scan
+                    with gr.Row():
+                        for section, name in MORE[i:i + 2]:
+                            value = getattr(getattr(_D, section), name)
+                            c[param((section, name))] = field_input(
+                                _CLS[section], name, 0 if name == "alpha" else value,
+                                **({"info": "0 = 2 x rank"} if name == "alpha" else
+                                   {"label": "Data split seed"} if (section, name) == ("data", "seed") else {}))
             start = gr.Button("Start training", variant="primary")
             jobs = jobs_panel.build()
             with gr.Row():
@@ -166,24 +168,46 @@ def build(model_box, data_box, run_state) -> dict:
             with gr.Row():
                 run_id = gr.Dropdown(run_choices(), value=None, allow_custom_value=True, label="Run", scale=3)
                 refresh = gr.Button("↻ Runs", scale=0)
-            progress = gr.Markdown("No run yet. Press **Start training**.")
-            plot = gr.LinePlot(_EMPTY, x="step", y="value", color="series", label="Loss", height=320,
-                               x_title="step", y_title="loss",
-                               color_map={"training loss": "#4c78a8", "validation loss": "#f58518"},
-                               elem_id="loss-plot")
+            progress = gr.HTML(train_live.progress_html(None), elem_id="train-progress")
+            metrics = gr.HTML(elem_id="train-metrics")
+            # no fixed height: with one, Gradio 6.31 crops the legend under the chart (only its title showed)
+            plot = gr.LinePlot(train_live.empty_curve(), x="step", y="value", color="series", label="Loss",
+                               x_title="step", y_title="loss", color_title="", x_axis_format="d",
+                               color_map=train_live.COLORS, elem_id="loss-plot")
+            download = gr.DownloadButton("Download adapter (.zip)", visible=False, elem_id="train-download")
+            log = gr.Textbox(label="Log (last lines)", lines=6, max_lines=12, interactive=False, autoscroll=True,
+                             elem_id="train-log")
             raw = gr.JSON(visible=False)
-    timer = gr.Timer(1.0)
-    jobs_panel.wire(jobs, [model_box, data_box, method, lr, epochs, batch, seq, rank], run_id, run_state, run_choices)
-    start.click(train_api, [model_box, data_box, method, lr, epochs, batch, seq, rank, procs], run_id, api_name="train").then(
-        lambda r: (r, gr.Dropdown(choices=run_choices(), value=r)), run_id, [run_state, run_id], api_visibility="private")
-    timer.tick(poll, run_id, [progress, plot], api_visibility="private", show_progress="hidden")
-    run_id.change(lambda r: r, run_id, run_state, api_visibility="private").then(
-        poll, run_id, [progress, plot], api_visibility="private")
-    stop.click(stop_api, run_id, raw, api_name="stop")
-    resume_btn.click(resume, run_id, run_id, api_visibility="private")
+    with gr.Accordion("Runs", open=True):
+        table = gr.Dataframe(train_live.runs_frame, interactive=False, max_height=300, elem_id="runs-table",
+                             label="Click a row to follow that run")
+        with gr.Row():
+            refresh_table = gr.Button("↻ Refresh", size="sm")
+            delete_btn = gr.Button("Delete the selected run", size="sm", variant="stop")
+    main_keys = ["method", "learning_rate", "epochs", "batch_size", "max_seq_len", "lora_rank"]
+    jobs_panel.wire(jobs, [model_box, data_box] + [c[k] for k in main_keys], run_id, run_state, run_choices)
+    timer = gr.Timer(1.0, active=False)  # switched on by poll() while a run is active
+    shown = gr.State({})  # per page: events already drawn in the chart, run state last shown
+    order = main_keys + [param(k) for k in MORE]
+    live = [progress, metrics, plot, log, download, timer, shown, table]
+    gr.on([model_box.change, data_box.change], will_train, [model_box, data_box], summary, api_visibility="private",
+          show_progress="hidden")
+    start.click(train_api, [model_box, data_box] + [c[k] for k in order], run_id, api_name="train").success(
+        lambda r: (r, gr.Dropdown(choices=run_choices(), value=r), train_live.runs_frame()), run_id,
+        [run_state, run_id, table], api_visibility="private")
+    timer.tick(train_live.poll, [run_id, shown], live, api_visibility="private", show_progress="hidden")
+    run_id.change(lambda r: (r, {}), run_id, [run_state, shown], api_visibility="private").then(
+        train_live.poll, [run_id, shown], live, api_visibility="private", show_progress="hidden")
+    stop.click(stop_api, run_id, raw, api_name="stop").then(train_live.poll, [run_id, shown], live,
+                                                             api_visibility="private", show_progress="hidden")
+    resume_btn.click(resume, run_id, run_id, api_visibility="private").success(
+        train_live.poll, [run_id, shown], live, api_visibility="private", show_progress="hidden")
     refresh.click(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
     run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
+    refresh_table.click(train_live.runs_frame, None, table, api_visibility="private")
+    table.select(train_live.pick_row, table, run_id, api_visibility="private")
+    delete_btn.click(train_live.delete, run_id, [table, run_id], api_visibility="private",
+                     js="(r) => (r && confirm('Delete run ' + r + ' and its files?')) ? r : null")
     gr.api(status_api, api_name="status")  # API-only endpoints: no hidden components needed
     gr.api(runs_api, api_name="runs")
-    return {"run_id": run_id, "method": method, "learning_rate": lr, "epochs": epochs, "batch_size": batch,
-            "max_seq_len": seq, "lora_rank": rank, "num_processes": procs}
+    return {"run_id": run_id, **c}

@@ -268,6 +268,8 @@ def prepare_dataset(source: str, out_dir: str | None = None, *, val_ratio: float
     NEAR_DUP_THRESHOLD similar to an earlier one. With a tokenizer, a dataset in which no token
     would be trained is refused. Returns {"dir", "train_path", "validation_path", "format", "kind",
     "rows_train", "rows_validation", "cleaning"}; meta.json holds the same "cleaning" counts.
+    on_error="skip" drops rows that cannot be converted instead of refusing the file: "cleaning" then
+    says how many ("skipped_invalid") and which ("skipped_rows": row, file line, field, problem).
     """
     if name is not None:
         if not is_safe_name(name, 100):
@@ -298,6 +300,11 @@ def prepare_dataset(source: str, out_dir: str | None = None, *, val_ratio: float
     if fmt_used == "unknown":
         fmt_used = fmt or "unknown"
     cleaning: dict[str, Any] = {"skipped_invalid": len(skipped)}
+    if skipped:  # which rows were dropped, by file line where the file has lines, and why
+        lines = record_lines(source, len(records))
+        cleaning["skipped_rows"] = [
+            {"row": e.row, "line": lines[e.row - 1] if lines and e.row else None, "field": e.field,
+             "problem": e.detail} for e in skipped[:MAX_SKIPPED_LISTED]]
     if mask_pii:
         rows, cleaning["pii_masked"] = mask_pii_rows(rows, kind)
     if dedupe:
@@ -328,6 +335,45 @@ def prepare_dataset(source: str, out_dir: str | None = None, *, val_ratio: float
     return {"dir": str(out), "train_path": str(out / "train.jsonl"),
             "validation_path": str(out / "validation.jsonl"), "format": fmt_used, "kind": kind,
             "rows_train": len(train), "rows_validation": len(val), "cleaning": cleaning}
+
+
+MAX_SKIPPED_LISTED = 200  # the count is always whole; the list of which rows stops here
+
+
+def record_lines(source: str, n_records: int) -> list[int] | None:
+    """The file line on which each record starts (JSON lines, CSV, TSV), or None where records have
+    no line of their own (a JSON array, Parquet, builtin:, hub:) or the count does not match."""
+    import csv
+    import io
+
+    from .load import _decode
+
+    src = str(source)
+    p = Path(src).expanduser()
+    if src.startswith(("builtin:", "hub:")) or not p.is_file() or p.suffix.lower() == ".parquet":
+        return None
+    try:
+        text = _decode(p.read_bytes(), p.name)
+    except (ValueError, OSError):
+        return None
+    out: list[int] = []
+    if text.lstrip()[:1] == "{":
+        out = [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    elif p.suffix.lower() in (".csv", ".tsv"):
+        header = text.split("\n", 1)[0]
+        delimiter = "\t" if "\t" in header and ("," not in header or p.suffix.lower() == ".tsv") else ","
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        try:
+            width = len(next(reader))
+            prev = reader.line_num
+            for values in reader:
+                start, prev = prev + 1, reader.line_num
+                if not values or (len(values) == 1 and not values[0].strip() and width > 1):
+                    continue
+                out.append(start)
+        except (StopIteration, csv.Error):
+            return None
+    return out if len(out) == n_records else None
 
 
 def write_prepared(out: str | os.PathLike, train: list[dict], val: list[dict], meta: dict) -> Path:

@@ -180,6 +180,7 @@ def report_markdown(r: dict) -> str:
     if prov:
         ds, dec = r.get("dataset") or {}, r.get("decoding") or {}
         lines += ["", "## Provenance", "",
+                  *([f"- Weights: the fine-tuned adapter holds {r['kept']}"] if r.get("kept") else []),
                   f"- Dataset: `{_cell(ds.get('source'))}`, {ds.get('rows')} validation rows, sha256 `{ds.get('sha256')}`"
                   + ("" if ds.get("snapshot") else " (no snapshot kept at start: read from the source now)"),
                   (f"- Decoding: greedy, max {dec.get('max_new_tokens')} new tokens, stop ids {dec.get('eos_token_ids')}, "
