@@ -26,7 +26,8 @@ import gradio as gr
 
 from finetune import access
 
-OPEN_APIS = {"plan", "inspect_dataset", "status", "runs"}  # anyone may plan and inspect; status/runs: own runs only
+# Anyone may plan and inspect; status/runs/runs_frame (the Train tab's table, loaded with the page) show own runs only.
+OPEN_APIS = {"plan", "inspect_dataset", "status", "runs", "runs_frame"}
 PRIVATE_ACTIONS = {"dry_run": "train", "resume": "resume", "delete": "train"}  # UI-only handlers that act
 _IDENT: contextvars.ContextVar[access.Identity | None] = contextvars.ContextVar("fts_identity", default=None)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
