@@ -127,3 +127,24 @@ def test_refusals_reach_the_browser_as_gr_error(public_app):
         page.get_by_text("Log in with your Hugging Face account to train").first.wait_for(timeout=30000)
         assert page.get_by_role("button", name="Sign in with Hugging Face").count() >= 1 or \
             page.get_by_text("Sign in").count() >= 1
+
+
+def test_every_endpoint_but_plan_inspect_status_runs_needs_a_login(public_app):
+    """Endpoints added by any issue are closed to anonymous visitors unless listed as open."""
+    from ui.guard import OPEN_APIS
+
+    anon = _client(public_app)
+    named = anon.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    dummy = {"string": "x", "number": 1, "integer": 1, "boolean": False}
+    checked = []
+    for name, info in named.items():
+        if name.strip("/") in OPEN_APIS or name.startswith("/_"):  # /_check_login_status: Gradio's LoginButton
+            continue
+        args = []
+        for p in info["parameters"]:
+            t = (p.get("type") or {}).get("type")
+            args.append(p["parameter_default"] if p.get("parameter_has_default") else dummy.get(t))
+        msg = _error(anon.predict, *args, api_name=name)
+        assert "Log in" in msg, (name, msg)
+        checked.append(name)
+    assert {"/train", "/stop", "/evaluate", "/compare", "/push"} <= set(checked)

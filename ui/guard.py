@@ -26,7 +26,8 @@ import gradio as gr
 
 from finetune import access
 
-OPEN_APIS = {"plan", "inspect_dataset", "status", "runs"}  # anyone may plan and inspect; status/runs: own runs only
+# Anyone may plan and inspect; status/runs/runs_frame (the Train tab's table, loaded with the page) show own runs only.
+OPEN_APIS = {"plan", "inspect_dataset", "status", "runs", "runs_frame"}
 PRIVATE_ACTIONS = {"dry_run": "train", "resume": "resume", "delete": "train"}  # UI-only handlers that act
 _IDENT: contextvars.ContextVar[access.Identity | None] = contextvars.ContextVar("fts_identity", default=None)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -143,8 +144,10 @@ def guard(fn, action: str | None):
     return wrapper
 
 
-def action_for(api_name: str | None, visibility: str, fn_name: str) -> str | None:
+def action_for(api_name: str | None, visibility: str, fn_name: str, module: str = "") -> str | None:
     """The permission an endpoint needs: None for open ones. Unknown public endpoints are protected."""
+    if module.startswith("gradio."):  # Gradio's own plumbing (gr.render's re-render): identity and input checks only
+        return None
     if visibility == "private" or not api_name:
         return PRIVATE_ACTIONS.get(fn_name)
     base = re.sub(r"_\d+$", "", api_name)
@@ -161,7 +164,8 @@ def guard_demo(demo: gr.Blocks) -> gr.Blocks:
         if fn is None or getattr(fn, "__fts_guarded__", None):
             continue
         name = getattr(fn, "__name__", "")
-        block_fn.fn = guard(fn, action_for(block_fn.api_name, block_fn.api_visibility, name))
+        block_fn.fn = guard(fn, action_for(block_fn.api_name, block_fn.api_visibility, name,
+                                           getattr(fn, "__module__", "") or ""))
         if block_fn.api_name and block_fn.api_visibility != "private":
             block_fn.fn.__name__ = block_fn.api_name  # MCP tools are named after the function: use the API name
     return demo
