@@ -53,7 +53,7 @@ def test_five_tabs_and_a_live_run(page, home):
     expect(line).to_be_visible(timeout=60_000)
     assert line.get_attribute("stroke") not in (None, "", "none")  # drawn in a color, not an invisible path
     _shot(page, home, "train")
-    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.get_by_text(re.compile(r": stopped$"))).to_be_visible(timeout=120_000)
     _shot(page, home, "stopped")
     # reload: the page reattaches to the run this browser started, from the browser's storage
