@@ -12,7 +12,7 @@ import math
 def _cfg(**train):
     from finetune.config import default_run_config
 
-    base = dict(max_steps=16, eval_steps=2, save_steps=100, logging_steps=2, learning_rate=0.2,
+    base = dict(max_steps=24, eval_steps=2, save_steps=100, logging_steps=2, learning_rate=0.5,
                 lr_scheduler="constant", warmup_ratio=0.0)
     return default_run_config("builtin:tiny-chat", "builtin:demo", **(base | train))
 
@@ -39,7 +39,7 @@ def test_keeps_the_lowest_validation_loss_and_stops_early(tiny_model_dir):
     assert math.isclose(st["best_eval_loss"], best_loss, rel_tol=1e-5)
     assert st["kept_step"] == best_step < st["step"], (evals, st)  # an earlier step was kept
     # patience 2: exactly two evaluations after the best one, then it stopped (before max_steps)
-    assert st["early_stopped"] is True and st["step"] == best_step + 2 * 2 < 16
+    assert st["early_stopped"] is True and st["step"] == best_step + 2 * 2 < 24
     d = run_dir(run_id)
     assert not (d / "checkpoints" / "best").exists()  # moved into adapter/, nothing left over
     card = (d / "README.md").read_text()

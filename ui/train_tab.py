@@ -94,12 +94,23 @@ def status_api(run_id: str) -> dict:
 @user_errors
 def stop_api(run_id: str) -> dict:
     """Stop a run cleanly: it finishes the step, saves, and ends as `stopped` (the `stop` API).
-    A second stop while it is still stopping kills it (for a run stuck before its first step)."""
+    Pressing it twice does not kill the run: that is Force stop's job."""
     from finetune.runs import stop_run
 
     if not run_id:
         raise gr.Error("No run selected.")
     return stop_run(run_id.strip())
+
+
+@user_errors
+def force_stop_api(run_id: str) -> dict:
+    """Kill a run now, without a final save (the `force_stop` API); it can resume from its last
+    complete checkpoint."""
+    from finetune.runs import stop_run
+
+    if not run_id:
+        raise gr.Error("No run selected.")
+    return stop_run(run_id.strip(), force=True)
 
 
 def runs_api() -> list[dict]:
@@ -163,6 +174,7 @@ def build(model_box, data_box, run_state) -> dict:
             jobs = jobs_panel.build()
             with gr.Row():
                 stop = gr.Button("Stop", variant="stop")
+                force = gr.Button("Force stop", variant="stop", size="sm", elem_id="train-force-stop")
                 resume_btn = gr.Button("Resume")
         with gr.Column(scale=2):
             with gr.Row():
@@ -200,6 +212,9 @@ def build(model_box, data_box, run_state) -> dict:
         train_live.poll, [run_id, shown], live, api_visibility="private", show_progress="hidden")
     stop.click(stop_api, run_id, raw, api_name="stop").then(train_live.poll, [run_id, shown], live,
                                                              api_visibility="private", show_progress="hidden")
+    force.click(force_stop_api, run_id, raw, api_name="force_stop",
+                js="(r) => (r && confirm('Kill run ' + r + ' now, without a final save?')) ? r : null").then(
+        train_live.poll, [run_id, shown], live, api_visibility="private", show_progress="hidden")
     resume_btn.click(resume, run_id, run_id, api_visibility="private").success(
         train_live.poll, [run_id, shown], live, api_visibility="private", show_progress="hidden")
     refresh.click(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")

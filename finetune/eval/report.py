@@ -137,7 +137,8 @@ def report_markdown(r: dict) -> str:
     b, f = r.get("base") or {}, r.get("finetuned") or {}
     lines = [f"# Evaluation of {_cell(r['run_id'])}", "",
              f"Base `{_cell(r['model'])}` vs fine-tuned ({r['method']}) on {r['examples']} validation examples"
-             + (f" ({r['task_type']})." if r.get("task_type") else "."), ""]
+             + (f" ({r['task_type']})." if r.get("task_type") else "."), "",
+             *([f"The fine-tuned adapter holds {r['kept']}.", ""] if r.get("kept") else [])]
     lines += [f"> {_cell(n, 300)}" for n in r.get("notes") or []] + ([""] if r.get("notes") else [])
     gates = r.get("gates") or {}
     if gates:
@@ -180,7 +181,6 @@ def report_markdown(r: dict) -> str:
     if prov:
         ds, dec = r.get("dataset") or {}, r.get("decoding") or {}
         lines += ["", "## Provenance", "",
-                  *([f"- Weights: the fine-tuned adapter holds {r['kept']}"] if r.get("kept") else []),
                   f"- Dataset: `{_cell(ds.get('source'))}`, {ds.get('rows')} validation rows, sha256 `{ds.get('sha256')}`"
                   + ("" if ds.get("snapshot") else " (no snapshot kept at start: read from the source now)"),
                   (f"- Decoding: greedy, max {dec.get('max_new_tokens')} new tokens, stop ids {dec.get('eos_token_ids')}, "
