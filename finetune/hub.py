@@ -246,6 +246,21 @@ def _scrub_json(obj, public_base: str | None):
     return obj
 
 
+def _scrub_paths(obj, run_folder: Path):
+    """Strings that are paths on this machine become paths relative to the run (or just a name)."""
+    if isinstance(obj, dict):
+        return {k: _scrub_paths(v, run_folder) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_scrub_paths(v, run_folder) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj) and len(obj) < 4096:
+        p = Path(obj)
+        try:
+            return p.relative_to(run_folder).as_posix()
+        except ValueError:
+            return p.name
+    return obj
+
+
 def _folder_ops(folder: Path, prefix: str, public_base: str | None) -> dict[str, bytes | str]:
     """path_in_repo -> local file path (or bytes for scrubbed JSON) for every file in a folder."""
     out: dict[str, bytes | str] = {}
@@ -386,9 +401,11 @@ def push_run(run_id: str, repo_id: str, *, token: str | None = None, private: bo
     files: dict[str, bytes | str] = {}
     prog(0.05, "collecting the run's files")
     files.update(_folder_ops(art, "", public_base))
-    for name in ("report.json", "report.md"):
-        if (d / "eval" / name).is_file():
-            files[f"eval/{name}"] = str(d / "eval" / name)
+    if (d / "eval" / "report.md").is_file():
+        files["eval/report.md"] = str(d / "eval" / "report.md")
+    report = read_json(d / "eval" / "report.json", default=None)
+    if report is not None:  # paths into this machine's home folder become repo-relative names
+        files["eval/report.json"] = (json.dumps(_scrub_paths(report, d), indent=2, default=str) + "\n").encode()
     png = loss_curve_png(read_events(run_id)[0], title=run_id)
     if png:
         files["loss_curve.png"] = png
