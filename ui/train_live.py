@@ -116,20 +116,20 @@ def poll(run_id: str | None, shown: dict | None = None):
 
     shown = shown if isinstance(shown, dict) else {}
     if not run_id:
-        return (progress_html(None), "", empty_curve(), "", gr.DownloadButton(visible=False),
+        return (progress_html(None), "", empty_curve(), "", gr.DownloadButton(value=None, visible=False),
                 gr.Timer(active=False), {}, gr.skip())
     try:
         snap = follow(run_id.strip())
     except ValueError as exc:
         return (f"<div class='fts-progress'><b>{html.escape(str(exc))}</b></div>", "", empty_curve(), "",
-                gr.DownloadButton(visible=False), gr.Timer(active=False), {}, runs_frame())
+                gr.DownloadButton(value=None, visible=False), gr.Timer(active=False), {}, runs_frame())
     state = snap["status"].get("state")
     active = state in ACTIVE
     n = len(snap["events"])
     chart = curve(snap["events"]) if n != shown.get("n") else gr.skip()
     new_state = state != shown.get("state")
     log = snap["log_tail"] if snap["changed"] or new_state or "n" not in shown else gr.skip()
-    download = (download_value(run_id.strip()) if not active else gr.DownloadButton(visible=False)) \
+    download = (download_value(run_id.strip()) if not active else gr.DownloadButton(value=None, visible=False)) \
         if new_state else gr.skip()
     return (progress_html(snap), metrics_html(snap), chart, log, download, gr.Timer(active=active),
             {"n": n, "state": state}, runs_frame() if new_state else gr.skip())
