@@ -150,3 +150,29 @@ def test_every_endpoint_but_plan_inspect_status_runs_needs_a_login(public_app):
         assert "Log in" in msg, (name, msg)
         checked.append(name)
     assert {"/train", "/stop", "/evaluate", "/compare", "/push"} <= set(checked)
+
+
+def test_space_id_without_oauth_still_serves_public_mode(monkeypatch, tiny_model_dir):
+    """SPACE_ID set on a machine that is not a Space (no SYSTEM=spaces, no OAuth app): Gradio's mocked
+    login would need this machine's own HF login and fail at start-up, so the app serves without the
+    LoginButton, still in public mode: a visitor plans but cannot train, and nothing is logged as a
+    traceback for the refusal."""
+    from gradio_client import Client
+
+    from conftest import serve_app
+
+    monkeypatch.setenv("SPACE_ID", "alice/studio")
+    monkeypatch.delenv("SYSTEM", raising=False)
+    demo, url = serve_app()
+    try:
+        import gradio as gr
+
+        assert not any(isinstance(b, gr.LoginButton) for b in demo.blocks.values())
+        c = Client(url, verbose=False)
+        plan = c.predict("builtin:tiny-chat", "auto", "instruction", "answer short questions", 460, False,
+                         "local", 256, 8, "quality", api_name="/plan")
+        assert plan["method"]
+        with pytest.raises(Exception, match="Log in"):
+            c.predict("builtin:tiny-chat", "builtin:demo", "lora", 2e-3, 1, 8, 256, 16, api_name="/train")
+    finally:
+        demo.close()

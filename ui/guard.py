@@ -79,7 +79,11 @@ def _unbind(handles) -> None:
 
 
 def _refuse(exc: Exception):
-    raise gr.Error(str(exc), duration=None) from None
+    """A refusal is an ordinary answer, not a fault: one line in the server log, no traceback."""
+    import logging
+
+    logging.getLogger("fine_tune_studio").warning("refused: %s", " ".join(str(exc).split())[:300])
+    raise gr.Error(str(exc), duration=None, print_exception=False) from None
 
 
 def guard(fn, action: str | None):
@@ -243,9 +247,13 @@ def login_button():
     """gr.LoginButton on a Space (HF OAuth); locally a token field in the Hub panel does instead.
 
     Outside a Space, Gradio mocks the login with the machine's own HF login and fails to start
-    without one, so the button is only added where OAuth is real."""
+    without one, so the button is only added where OAuth is real: on a Space (SYSTEM=spaces) with
+    OAuth enabled (hf_oauth gives the Space OAUTH_CLIENT_ID). With SPACE_ID set anywhere else the
+    app still starts in public mode: visitors are anonymous, and API clients log in with a token."""
     import os
 
-    if os.environ.get("SPACE_ID"):
+    import gradio.oauth
+
+    if os.environ.get("SPACE_ID") and os.environ.get("SYSTEM") == "spaces" and gradio.oauth.OAUTH_CLIENT_ID:
         return gr.LoginButton()
     return None
