@@ -173,7 +173,7 @@ def test_train_api_refuses_more_processes_than_cores(home):
 
     before = set(os.listdir(home / "runs")) if (home / "runs").exists() else set()
     with pytest.raises(gr.Error, match="num_processes"):
-        train_tab.train_api("builtin:tiny-chat", "builtin:demo", "lora", 2e-3, 1, 8, 256, 16, 999)
+        train_tab.train_api("builtin:tiny-chat", "builtin:demo", "lora", 2e-3, 1, 8, 256, 16, num_processes=999)
     assert (set(os.listdir(home / "runs")) if (home / "runs").exists() else set()) == before
 
 

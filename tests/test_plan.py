@@ -481,10 +481,13 @@ def test_views_for_the_tab():
     offered = [t for t in out["tiers"] if t["available"]]
     assert all((p["hours"] is None) == (not t["fits"]) for p, t in zip(pts, offered))
     assert {r["tier"] for r in tier_rows(out)} == {t["name"] for t in out["tiers"]}
-    assert train_settings(out) == {"method": "qlora", "learning_rate": out["hyperparameters_dict"]["learning_rate"],
+    settings = train_settings(out)
+    assert {k: settings[k] for k in ("method", "learning_rate", "epochs", "batch_size", "max_seq_len", "lora_rank")} == {"method": "qlora", "learning_rate": out["hyperparameters_dict"]["learning_rate"],
                                    "epochs": out["hyperparameters_dict"]["num_train_epochs"],
                                    "batch_size": out["hyperparameters_dict"]["per_device_train_batch_size"],
                                    "max_seq_len": 512, "lora_rank": out["hyperparameters_dict"]["lora_r"]}
+    # the rest of what the plan sets (dropout, target modules, ...) goes to the Train tab as well
+    assert settings["lora_dropout"] == out["hyperparameters_dict"]["lora_dropout"]
     assert train_settings(plan(PlanRequest(prompting_sufficient=True))) is None
     md = details_md(out)
     assert "#### Risks" in md and "#### Evaluation plan" in md and "Readiness" in md
