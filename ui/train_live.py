@@ -82,6 +82,18 @@ def metrics_html(snap: dict | None) -> str:
     notes = []
     if st.get("error"):
         notes.append(f"<b>Error:</b> {html.escape(str(st['error']))}")
+    if st.get("job_id"):  # a run on Hugging Face Jobs (finetune.jobs mirrors it into the run folder)
+        url = str(st.get("job_url") or "")
+        link = (f"<a href='{html.escape(url)}' target='_blank'>{html.escape(str(st['job_id']))}</a>"
+                if url.startswith("https://") or url.startswith("http://") else html.escape(str(st["job_id"])))
+        notes.append(f"Hugging Face job {link} on {html.escape(str(st.get('flavor')))}: "
+                     f"{html.escape(str(st.get('job_stage')))}"
+                     + (" (not followed: reattach with a token)" if st.get("follower") else ""))
+    elif st.get("remote") and st.get("job_stage"):
+        notes.append(f"Hugging Face Jobs: {html.escape(str(st['job_stage']).lower())} ({html.escape(str(st.get('flavor')))})")
+    if isinstance(st.get("launch"), dict):
+        notes.append(f"{html.escape(str(st['launch'].get('num_processes')))} processes, "
+                     f"{html.escape(str(st['launch'].get('reason')))}.")
     if st.get("early_stopped"):
         notes.append(f"Stopped early: {html.escape(str(st.get('early_stop_reason')))}")
     if st.get("state") in ("completed", "stopped") and st.get("kept_step") is not None:
