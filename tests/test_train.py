@@ -53,8 +53,8 @@ def test_lora_run_trains_and_writes_the_run_folder(tiny_model_dir):
     st = read_status(run_id)
     assert code == 0 and st["state"] == "completed", st.get("error")
     assert st["step"] == 6 and st["total_steps"] == 6
-    assert sorted(p.name for p in d.iterdir()) == ["README.md", "adapter", "checkpoints", "config.json",
-                                                   "events.jsonl", "status.json"]
+    assert sorted(p.name for p in d.iterdir()) == ["README.md", "adapter", "checkpoints", "config.json", "data",
+                                                   "events.jsonl", "status.json"]  # data/: the validation snapshot
     assert sorted(p.name for p in (d / "checkpoints").iterdir() if p.is_dir()) == ["checkpoint-3", "checkpoint-6"]
     events = _events(run_id)
     losses = [e["loss"] for e in events if e.get("loss") is not None]
