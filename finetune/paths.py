@@ -42,6 +42,12 @@ def datasets_dir() -> Path:
 
 
 def models_dir() -> Path:
+    """Built-in models; FINETUNE_MODELS_DIR shares one cache between home folders (tests, CI)."""
+    env = os.environ.get("FINETUNE_MODELS_DIR")
+    if env:
+        d = Path(env).expanduser().resolve()
+        d.mkdir(parents=True, exist_ok=True)
+        return d
     return _sub("models")
 
 

@@ -93,15 +93,14 @@ def check_model(cfg: RunConfig):
     except Exception as exc:  # noqa: BLE001 -- OSError, HF errors: all mean "cannot load it"
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         if mid.startswith("builtin:"):
-            raise PreflightError("model.model_id", f"unknown built-in model {mid}; the built-in model is "
-                                 "builtin:tiny-chat") from None
+            raise PreflightError("model.model_id", f"built-in model {mid} could not be built: {exc}") from None
         if Path(mid).expanduser().exists():
             raise PreflightError("model.model_id", f"{mid} is a folder but not a loadable model "
                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
         why = ("this machine is offline and the model is not in the local Hugging Face cache"
                if offline else f"it could not be loaded from the Hub ({type(exc).__name__}: {str(exc)[:160]})")
         raise PreflightError("model.model_id", (
-            f"unknown model {mid}: {why}. Use builtin:tiny-chat, a local model folder, or a model "
+            f"unknown model {mid}: {why}. Use builtin:tiny-chat, builtin:smollm2-135m-instruct, a local model folder, or a model "
             "downloaded earlier (check the spelling: org/name)")) from None
 
 

