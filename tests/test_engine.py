@@ -32,7 +32,9 @@ def test_builtin_model_is_deterministic_and_cached(tiny_model_dir, tmp_path, mon
     meta = json.loads((tiny_model_dir / "builtin.json").read_text())
     assert 500_000 < meta["parameters"] < 10_000_000
     monkeypatch.setenv("FINETUNE_HOME", str(tmp_path))
+    monkeypatch.delenv("FINETUNE_MODELS_DIR", raising=False)  # a fresh build under the new home
     other = builtin.ensure_tiny_chat()
+    assert other.parent == tmp_path / "models"
     assert other != tiny_model_dir
     a, b = load_file(tiny_model_dir / "model.safetensors"), load_file(other / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
