@@ -188,7 +188,7 @@ def cmd_data(a) -> dict:
         return data.augment_dataset(path, out_dir, name=name, method=a.method, n=a.n, seed=a.seed,
                                     model=_abs_if_path(a.model))
     return data.prepare_dataset(path, out_dir, name=name, val_ratio=a.val_ratio, seed=a.seed, fmt=a.format,
-                                mapping=_kv(a.map) or None, on_error="skip" if a.drop_invalid else "raise",
+                                mapping=_kv(a.map) or None, on_error="raise" if a.strict else "skip",
                                 mask_pii=a.mask_pii, dedupe=a.dedupe)
 
 
@@ -431,8 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
             d.add_argument("--out", default=None, metavar="NAME|PATH", help=out_help % "")
             d.add_argument("--val-ratio", type=float, default=0.1)
             d.add_argument("--seed", type=int, default=42)
+            d.add_argument("--strict", action="store_true",
+                           help="refuse the file at its first invalid row (by default invalid rows are dropped "
+                                "and listed: row, file line, field, problem)")
             d.add_argument("--drop-invalid", action="store_true",
-                           help="drop rows that do not convert (reported by line) instead of refusing the file")
+                           help="the default (kept for older scripts): drop invalid rows and list them")
             d.add_argument("--mask-pii", action="store_true", help="replace e-mails, phones and keys")
             d.add_argument("--dedupe", choices=["exact", "near"], default=None, help="drop duplicate rows")
     d = dsub.add_parser("augment", parents=[js], help="add paraphrased or self-instruct rows (marked _generated)")

@@ -10,6 +10,19 @@ import json
 from typing import Any
 
 
+def prepare_text(r: dict) -> str:
+    """A prepared split: where it went, its rows, what cleaning did, and a table of the dropped rows."""
+    clean = dict(r.get("cleaning") or {})
+    dropped = clean.pop("skipped_rows", None) or []
+    cleaning = ", ".join(f"{k} {v}" for k, v in clean.items() if v)
+    out = (f"saved {r.get('dir')}\n{r.get('format')} -> {r.get('kind')}: {r.get('rows_train')} train, "
+           f"{r.get('rows_validation')} validation rows" + (f"\ncleaning: {cleaning}" if cleaning else ""))
+    if dropped:
+        out += (f"\n\n{len(dropped)} row(s) dropped (use --strict to refuse the file instead):\n"
+                + table(dropped, ["row", "line", "field", "problem"], width=60))
+    return out
+
+
 def table(rows: list[dict], cols: list[str], headers: list[str] | None = None, width: int = 40) -> str:
     """A fixed-width text table; '(none)' for no rows."""
     if not rows:
@@ -118,9 +131,7 @@ def human(args, r: Any) -> str:
     if cmd == "data" and args.data_cmd == "inspect":
         return inspect_text(r)
     if cmd == "data" and args.data_cmd == "prepare":
-        cleaning = ", ".join(f"{k} {v}" for k, v in (r.get("cleaning") or {}).items() if v)
-        return (f"saved {r.get('dir')}\n{r.get('format')} -> {r.get('kind')}: {r.get('rows_train')} train, "
-                f"{r.get('rows_validation')} validation rows" + (f"\ncleaning: {cleaning}" if cleaning else ""))
+        return prepare_text(r)
     if cmd == "data" and args.data_cmd == "augment":
         return str(r.get("message") or "") + (f"\nsaved {r['dir']}" if r.get("dir") else "")
     if cmd == "runs":

@@ -213,3 +213,21 @@ def test_every_command_from_another_folder(tmp_path, tiny_model_dir):
     assert "metric" in plain and "perplexity" in plain and "exact_match" in plain and "Samples:" in plain
     plain = _cli("compare", run_id, "--prompts", "prompts.txt", "--max-new-tokens", "4", cwd=work).stdout
     assert "prompt" in plain.splitlines()[0] and "capital of France" in plain
+
+
+def test_prepare_drops_and_lists_invalid_rows_by_default_and_strict_refuses(tmp_path):
+    """Like the Dataset tab: one empty cell costs one row, listed by row, file line, field and problem."""
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    (work / "faq.csv").write_text("instruction,output\nWhat is 2+2?,4\nName a colour,\n"
+                                  "Capital of Peru?,Lima\nSay hi,hi\nOpposite of up?,down\n")
+    res = _json(_cli("data", "prepare", "faq.csv", "--out", "./faq_split", "--json", cwd=work))
+    assert res["rows_train"] + res["rows_validation"] == 4
+    assert res["cleaning"]["skipped_rows"] == [{"row": 2, "line": 3, "field": "output", "problem": "is empty"}]
+    plain = _cli("data", "prepare", "faq.csv", "--out", "./faq_plain", cwd=work)
+    assert plain.returncode == 0 and "1 row(s) dropped" in plain.stdout
+    assert "output" in plain.stdout and "is empty" in plain.stdout
+    strict = _cli("data", "prepare", "faq.csv", "--out", "./faq_strict", "--strict", "--json", cwd=work)
+    assert strict.returncode == 2 and not (work / "faq_strict").exists()
+    err = json.loads(strict.stdout)["error"]
+    assert "faq.csv" in err and "row 2" in err and "'output'" in err
