@@ -66,7 +66,12 @@ def validate_repo_id(repo_id: str, field: str = "repo") -> str:
 
 
 def hub_model_id(model_id: str) -> str | None:
-    """The Hub id of a base model, or None for builtin models and local folders (never a path)."""
+    """The Hub id of a base model, or None for builtin models and local folders (never a path).
+    builtin:smollm2-135m-instruct is SmolLM2-135M-Instruct (dequantized from its Q4_1 GGUF)."""
+    from .builtin import SMOLLM2_HUB_ID, SMOLLM2_ID
+
+    if model_id == SMOLLM2_ID:
+        return SMOLLM2_HUB_ID
     if not model_id or model_id.startswith("builtin:") or os.path.isabs(model_id) or model_id.startswith("."):
         return None
     if os.path.exists(model_id) or not _HUB_MODEL_RE.match(model_id):
