@@ -38,13 +38,10 @@ def load_records(source: str, *, max_bytes: int | None = None) -> list[dict]:
         raise DatasetError("no dataset given: pick a file, 'builtin:demo' or 'hub:<dataset id>'")
     if source.startswith("builtin:"):
         from ..builtin import DEMO_DATASET_ID, demo_records
-        from ..builtin_tasks import TASKS
-        if source == DEMO_DATASET_ID:
-            return [dict(r) for r in demo_records()]
-        if source in TASKS:
-            return [dict(r) for r in TASKS[source].rows()]
-        raise DatasetError(f"unknown built-in dataset {source!r}; the built-in datasets are "
-                           + ", ".join([DEMO_DATASET_ID, *TASKS]))
+        if source != DEMO_DATASET_ID:
+            raise DatasetError(f"unknown built-in dataset {source!r}; the built-in dataset is "
+                               f"{DEMO_DATASET_ID!r}")
+        return [dict(r) for r in demo_records()]
     from ..sources import check_source, resolve_local  # hub ids, bare names, public-mode paths
 
     check_source(source)

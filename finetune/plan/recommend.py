@@ -5,8 +5,6 @@ evaluation plan, readiness, and plan(), which puts them together with the estima
 
 from __future__ import annotations
 
-import math
-
 from ..builtin import TINY_CHAT_ID
 from ..config import BUILTIN_DEMO_REASON, BUILTIN_DEMO_TRAIN
 from ..data.common import SFT_MIN_EXAMPLES  # the decision tree's threshold for supervised fine-tuning
@@ -36,15 +34,6 @@ PRESETS = {
                    "lora_r": 64, "warmup_ratio": 0.01},
 }
 PRIORITY_PRESET = {"quality": "balanced", "speed": "aggressive", "cost": "conservative"}
-# LoRA's best learning rate falls as models grow (wider layers: the same rate is a bigger change per
-# step). Small models need far higher rates than the 2e-4 that suits 7-8B: measured on SmolLM2-135M,
-# a 90-row persona task learned nothing at 2e-4 x 60 steps and everything at 1e-3 x 180 steps.
-ADAPTER_LR_BY_SIZE = ((0.5e9, 1e-3), (1.5e9, 5e-4), (15e9, 2e-4), (float("inf"), 1e-4))
-PRESET_LR_FACTOR = {"conservative": 0.25, "balanced": 1.0, "aggressive": 2.0}
-# A small task needs enough optimizer steps to be learnt at all: epochs are raised on small data
-# until this many updates are made (within MAX_SMALL_DATA_EPOCHS passes).
-MIN_OPTIMIZER_STEPS = 150
-MAX_SMALL_DATA_EPOCHS = 10
 # Learning rates that suit each method, per preset: adapters take ~10x the rate of full weights,
 # and DPO moves a policy that is already good, so it uses far smaller steps.
 METHOD_LR = {
@@ -218,17 +207,6 @@ def _choose_method(req: PlanRequest, spec: dict, tier: dict, feas: dict) -> tupl
     return ("prompting" if prompting else m), m, reasons
 
 
-def adapter_lr(params: float, preset_name: str = "balanced") -> tuple[float, str]:
-    """LoRA/QLoRA/DoRA learning rate for a model of `params` parameters, and why."""
-    base = next(lr for limit, lr in ADAPTER_LR_BY_SIZE if params < limit)
-    lr = base * PRESET_LR_FACTOR[preset_name]
-    why = (f"a {params / 1e9:.2g}B model: LoRA wants ~{base:g} at this size (small models take higher rates, "
-           "large ones lower)")
-    if preset_name != "balanced":
-        why += f", x{PRESET_LR_FACTOR[preset_name]:g} for the {preset_name} preset"
-    return lr, why
-
-
 def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas_row: dict,
                      effective_examples: int) -> tuple[list[dict], dict, str]:
     preset_name = PRIORITY_PRESET[req.priority]
@@ -249,15 +227,34 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
         why += "; DPO nudges an already-trained policy, so steps are small"
     elif method == "prefix":
         why += "; prefix tuning trains only virtual tokens and tolerates high rates"
-    else:
-        lr, size_why = adapter_lr(spec["params"], preset_name)
-        why += "; " + size_why
+    elif preset_name == "conservative":
+        lr = 5e-5  # 1e-5 barely moves a freshly initialised (zero) LoRA B matrix
+        why += "; 1e-5 is a full fine-tuning rate, LoRA needs ~5e-5 to move at all"
     demo = req.model == TINY_CHAT_ID and method in ("lora", "dora")
     if demo:  # the random demo model needs its own settings (finetune.config.BUILTIN_DEMO_TRAIN)
         lr, why = BUILTIN_DEMO_TRAIN["learning_rate"], BUILTIN_DEMO_REASON
     add("learning_rate", lr, why)
 
     n = effective_examples
+    if req.epochs is not None:
+        epochs, why = req.epochs, "set by you"
+    elif demo:
+        epochs, why = BUILTIN_DEMO_TRAIN["epochs"], "the demo model learns the demo set in ~20 passes"
+    else:
+        epochs = p["num_train_epochs"]
+        why = f"{preset_name} preset"
+        if n >= 50_000:
+            epochs, why = 1, f"{n} examples: one pass is enough and avoids memorising"
+        elif n >= 10_000:
+            epochs, why = min(epochs, 2), f"{n} examples: at most two passes"
+        elif n < 300 and method != "dpo":
+            epochs, why = max(epochs, 3), f"only {n} examples: a few passes are needed to learn, watch val loss"
+        if method == "dpo":
+            epochs, why = min(epochs, 2 if n < 5000 else 1), "DPO over-optimises quickly: 1-2 epochs"
+        if req.priority == "speed":
+            epochs, why = min(epochs, 1 if n >= 1000 else 2), why + "; capped for speed"
+    add("num_train_epochs", epochs, why)
+
     fit_b = max(1, feas_row["max_batch_size"])
     want_b = req.batch_size
     b = min(want_b, fit_b)
@@ -274,32 +271,6 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
         ga //= 2
     add("gradient_accumulation_steps", ga,
         f"effective batch {b * ga * n_dev} (target {target}): stable gradients without more memory")
-
-    if req.epochs is not None:
-        epochs, why = req.epochs, "set by you"
-    elif demo:
-        epochs, why = BUILTIN_DEMO_TRAIN["epochs"], "the demo model learns the demo set in ~20 passes"
-    else:
-        epochs = p["num_train_epochs"]
-        why = f"{preset_name} preset"
-        if n >= 50_000:
-            epochs, why = 1, f"{n} examples: one pass is enough and avoids memorising"
-        elif n >= 10_000:
-            epochs, why = min(epochs, 2), f"{n} examples: at most two passes"
-        elif n < 300 and method != "dpo":
-            epochs, why = max(epochs, 3), f"only {n} examples: a few passes are needed to learn, watch val loss"
-        if method != "dpo" and n < 10_000 and req.priority != "cost":
-            per_epoch = math.ceil(n / (b * ga * n_dev))
-            need = min(MAX_SMALL_DATA_EPOCHS, math.ceil(MIN_OPTIMIZER_STEPS / per_epoch))
-            if need > epochs:
-                epochs, why = need, (f"{n} examples make {per_epoch} optimizer steps per epoch: {need} epochs give "
-                                     f"{need * per_epoch} steps (a small task needs ~{MIN_OPTIMIZER_STEPS} updates "
-                                     "to be learnt; fewer change nothing), watch validation loss")
-        if method == "dpo":
-            epochs, why = min(epochs, 2 if n < 5000 else 1), "DPO over-optimises quickly: 1-2 epochs"
-        if req.priority == "speed":
-            epochs, why = min(epochs, 1 if n >= 1000 else 2), why + "; capped for speed"
-    add("num_train_epochs", epochs, why)
 
     if method not in ("full", "prefix"):
         r = req.lora_rank or p["lora_r"]
