@@ -44,9 +44,7 @@ def dataset_choices() -> list[str]:
     from .guard import visible_dataset_names
 
     names = set(visible_dataset_names([d["name"] for d in saved_datasets()]))
-    from finetune.builtin_tasks import TASKS
-
-    return [DEMO_DATASET_ID, *TASKS] + [d["dir"] for d in saved_datasets() if d["name"] in names]
+    return [DEMO_DATASET_ID] + [d["dir"] for d in saved_datasets() if d["name"] in names]
 
 
 @user_errors
