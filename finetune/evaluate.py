@@ -126,8 +126,8 @@ def _answer_text(a) -> str:
     return str(a)
 
 
-def _side(model, tok, *, sft_examples, pref, prompts, probe_general, probe_harm, general_ex, max_new_tokens,
-          seed, stops) -> dict:
+def _side(model, tok, *, sft_examples, pref, prompts, probe_general, probe_harm, probe_know, general_ex,
+          max_new_tokens, seed, stops) -> dict:
     """Every pass one model (base or fine-tuned) needs: NLL, answers, probes."""
     from .eval.scoring import token_nll
     from .modeling import generate
@@ -144,6 +144,7 @@ def _side(model, tok, *, sft_examples, pref, prompts, probe_general, probe_harm,
     out["general_nll"] = token_nll(model, general_ex) if general_ex else []
     out["general_answers"] = gen(probe_general)
     out["harm_answers"] = gen(probe_harm)
+    out["knowledge_answers"] = gen(probe_know)
     return out
 
 
@@ -155,7 +156,10 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
         distinct_n,
         identical_share,
         is_classification,
+        per_sample_scores,
+        primary_metric,
         sample_score,
+        sign_test,
         task_metrics,
     )
     from .eval.report import (
@@ -164,6 +168,7 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
         chart_png,
         hardware,
         library_versions,
+        task_verdict,
     )
     from .eval.scoring import perplexity_of, preference_examples, text_examples
     from .modeling import load_for_inference, set_threads, stop_token_ids
@@ -204,10 +209,10 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
         prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
         task_type = task_type or ("classification" if is_classification(refs) else ("generation" if refs else "text"))
         stops = stop_token_ids(model, tok)
-        gen_probe, harm_probe = pr.probe_inputs(chat) if probes else ([], [])
+        gen_probe, harm_probe, know_probe = pr.probe_inputs(chat) if probes else ([], [], [])
         general_ex = text_examples(tok, pr.general_texts(), cfg.data.max_seq_len) if probes else []
         kw = dict(sft_examples=sft_examples, pref=pref, prompts=prompts, probe_general=gen_probe,
-                  probe_harm=harm_probe, general_ex=general_ex, max_new_tokens=max_new_tokens, seed=seed, stops=stops)
+                  probe_harm=harm_probe, probe_know=know_probe, general_ex=general_ex, max_new_tokens=max_new_tokens, seed=seed, stops=stops)
 
         is_peft = hasattr(model, "disable_adapter")
         _progress(d, 0.2, "scoring the base model")
@@ -244,10 +249,17 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
                             "base_match": exact_match(bp, r), "finetuned_match": exact_match(fp, r),
                             "score": round(sample_score(fp, r), 4)})
         best, worst = best_and_worst(samples)
+        primary = "reward_accuracy" if pref else primary_metric(task_type, refs)
+        significance = None if pref or not refs else sign_test(
+            per_sample_scores(base["answers"], refs, primary), per_sample_scores(tuned["answers"], refs, primary))
+        if significance is not None:
+            significance["similarity_to_references"] = {
+                name: sum(sample_score(a, r) for a, r in zip(side["answers"], refs)) / len(refs)
+                for name, side in (("base", base), ("finetuned", tuned))}
         report = {
             "run_id": run_id, "model": cfg.model.model_id, "method": cfg.train.method, "task_type": task_type,
-            "examples": len(rows), "primary_metric": "reward_accuracy" if pref else (
-                "accuracy" if task_type == "classification" else "exact_match"),
+            "examples": len(rows), "primary_metric": primary,
+            "task_significance": significance,
             "perplexity": metrics["perplexity"], "base_perplexity": base_metrics["perplexity"],
             "metrics": metrics, "base_metrics": base_metrics,
             # the two headline figures in the shape earlier reports had (the UI and older tests read them)
@@ -257,7 +269,8 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
                                  "identical_share": identical_share(s["answers"])}
                           for name, s in (("base", base), ("finetuned", tuned))},
             "regression": pr.regression_result(perplexity_of(base["general_nll"]), perplexity_of(tuned["general_nll"]),
-                                               base["general_answers"], tuned["general_answers"]) if probes else {},
+                                               base["general_answers"], tuned["general_answers"],
+                                               base["knowledge_answers"], tuned["knowledge_answers"]) if probes else {},
             "safety": pr.safety_result(base["harm_answers"], tuned["harm_answers"]) if probes else {},
             "samples": samples[:20], "best": best, "worst": worst,
             "kept": kept_sentence(read_json(d / "status.json", default={}) or {}),
@@ -273,6 +286,7 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
         report["notes"] = [] if sft_examples else [
             f"perplexity is n/a: no validation row keeps a trained token within max_seq_len {cfg.data.max_seq_len}"]
         report["gates"] = build_gates(report)
+        report["verdict"] = task_verdict(report, cfg.to_dict())
         out = d / "eval"
         report["chart"] = str(chart_png(out / "metrics.png", base_metrics, metrics) or "") or None
         report["report_json"], report["report_md"] = str(out / "report.json"), str(out / "report.md")

@@ -44,9 +44,14 @@ def render_report(r: dict):
     gates = r.get("gates") or {}
     failed = [k for k, g in gates.items() if not g["passed"]]
     verdict = (f"**All {len(gates)} gates pass.**" if not failed else f"**Failed gates: {', '.join(failed)}.**")
-    head = (f"## Exact match: {pct(b['exact_match'])} → **{pct(f['exact_match'])}**\n"
+    main = r.get("primary_metric") or "exact_match"
+    bm, fm = (r.get("base_metrics") or {}).get(main, b.get("exact_match")), (r.get("metrics") or {}).get(main, f.get("exact_match"))
+    task = (r.get("verdict") or {}).get("text") or ""
+    if task and not r["verdict"].get("learned"):
+        task += " Press **Diagnose**, then **Apply to Train tab: task not learned**."
+    head = (f"## {main.replace('_', ' ').capitalize()}: {pct(bm)} → **{pct(fm)}**\n"
             f"Perplexity: {num(b['perplexity'])} → **{num(f['perplexity'])}** on {r['examples']} validation "
-            f"examples ({r.get('task_type', 'generation')}). {verdict}")
+            f"examples ({r.get('task_type', 'generation')}). {verdict}" + (f"\n\n{task}" if task else ""))
     return head, report_markdown(r), r.get("chart") or None
 
 
@@ -57,7 +62,7 @@ def _download(run_id: str | None):
     return download_value((run_id or "").strip() or None)
 
 
-ISSUES = ("overfitting", "underfitting", "unstable_training", "catastrophic_forgetting", "mode_collapse",
+ISSUES = ("task_not_learned", "overfitting", "underfitting", "unstable_training", "catastrophic_forgetting", "mode_collapse",
           "out_of_memory")
 
 

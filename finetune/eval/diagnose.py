@@ -5,7 +5,8 @@ triggered it, `settings` is the change for a new run, keyed by the Train tab's f
 (method, learning_rate, epochs, batch_size, max_seq_len, lora_rank) plus config fields the tab may
 not show (grad_accum, lora_dropout, weight_decay, warmup_ratio, gradient_checkpointing).
 Issues (the seeds' tables): overfitting, underfitting, unstable training, catastrophic forgetting,
-mode collapse, out of memory.
+mode collapse, out of memory, and the task not learned (the loss fell but the task metric did not
+beat the base on the held-out rows: the model learned to imitate text, not to do the task).
 
 CLI: `python -m finetune diagnose RUN_ID --json`.
 """
@@ -98,6 +99,25 @@ def diagnose_events(events: list[dict], status: dict, cfg: dict, report: dict | 
             "Lower the learning rate (a third) and warm up longer; gradients are clipped at norm 1.0.",
             {"learning_rate": lr / 3, "warmup_ratio": 0.1}))
 
+    verdict = (report or {}).get("verdict") or {}
+    if verdict and not verdict.get("learned"):
+        loss_part = ""
+        if len(losses) >= 2:
+            first, last = losses[0][1], statistics.mean(v for _, v in losses[-3:])
+            loss_part = f"; training loss {first:.3f} -> {last:.3f}" + (" (it fell)" if last < first * 0.9 else " (flat)")
+        sig = (report or {}).get("task_significance") or {}
+        sim = sig.get("similarity_to_references") or {}
+        sim_part = (f"; answer similarity to the references {sim['base']:.2f} -> {sim['finetuned']:.2f}"
+                    if _finite(sim.get("base")) and _finite(sim.get("finetuned")) else "")
+        gate = ((report or {}).get("gates") or {}).get((report or {}).get("primary_metric")) or {}
+        flags.append(_flag(
+            "task_not_learned", f"{(report or {}).get('primary_metric')} base {gate.get('threshold')} -> fine-tuned "
+            f"{gate.get('value')} on {sig.get('n', (report or {}).get('examples'))} held-out rows (better on "
+            f"{sig.get('wins', '?')}, worse on {sig.get('losses', '?')}){sim_part}{loss_part}",
+            "The run did not teach the task: use a higher learning rate and more epochs (enough optimizer steps: "
+            "~100-200 on a small dataset), and check the answers in the samples look like the references.",
+            verdict.get("settings") or {"learning_rate": min(lr * 3, 3e-3), "epochs": min(epochs * 2, 20.0)}))
+
     reg = (report or {}).get("regression") or {}
     if reg.get("flagged"):
         gp, gi = reg.get("general_text_perplexity") or {}, reg.get("general_instructions") or {}
@@ -107,6 +127,10 @@ def diagnose_events(events: list[dict], status: dict, cfg: dict, report: dict | 
                          f"(x{gp.get('ratio'):.2f}, limit x{gp.get('threshold')})")
         if gi.get("flagged"):
             parts.append(f"general instruction score {gi.get('base'):.2f} -> {gi.get('finetuned'):.2f}")
+        kn = reg.get("knowledge") or {}
+        if kn.get("flagged"):
+            qs = "; ".join(q["question"] for q in kn.get("lost_questions", [])[:3])
+            parts.append(f"lost {kn['lost']} of {kn['known_by_base']} facts the base knew (e.g. {qs})")
         flags.append(_flag(
             "catastrophic_forgetting", "; ".join(parts) or "the regression probe is flagged",
             "Lower the learning rate, train fewer epochs, use a smaller LoRA rank, or mix general data back in.",

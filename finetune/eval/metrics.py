@@ -9,6 +9,7 @@ called directly so nothing is ever downloaded. Scales: every metric is a fractio
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 
@@ -125,3 +126,33 @@ def is_refusal(text: str) -> bool:
 
 def refusal_rate(texts: list[str]) -> float | None:
     return (sum(is_refusal(t) for t in texts) / len(texts)) if texts else None
+
+
+def per_sample_scores(preds: list[str], refs: list[str], metric: str) -> list[float]:
+    """Each answer's score under the report's primary metric: 1/0 for exact match and accuracy,
+    ROUGE-L F for long answers, so that base and fine-tuned can be compared answer by answer."""
+    if metric != "rougeL":
+        return [1.0 if exact_match(p, r) else 0.0 for p, r in zip(preds, refs)]
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs)]
+
+
+def sign_test(base: list[float], tuned: list[float]) -> dict:
+    """Paired one-sided sign test: is the fine-tuned model better on more examples than chance allows?
+    Ties (equal scores, e.g. both wrong) carry no evidence. p = P(wins >= observed | n, 1/2)."""
+    wins = sum(t > b for b, t in zip(base, tuned))
+    losses = sum(t < b for b, t in zip(base, tuned))
+    n = wins + losses
+    p = sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else 1.0
+    return {"wins": wins, "losses": losses, "ties": len(base) - n, "n": len(base), "p_value": p}
+
+
+def primary_metric(task_type: str, refs: list[str]) -> str:
+    """The figure a task is judged by: accuracy for labels, exact match for short answers, ROUGE-L for
+    answers of more than a few words (worded freely, so exact match would miss a learnt task)."""
+    if task_type == "classification":
+        return "accuracy"
+    words = sum(len(str(r).split()) for r in refs) / max(1, len(refs))
+    return "rougeL" if words > 4 else "exact_match"

@@ -15,6 +15,11 @@ from pathlib import Path
 
 from .probes import GENERAL_PPL_RATIO_MAX, GENERAL_SCORE_DROP_MAX, REFUSAL_DROP_MAX
 
+# The task gate: the fine-tuned model must be better than its base on more held-out rows than chance
+# explains (a one-sided paired sign test below this p-value), not merely "not worse" (0 vs 0 fails).
+TASK_P_MAX = 0.05
+FEW_ROWS = 10  # below this many evaluated rows the evidence is weak whatever the figures say
+
 LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "rouge-score", "sacrebleu")
 
 
@@ -34,8 +39,14 @@ def build_gates(r: dict) -> dict:
         g["perplexity"] = gate(r["perplexity"] < r["base_perplexity"], r["perplexity"], r["base_perplexity"])
     main = r.get("primary_metric")
     fm, bm = (r.get("metrics") or {}).get(main), (r.get("base_metrics") or {}).get(main)
+    sig = r.get("task_significance")
     if main and _num(fm) and _num(bm):
-        g[main] = gate(fm >= bm, fm, bm)
+        if sig:  # better than the base on enough rows that chance is an unlikely explanation
+            g[main] = gate(fm > bm and sig["p_value"] < TASK_P_MAX, fm, bm) | {
+                "rule": f"better than the base (value > threshold) with a paired sign test p < {TASK_P_MAX}",
+                "p_value": sig["p_value"], "wins": sig["wins"], "losses": sig["losses"]}
+        else:
+            g[main] = gate(fm > bm, fm, bm) | {"rule": "better than the base (value > threshold)"}
     reg = r.get("regression") or {}
     gp = reg.get("general_text_perplexity") or {}
     if _num(gp.get("ratio")):
@@ -43,10 +54,48 @@ def build_gates(r: dict) -> dict:
     gi = reg.get("general_instructions") or {}
     if _num(gi.get("drop")):
         g["general_instructions_drop"] = gate(gi["drop"] <= GENERAL_SCORE_DROP_MAX, gi["drop"], GENERAL_SCORE_DROP_MAX)
+    kn = reg.get("knowledge") or {}
+    if kn.get("known_by_base"):
+        g["knowledge_lost"] = gate(not kn["flagged"], kn["lost"], kn["allowed"]) | {
+            "rule": f"at most {kn['allowed']} of the {kn['known_by_base']} questions the base answers right may turn wrong"}
     s = r.get("safety") or {}
     if _num(s.get("drop")):
         g["safety_refusal_drop"] = gate(s["drop"] <= REFUSAL_DROP_MAX, s["drop"], REFUSAL_DROP_MAX)
     return g
+
+
+def task_verdict(r: dict, cfg: dict) -> dict | None:
+    """Whether the model learned the task, in a sentence, and the settings to try when it did not
+    (keyed like Diagnose's: the Train tab's field names)."""
+    main = r.get("primary_metric")
+    g = (r.get("gates") or {}).get(main)
+    if g is None:
+        return None
+    sig = r.get("task_significance") or {}
+    n = sig.get("n") or r.get("examples") or 0
+    fig = f"{main.replace('_', ' ')} {_fmt(g['threshold'], True)} -> {_fmt(g['value'], True)} on {n} held-out rows"
+    weak = f" With only {n} rows the evidence is weak: evaluate on more." if n < FEW_ROWS else ""
+    if g["passed"]:
+        return {"learned": True, "settings": {}, "text": (
+            f"The model learned the task: {fig} (better on {sig.get('wins', '?')}, worse on {sig.get('losses', '?')}"
+            + (f", sign test p = {sig['p_value']:.2g})." if "p_value" in sig else ").") + weak)}
+    sim = sig.get("similarity_to_references") or {}
+    text = f"The model did not learn the task: {fig}"
+    if _num(sim.get("finetuned")) and sim["finetuned"] < 0.5:
+        text += (f", answers unlike the references (similarity {_fmt(sim.get('base'))} -> "
+                 f"{_fmt(sim['finetuned'])})")
+    text += "."
+    if _num(g["value"]) and _num(g["threshold"]) and g["value"] > g["threshold"]:
+        text += (f" It did better on {sig.get('wins')} rows and worse on {sig.get('losses')}: no more than chance "
+                 f"explains (p = {sig.get('p_value', 1):.2g}).")
+    train = (cfg or {}).get("train") or {}
+    lr, epochs = float(train.get("learning_rate") or 2e-4), float(train.get("epochs") or 3)
+    full = train.get("method") == "full"
+    settings = {"learning_rate": min(lr * 3, 1e-4 if full else 3e-3), "epochs": min(epochs * 2, 20.0)}
+    if settings["learning_rate"] > lr or settings["epochs"] > epochs:
+        text += (f" Try a higher learning rate ({lr:g} -> {settings['learning_rate']:g}) and more epochs "
+                 f"({epochs:g} -> {settings['epochs']:g}): too few or too small updates change nothing.")
+    return {"learned": False, "settings": settings, "text": text + weak}
 
 
 def best_and_worst(samples: list[dict], k: int = 3) -> tuple[list[dict], list[dict]]:
@@ -140,6 +189,10 @@ def report_markdown(r: dict) -> str:
              + (f" ({r['task_type']})." if r.get("task_type") else "."), "",
              *([f"The fine-tuned adapter holds {r['kept']}.", ""] if r.get("kept") else [])]
     lines += [f"> {_cell(n, 300)}" for n in r.get("notes") or []] + ([""] if r.get("notes") else [])
+    verdict = r.get("verdict") or {}
+    if verdict.get("text"):
+        lines += [("**" if not verdict.get("learned") else "") + _cell(verdict["text"], 600)
+                  + ("**" if not verdict.get("learned") else ""), ""]
     gates = r.get("gates") or {}
     if gates:
         lines += ["## Gates", "", "| gate | result | value | threshold |", "|---|---|---|---|"]
@@ -165,6 +218,15 @@ def report_markdown(r: dict) -> str:
                    f"flag above {gp['threshold']}){' **flagged**' if gp['flagged'] else ''}"),
                   (f"- General instructions score: {_fmt(gi['base'], True)} → {_fmt(gi['finetuned'], True)} "
                    f"(flag on a drop above {100 * gi['threshold']:.0f} points){' **flagged**' if gi['flagged'] else ''}")]
+        kn = reg.get("knowledge") or {}
+        if kn:
+            lines.append(f"- Knowledge: of {kn['asked']} factual questions the base answers {kn['known_by_base']} right; "
+                         f"the fine-tuned model lost {kn['lost']} (allowed {kn['allowed']}), gained {kn['gained']}"
+                         f"{' **flagged**' if kn['flagged'] else ''}")
+            if kn.get("lost_questions"):
+                lines += ["", "| lost question | base | fine-tuned |", "|---|---|---|"]
+                lines += [f"| {_cell(q['question'])} | {_cell(q['base'])} | {_cell(q['finetuned'])} |"
+                          for q in kn["lost_questions"][:12]]
     if saf:
         lines += ["", "## Safety probe", "",
                   (f"- Refusal rate on {saf['prompts']} harmful requests: {_fmt(saf['refusal_rate_base'], True)} → "
