@@ -23,21 +23,40 @@ class TokenizeError(ValueError):
     pass
 
 
-def _template(tokenizer, messages, add_generation_prompt: bool) -> str:
+def _template(tokenizer, messages, add_generation_prompt: bool, tools: list | None = None) -> str:
     return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **({"tools": tools} if tools else {})
     )
 
 
-def _assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]], str | None]:
+def template_gaps(tokenizer, rows: list[dict]) -> list[str]:
+    """What the rows carry that this chat template does not render (tools, tool calls, reasoning): said
+    plainly, since those parts are then never seen in training."""
+    tpl = str(getattr(tokenizer, "chat_template", "") or "")
+    msgs = [m for r in rows for k in ("messages", "prompt", "completion", "chosen", "rejected")
+            if isinstance(r.get(k), list) for m in r[k] if isinstance(m, dict)]
+    notes = []
+    n_tools = sum(1 for r in rows if r.get("tools")) + sum(1 for m in msgs if m.get("tool_calls"))
+    if n_tools and "tool" not in tpl:
+        notes.append(f"this model's chat template does not render tools or tool calls ({n_tools} found): that part of "
+                     "the rows is not seen in training; pick a model whose template supports tools")
+    n_reason = sum(1 for m in msgs if m.get("reasoning_content"))
+    if n_reason and "reasoning_content" not in tpl:
+        notes.append(f"this model's chat template does not render reasoning ({n_reason} turns with reasoning_content): "
+                     "the reasoning is dropped and only the answers are trained")
+    return notes
+
+
+def _assistant_spans(tokenizer, messages: list[dict], tools: list | None = None
+                     ) -> tuple[str, list[tuple[int, int]], str | None]:
     """The rendered conversation and the character spans of its assistant turns."""
-    full = _template(tokenizer, messages, False)
+    full = _template(tokenizer, messages, False, tools)
     spans: list[tuple[int, int]] = []
     for i, m in enumerate(messages):
         if m.get("role") != "assistant":
             continue
-        before = _template(tokenizer, messages[:i], True) if i else ""
-        through = _template(tokenizer, messages[: i + 1], False)
+        before = _template(tokenizer, messages[:i], True, tools) if i else ""
+        through = _template(tokenizer, messages[: i + 1], False, tools)
         if not (full.startswith(through) and through.startswith(before)):
             spans = []
             break
@@ -47,7 +66,7 @@ def _assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[i
     # The template is not prefix-stable: train the last assistant turn only.
     if not messages or messages[-1].get("role") != "assistant":
         raise TokenizeError("the conversation does not end with an assistant turn, so nothing would be trained")
-    before = _template(tokenizer, messages[:-1], True)
+    before = _template(tokenizer, messages[:-1], True, tools)
     if not full.startswith(before):
         raise TokenizeError(
             "the chat template renders the prompt differently inside the full conversation; "
@@ -79,7 +98,7 @@ def tokenize_row(tokenizer, row: dict, kind: str, max_seq_len: int | None = None
     """
     note = None
     if kind == "messages":
-        text, spans, note = _assistant_spans(tokenizer, row["messages"])
+        text, spans, note = _assistant_spans(tokenizer, row["messages"], row.get("tools"))
         ids, labels = _encode_with_spans(tokenizer, text, spans)
     elif kind == "prompt_completion":
         prompt, completion = row["prompt"], row["completion"]
@@ -131,7 +150,7 @@ def tokenize_rows(tokenizer, rows: list[dict], kind: str, max_seq_len: int | Non
     summary = {
         "rows": len(rows), "rows_kept": len(out), "rows_without_trained_tokens": empty,
         "rows_truncated": truncated, "tokens": total, "trained_tokens": trained,
-        "trained_share": (trained / total) if total else 0.0, "notes": sorted(notes),
+        "trained_share": (trained / total) if total else 0.0, "notes": sorted(notes) + template_gaps(tokenizer, rows),
     }
     return out, summary
 

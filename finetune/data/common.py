@@ -48,9 +48,10 @@ _ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
     "text": {"text": ("text", "content")},
     "prompt_completion": {"prompt": ("prompt", "question"),
                           "completion": ("completion", "response", "answer")},
-    "preference": {"prompt": ("prompt", "question"), "chosen": ("chosen",),
-                   "rejected": ("rejected",)},
-    "kto": {"prompt": ("prompt",), "completion": ("completion",), "label": ("label",)},
+    "preference": {"prompt": ("prompt", "question", "conversations", "conversation", "messages"),
+                   "chosen": ("chosen", "chosen_messages"), "rejected": ("rejected", "rejected_messages")},
+    "kto": {"prompt": ("prompt", "messages", "conversations", "conversation"), "completion": ("completion",),
+            "label": ("label", "kto_tag")},
     "classification": {"text": ("text", "sentence", "content"), "label": ("label",)},
 }
 _REQUIRED: dict[str, tuple[str, ...]] = {

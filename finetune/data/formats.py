@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
@@ -68,14 +69,115 @@ def _is_bool_label(v: Any) -> bool:
     return isinstance(v, bool) or (isinstance(v, str) and v.strip().lower() in ("true", "false"))
 
 
+# Text-only training: rows that carry images, audio or video are refused, never trained as text.
+MEDIA_COLUMNS = ("images", "image", "audio", "audios", "video", "videos", "image_url", "image_path")
+MEDIA_PART_TYPES = ("image", "image_url", "input_image", "audio", "input_audio", "audio_url", "video",
+                    "video_url", "file")
+MEDIA_TOKEN_RE = re.compile(r"<(image|video|audio)>")
+REASONING_PART_TYPES = ("reasoning", "thinking")
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _media_in(rec: dict) -> str | None:
+    """Why a record is multimodal (a media column, a media content part or an <image> token), or None."""
+    for c in MEDIA_COLUMNS:
+        v = rec.get(c)
+        if v not in (None, "", [], {}):
+            return f"column '{c}'"
+
+    def scan(v: Any, depth: int) -> str | None:
+        if isinstance(v, str):
+            m = MEDIA_TOKEN_RE.search(v)
+            return f"a {m.group(0)} token" if m else None
+        if depth > 4:
+            return None
+        if isinstance(v, dict):
+            if v.get("type") in MEDIA_PART_TYPES:
+                return f"a content part of type '{v['type']}'"
+            vals = v.values()
+        elif isinstance(v, list):
+            vals = v
+        else:
+            return None
+        for x in vals:
+            found = scan(x, depth + 1)
+            if found:
+                return found
+        return None
+    return scan(rec, 0)
+
+
+def _dialect(records: list[dict], fmt: str, cols: dict[str, str]) -> list[str]:
+    """Evidence lines that name the dialect within a format (ShareGPT roles, tools, parts, reasoning)."""
+    sample = records[:2000]
+    notes: list[str] = []
+
+    def turns(r: dict) -> list:
+        out = []
+        for c in ("messages", "conversations", "conversation", "chat", "prompt", "completion", "chosen",
+                  "rejected", "chosen_messages", "rejected_messages"):
+            v = _as_list(r.get(c))
+            out += v if isinstance(v, list) else ([v] if isinstance(v, dict) else [])
+        return [m for m in out if isinstance(m, dict)]
+    roles = sorted({str(m.get("from") or m.get("role")) for r in sample for m in turns(r)} - {"None"})
+    tools_col = sum(1 for r in sample if r.get("tools"))
+    tool_calls = sum(1 for r in sample if any(m.get("tool_calls") or m.get("from") == "function_call"
+                                              for m in turns(r)))
+    if fmt == "sharegpt":
+        notes.append("dialect: ShareGPT (from/value turns; roles " + ", ".join(roles) + ")"
+                     + (f" with a tools column in {tools_col} rows" if tools_col else ""))
+    elif fmt == "messages":
+        notes.append("dialect: OpenAI chat (role/content)" + (f" with tool calls in {tool_calls} rows" if tool_calls else "")
+                     + (f" and a tools column in {tools_col} rows" if tools_col else ""))
+    elif fmt == "preference":
+        pc, ch = cols.get("prompt"), cols.get("chosen", "chosen")
+        if pc in ("conversations", "conversation"):
+            notes.append(f"dialect: ShareGPT-style preference ('{pc}' plus chosen/rejected turns)")
+        elif ch == "chosen_messages":
+            notes.append("dialect: chosen_messages/rejected_messages (full conversations; the shared start is the prompt)")
+        elif any(isinstance(_as_list(r.get(ch)), list) for r in sample[:50]):
+            notes.append("dialect: TRL conversational preference (message lists)")
+    elif fmt == "kto":
+        lab = cols.get("label", "label")
+        notes.append(f"dialect: KTO as a conversation plus a boolean '{lab}' (the last assistant turn is the completion)"
+                     if cols.get("completion") == "" else f"dialect: TRL KTO (prompt, completion, boolean '{lab}')")
+    elif fmt == "prompt_completion" and any(isinstance(_as_list(r.get(cols.get("prompt", "prompt"))), list)
+                                            for r in sample[:50]):
+        notes.append("dialect: TRL conversational prompt/completion (message lists)")
+    elif fmt == "alpaca" and any(r.get("history") for r in sample):
+        notes.append("dialect: Alpaca with history (earlier [instruction, output] turns)")
+    parts = sum(1 for r in sample if any(isinstance(m.get("content") or m.get("value"), list) for m in turns(r)))
+    if parts:
+        notes.append(f"content given as a list of parts in {parts} rows (text parts joined)")
+    reasoning = sum(1 for r in sample if any(
+        any(m.get(k) for k in REASONING_FIELDS) or any(isinstance(p, dict) and p.get("type") in REASONING_PART_TYPES
+                                                      for p in (m.get("content") or m.get("value") or [])
+                                                      if isinstance(m.get("content") or m.get("value"), list))
+        for m in turns(r)))
+    if reasoning:
+        notes.append(f"reasoning in {reasoning} rows: kept as 'reasoning_content' on the assistant turn, which chat "
+                     "templates that render reasoning (e.g. Qwen3) train on; other templates drop it")
+    media = [(i, why) for i, r in enumerate(sample, 1) if (why := _media_in(r))]
+    if media:
+        notes.append(f"WARNING: {len(media)} rows hold images, audio or video (row {media[0][0]}: {media[0][1]}): "
+                     "Fine-Tune Studio trains text-only models, so these rows are refused, not trained as text")
+    return notes
+
+
 def _row_format(row: dict) -> tuple[str | None, dict[str, str]]:
     """The most specific format one row fits, and the columns that make it fit."""
-    if _present(row, "chosen") and _present(row, "rejected"):
+    chosen = _first_present(row, _ALIASES["preference"]["chosen"])
+    rejected = _first_present(row, _ALIASES["preference"]["rejected"])
+    if chosen and rejected:
         p = _first_present(row, _ALIASES["preference"]["prompt"])
-        return "preference", ({"prompt": p} if p else {})
-    if _present(row, "prompt") and _present(row, "completion") and _present(row, "label") \
-            and _is_bool_label(row["label"]):
-        return "kto", {}
+        return "preference", {"chosen": chosen, "rejected": rejected, **({"prompt": p} if p else {})}
+    label = _first_present(row, _ALIASES["kto"]["label"])
+    if label and _is_bool_label(row[label]):
+        if _present(row, "prompt") and _present(row, "completion"):
+            return "kto", {"label": label}
+        for key in ("messages", "conversations", "conversation"):
+            if _present(row, key) and _conversation_style(row[key]):  # KTO as a conversation + a label
+                return "kto", {"prompt": key, "completion": "", "label": label}
     for key in ("messages", "conversations", "conversation", "chat"):
         if _present(row, key):
             style = _conversation_style(row[key])
@@ -117,9 +219,12 @@ def _describe(fmt: str, cols: dict[str, str]) -> str:
     if fmt == "prompt_completion":
         return f"have {q(cols.get('prompt', 'prompt'), cols.get('completion', 'completion'))}"
     if fmt == "preference":
-        return "have " + q(*([cols["prompt"]] if cols.get("prompt") else []), "chosen", "rejected")
+        return "have " + q(*([cols["prompt"]] if cols.get("prompt") else []), cols.get("chosen", "chosen"),
+                           cols.get("rejected", "rejected"))
     if fmt == "kto":
-        return "have 'prompt', 'completion' and a true/false 'label'"
+        if cols.get("completion") == "":
+            return f"have a conversation {q(cols['prompt'])} and a true/false {q(cols.get('label', 'label'))}"
+        return f"have 'prompt', 'completion' and a true/false {q(cols.get('label', 'label'))}"
     if fmt == "classification":
         return f"have {q(cols.get('text', 'text'), 'label')} (a non-boolean label)"
     return "match"
@@ -175,9 +280,10 @@ def detect_format(records: list[dict]) -> Detection:
         label = f"match {f}" if f else "match no known format"
         evidence.append(f"{len(rows)} row{'s' if len(rows) != 1 else ''} {label}: "
                         f"{_row_list(rows)} (keys: {', '.join(list(records[rows[0] - 1])[:8])})")
-    mapping = {k: v for k, v in maps[best].items() if k != v}
+    mapping = {k: v for k, v in maps[best].items() if k != v and v}
     for k, v in mapping.items():
         evidence.append(f"using column '{v}' as '{k}'")
+    evidence += _dialect(records, best, maps[best])
     return Detection(best, round(conf, 4), evidence, columns, dict(maps[best]))
 
 
@@ -227,6 +333,11 @@ def to_canonical(records: list[dict], fmt: str | None = None, mapping: dict[str,
     with _gc_paused():
         for i, rec in enumerate(records, 1):
             try:
+                media = _media_in(rec)
+                if media:
+                    raise _RowError(media.split("'")[1] if media.startswith("column") else "content",
+                                    f"holds media ({media}): Fine-Tune Studio trains text-only models; "
+                                    "remove it or drop the row", "multimodal")
                 row = convert(rec, cols)
                 if GENERATED_KEY in rec:  # rows made by finetune.data.augment keep their marker
                     row[GENERATED_KEY] = rec[GENERATED_KEY]
@@ -317,22 +428,33 @@ def _get_str(rec: dict, col: str, canon: str, *, required: bool, allow_empty: bo
     return v
 
 
-def _content_text(v: Any, where: str) -> str:
+def _part_text(p: dict) -> Any:
+    return next((p[k] for k in ("text", "value", "content", "reasoning", "thinking") if isinstance(p.get(k), str)), None)
+
+
+def _content_text(v: Any, where: str, reasoning: list[str] | None = None) -> str:
+    """A message's text; content parts ({"type": "text", "text"|"value": ...}) are joined, reasoning
+    parts go to `reasoning` (when given), media parts are refused."""
     if v is None:
         return ""
     if isinstance(v, str):
         return v
-    if isinstance(v, list):  # multimodal content parts: keep the text ones
+    if isinstance(v, list):
         parts = []
         for p in v:
-            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str):
-                parts.append(p["text"])
-            elif isinstance(p, str):
+            kind = p.get("type", "text") if isinstance(p, dict) else None
+            if isinstance(p, str):
                 parts.append(p)
+            elif kind == "text" and isinstance(_part_text(p), str):
+                parts.append(_part_text(p))
+            elif kind in REASONING_PART_TYPES and isinstance(_part_text(p), str) and reasoning is not None:
+                reasoning.append(_part_text(p))
+            elif kind in MEDIA_PART_TYPES:
+                raise _RowError(where, f"holds a content part of type {kind!r}: Fine-Tune Studio trains text-only "
+                                "models; remove it or drop the row", "multimodal")
             else:
-                kind = p.get("type") if isinstance(p, dict) else _type_name(p)
-                raise _RowError(where, f"content part of type {kind!r} is not supported (text only)",
-                                "invalid_row")
+                raise _RowError(where, f"content part of type {kind or _type_name(p)!r} is not supported "
+                                "(text, value and reasoning parts are)", "invalid_row")
         return "".join(parts)
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return str(v)
@@ -342,6 +464,8 @@ def _content_text(v: Any, where: str) -> str:
 def _clean_message(m: Any, where: str, role_key: str = "role", content_key: str = "content") -> dict:
     if not isinstance(m, dict):
         raise _RowError(where, f"expected a message object, got {_type_name(m)}", "invalid_row")
+    if role_key not in m and "from" in m:  # a ShareGPT turn where role/content was expected
+        role_key, content_key = "from", "value"
     raw_role = m.get(role_key)
     if not isinstance(raw_role, str) or raw_role.strip().lower() not in _ROLE_MAP:
         raise _RowError(f"{where}.{role_key}", f"unknown role {raw_role!r}; expected one of "
@@ -349,7 +473,8 @@ def _clean_message(m: Any, where: str, role_key: str = "role", content_key: str 
                         "invalid_row")
     raw_role = raw_role.strip().lower()
     role = _ROLE_MAP[raw_role]
-    content = _content_text(m.get(content_key), f"{where}.{content_key}")
+    reasoning: list[str] = []
+    content = _content_text(m.get(content_key), f"{where}.{content_key}", reasoning)
     msg: dict[str, Any] = {"role": role, "content": content}
     for k, v in m.items():
         if k in (role_key, content_key, "role", "content") or v is None:
@@ -357,6 +482,12 @@ def _clean_message(m: Any, where: str, role_key: str = "role", content_key: str 
         if role_key == "from" and k in ("from", "value"):
             continue
         msg[k] = v
+    for k in ("thinking", "reasoning"):  # one name for reasoning: the one chat templates read
+        if isinstance(msg.get(k), str) and "reasoning_content" not in msg:
+            reasoning.append(msg.pop(k))
+    if reasoning:
+        msg["reasoning_content"] = "\n".join(([msg["reasoning_content"]] if msg.get("reasoning_content") else [])
+                                             + reasoning)
     if raw_role == "function_call" and "tool_calls" not in msg:
         # ShareGPT keeps a call as JSON text: turn it into an OpenAI-style tool call.
         try:
@@ -511,7 +642,13 @@ def _unify(prompt: Any, completion: Any, cols: dict, key: str = "completion") ->
 
 
 def _conv_kto(rec: dict, cols: dict) -> dict:
-    out = _conv_prompt_completion(rec, {"prompt": cols["prompt"], "completion": cols["completion"]})
+    if not cols.get("completion") or cols["completion"] not in rec:  # a conversation + label: split the last turn
+        col = cols["prompt"]
+        msgs = _message_list(rec.get(col), col)
+        _check_conversation(msgs, col)
+        out = {"prompt": msgs[:-1], "completion": msgs[-1:]}
+    else:
+        out = _conv_prompt_completion(rec, {"prompt": cols["prompt"], "completion": cols["completion"]})
     label = rec.get(cols["label"])
     if isinstance(label, str) and label.strip().lower() in ("true", "false", "1", "0"):
         label = label.strip().lower() in ("true", "1")
