@@ -65,7 +65,7 @@ def run_dir(run_id: str) -> Path:
         raise RunError(f"invalid run id {run_id!r}")
     d = runs_dir() / run_id
     if not (d / "config.json").exists():
-        raise RunError(f"no run {run_id!r} under {runs_dir()}")
+        raise RunError(f"no run {run_id!r} (`runs` lists the runs you can see)")  # no server path: visitors read it
     return d
 
 

@@ -51,13 +51,20 @@ def dataset_choices() -> list[str]:
 def inspect_api(upload, source: str, fmt: str, mapping: str, model: str, max_seq_len: float = 0,
                 min_examples: float = 1000) -> dict:
     """Detect the format, convert, and report quality, token statistics and the trained-token share
-    (the `inspect_dataset` API). max_seq_len 0 means no limit."""
+    (the `inspect_dataset` API). max_seq_len 0 means no limit. A source over FINETUNE_SMALL_SOURCE_MB
+    waits for a heavy slot; an upload is named by its file name, never its server path."""
+    from pathlib import Path
+
     from finetune.data import inspect_dataset
 
+    from .traffic import heavy_unless_small
+
     src = _source(upload, source)
-    tok = tokenizer_or_none(model or TINY_CHAT_ID)
-    return inspect_dataset(src, fmt=_fmt(fmt), mapping=_mapping(mapping), tokenizer=tok,
-                           max_seq_len=int(max_seq_len or 0) or None, min_examples=int(min_examples or 0))
+    with heavy_unless_small(src, "inspect_dataset"):
+        tok = tokenizer_or_none(model or TINY_CHAT_ID)
+        res = inspect_dataset(src, fmt=_fmt(fmt), mapping=_mapping(mapping), tokenizer=tok,
+                              max_seq_len=int(max_seq_len or 0) or None, min_examples=int(min_examples or 0))
+    return {**res, "source": Path(src).name} if upload else res
 
 
 @user_errors
