@@ -23,11 +23,13 @@ import gradio.mcp
 TOOLS = {
     "plan": "Recommend a fine-tuning method (LoRA, QLoRA, full, DPO...) for a model, a task and a hardware target, "
             "and estimate memory (GB), time (hours) and cost (USD). `model` is any Hub id, local folder or builtin id. "
-            "Returns a JSON object: method, vram_gb, hours, cost_usd, reasons, hyperparameters, script.",
+            "Returns a JSON object: method, fits, vram_gb, time_h, cost_usd, reasons, hyperparameters, python_script, "
+            "trl_command.",
     "inspect_dataset": "Inspect a dataset without changing it: detect its format (alpaca, messages, sharegpt, preference...), "
                        "convert it, and report quality problems, token-length statistics (tokens) and the share of "
                        "tokens that would be trained. `source` is builtin:demo, a saved dataset name, hub:owner/name or "
-                       "an uploaded file. Returns a JSON object: source, format, kind, rows, quality, tokens, preview.",
+                       "an uploaded file. Returns a JSON object: source, format, kind, rows, rows_valid, issues, quality_score, "
+                       "token_stats, trained_tokens, preview.",
     "prepare_dataset": "Convert, clean and split a dataset into train/validation files saved under a name (val_ratio is a "
                        "fraction, 0-1). Returns a JSON object: name, dir, rows_train, rows_validation, cleaning.",
     "augment_dataset": "Add paraphrased or self-instruct rows to a dataset's training split and save it as a new "
@@ -38,13 +40,14 @@ TOOLS = {
     "train_jobs": "Start a training run on Hugging Face Jobs (flavor e.g. a10g-small, timeout e.g. 2h); returns its run id "
                   "(a JSON string) at once, followed like a local run with `status` and `stop`.",
     "status": "A run's status: state (queued, running, stopping, stopped, failed, completed), step, total_steps, "
-              "progress (percent), eta_s (seconds), latest loss and eval_loss, recent events. Returns a JSON object.",
+              "progress (percent), latest loss and eval_loss, queue_position, events (per logged step: step, loss, "
+              "learning_rate, tokens_per_s, elapsed_s in seconds), artifact (the adapter's place). Returns a JSON object.",
     "stop": "Stop a run cleanly: it finishes the current step, saves, and ends as stopped. Returns a JSON object "
             "with the run's new state.",
     "force_stop": "Kill a run now, without a final save; it can resume from its last complete checkpoint. Returns a "
                   "JSON object with the run's new state.",
-    "runs": "List the runs you may see, newest first. Returns a JSON array of objects: run_id, state, model, "
-            "dataset, step, total_steps, created.",
+    "runs": "List the runs you may see, newest first. Returns a JSON array of objects: run_id, state, model, method, "
+            "data, step, total_steps, loss, eval_loss, created, duration_s (seconds).",
     "evaluate": "Evaluate a completed run against its base model on its validation rows (max_examples rows at most): "
                 "perplexity, exact match, ROUGE-L, gates and regressions. Slow (minutes). Returns the report as a "
                 "JSON object.",
