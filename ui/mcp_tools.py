@@ -34,11 +34,11 @@ TOOLS = {
                        "fraction, 0-1). Returns a JSON object: name, dir, rows_train, rows_validation, cleaning.",
     "augment_dataset": "Add paraphrased or self-instruct rows to a dataset's training split and save it as a new "
                        "prepared dataset. Returns a JSON object like prepare_dataset's.",
-    "train": "Check and start a training run on this machine; returns its run id (a JSON string) at once. Follow it with "
-             "`status` until state is completed, failed or stopped. `model` is any Hub id, local folder or builtin id; "
+    "train": "Check and start a training run on this machine. Returns its run id (a JSON string) at once; follow it "
+             "with `status` until state is completed, failed or stopped. `model` is any Hub id, local folder or builtin id; "
              "`data` a dataset source as in inspect_dataset; learning_rate e.g. 2e-4; max_seq_len in tokens.",
-    "train_jobs": "Start a training run on Hugging Face Jobs (flavor e.g. a10g-small, timeout e.g. 2h); returns its run id "
-                  "(a JSON string) at once, followed like a local run with `status` and `stop`.",
+    "train_jobs": "Start a training run on Hugging Face Jobs (flavor e.g. a10g-small, timeout e.g. 2h). Returns its run id "
+                  "(a JSON string) at once; follow it like a local run with `status` and `stop`.",
     "status": "A run's status: state (queued, running, stopping, stopped, failed, completed), step, total_steps, "
               "progress (percent), latest loss and eval_loss, queue_position, events (per logged step: step, loss, "
               "learning_rate, tokens_per_s, elapsed_s in seconds), artifact (the adapter's place). Returns a JSON object.",
