@@ -121,3 +121,28 @@ def test_a_waiting_call_is_told_why(held_gate):
                 "the waiting message")
     release()
     assert heavy.result(timeout=300)["rows_validation"] > 0
+
+
+def test_unchanged_sources_are_inspected_once(tmp_path, monkeypatch, tiny_tokenizer):
+    import os
+
+    import finetune.data
+    from finetune import inspect_cache
+
+    calls = []
+    real = finetune.data.inspect_dataset
+    monkeypatch.setattr(finetune.data, "inspect_dataset", lambda src, **kw: calls.append(src) or real(src, **kw))
+    monkeypatch.setattr(inspect_cache, "_CACHE", type(inspect_cache._CACHE)())
+    f = tmp_path / "rows.jsonl"
+    f.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(12)))
+    first = inspect_cache.inspect_cached(str(f), tokenizer=tiny_tokenizer)
+    first["rows"] = -1  # a caller changing its copy does not change the kept result
+    assert inspect_cache.inspect_cached(str(f), tokenizer=tiny_tokenizer)["rows"] == 12 and len(calls) == 1
+    assert inspect_cache.inspect_cached(str(f), tokenizer=None)["rows"] == 12 and len(calls) == 2  # other arguments
+    with open(f, "a") as fh:
+        fh.write(json.dumps({"instruction": "q", "output": "a"}) + "\n")
+    os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert inspect_cache.inspect_cached(str(f), tokenizer=tiny_tokenizer)["rows"] == 13 and len(calls) == 3
+    inspect_cache.inspect_cached("builtin:demo", tokenizer=None)
+    inspect_cache.inspect_cached("builtin:demo", tokenizer=None)
+    assert calls.count("builtin:demo") == 1

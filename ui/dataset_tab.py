@@ -55,15 +55,15 @@ def inspect_api(upload, source: str, fmt: str, mapping: str, model: str, max_seq
     waits for a heavy slot; an upload is named by its file name, never its server path."""
     from pathlib import Path
 
-    from finetune.data import inspect_dataset
+    from finetune.inspect_cache import inspect_cached
 
     from .traffic import heavy_unless_small
 
     src = _source(upload, source)
     with heavy_unless_small(src, "inspect_dataset"):
         tok = tokenizer_or_none(model or TINY_CHAT_ID)
-        res = inspect_dataset(src, fmt=_fmt(fmt), mapping=_mapping(mapping), tokenizer=tok,
-                              max_seq_len=int(max_seq_len or 0) or None, min_examples=int(min_examples or 0))
+        res = inspect_cached(src, fmt=_fmt(fmt), mapping=_mapping(mapping), tokenizer=tok,
+                             max_seq_len=int(max_seq_len or 0) or None, min_examples=int(min_examples or 0))
     return {**res, "source": Path(src).name} if upload else res
 
 
