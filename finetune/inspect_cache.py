@@ -59,3 +59,28 @@ def inspect_cached(source: str, **kwargs) -> dict:
             while len(_CACHE) > MAX_ENTRIES:
                 _CACHE.popitem(last=False)
     return res
+
+
+def tokenizer_or_warning(model: str):
+    """(the model's tokenizer, None), or (None, why) when it cannot be loaded, e.g. offline: token
+    counts are then estimated."""
+    from .modeling import load_tokenizer
+
+    try:
+        return load_tokenizer(model), None
+    except Exception as exc:  # noqa: BLE001 -- inspection still works with estimated token counts
+        return None, f"Token counts are approximate: could not load the tokenizer of {model} ({str(exc)[:160]})"
+
+
+def inspect_with_model(source: str, model: str, **kwargs) -> dict:
+    """inspect_cached with the model's tokenizer loaded here (also in a child process, run_child);
+    `tokenizer_warning` says why counts are approximate when it cannot be loaded."""
+    tok, warning = tokenizer_or_warning(model)
+    res = inspect_cached(source, tokenizer=tok, **kwargs)
+    return {**res, "tokenizer_warning": warning} if warning else res
+
+
+if __name__ == "__main__":  # the heavy-work child: python -m finetune.inspect_cache < {"source": ..., "model": ...}
+    from .workgate import child_main
+
+    child_main(inspect_with_model)

@@ -13,7 +13,9 @@ this size is light work, default 8).
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import threading
 from collections import Counter
 from contextlib import contextmanager
@@ -151,3 +153,43 @@ def is_small_source(source: str) -> bool:
     """Light work: a source known to be at most FINETUNE_SMALL_SOURCE_MB on disk."""
     n = source_bytes(source)
     return n is not None and n <= small_source_bytes()
+
+
+def run_child(module: str, payload: dict, *, env: dict | None = None, timeout_s: float | None = None) -> dict:
+    """`python -m module` as a child process at a lower CPU priority (FINETUNE_HEAVY_NICE, default 10):
+    the payload goes as JSON on stdin, one JSON object comes back on stdout (the module calls
+    child_main). CPU-bound heavy work then holds neither the app's GIL nor the core light calls need.
+    `env`: overrides such as access.child_env (the caller's token only). A failure raises ValueError
+    with the child's last line on stderr."""
+    import subprocess
+
+    from .runs import child_process_env
+
+    limit = timeout_s or float(os.environ.get("FINETUNE_HEAVY_TIMEOUT_S", "1800"))
+    try:
+        p = subprocess.run([sys.executable, "-m", module], input=json.dumps(payload), capture_output=True, text=True,
+                           env=child_process_env(env), timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"{module}: gave up after {limit:.0f} s (FINETUNE_HEAVY_TIMEOUT_S)") from None
+    if p.returncode != 0:
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        raise ValueError(lines[-1] if lines else f"{module} failed (exit code {p.returncode})")
+    return json.loads(p.stdout)
+
+
+def child_main(fn: Callable[..., dict]) -> None:
+    """The child's side of run_child: fn(**payload) printed as one JSON object on stdout; anything
+    else the work prints goes to stderr; an error is one line on stderr and exit code 2."""
+    try:
+        os.nice(_env_int("FINETUNE_HEAVY_NICE", 10))
+    except OSError:
+        pass
+    out, sys.stdout = sys.stdout, sys.stderr
+    try:
+        result = fn(**json.load(sys.stdin))
+    except Exception as exc:  # noqa: BLE001 -- reported to the parent as one line
+        print(" ".join(str(exc).split()) or type(exc).__name__, file=sys.stderr)
+        sys.exit(2)
+    finally:
+        sys.stdout = out
+    json.dump(result, sys.stdout, default=str)

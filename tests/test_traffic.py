@@ -146,3 +146,28 @@ def test_unchanged_sources_are_inspected_once(tmp_path, monkeypatch, tiny_tokeni
     inspect_cache.inspect_cached("builtin:demo", tokenizer=None)
     inspect_cache.inspect_cached("builtin:demo", tokenizer=None)
     assert calls.count("builtin:demo") == 1
+
+
+def test_a_big_inspection_runs_in_a_child_process(tmp_path, monkeypatch, tiny_model_dir):
+    from gradio_client import Client, handle_file
+
+    import finetune.workgate as wg
+    from conftest import serve_app
+
+    with pytest.raises(ValueError, match="missing.jsonl"):  # the child's error comes back as one line
+        wg.run_child("finetune.inspect_cache", {"source": str(tmp_path / "missing.jsonl"), "model": "builtin:tiny-chat"})
+    monkeypatch.setenv("FINETUNE_SMALL_SOURCE_MB", "0")  # every file is big now
+    monkeypatch.setattr(wg, "_GATE", HeavyGate(slots=1, max_waiting=1, per_visitor=1))
+    children = []
+    real = wg.run_child
+    monkeypatch.setattr(wg, "run_child", lambda *a, **kw: children.append(a[0]) or real(*a, **kw))
+    f = tmp_path / "upload_me.jsonl"
+    f.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(12)))
+    demo, url = serve_app()
+    try:
+        info = Client(url, verbose=False).predict(handle_file(str(f)), "", "auto", "", "builtin:tiny-chat",
+                                                  api_name="/inspect_dataset")
+    finally:
+        demo.close()
+    assert info["rows"] == 12 and info["source"] == "upload_me.jsonl" and info["token_stats"]
+    assert children == ["finetune.inspect_cache"] and wg.heavy_gate().snapshot()["running"] == 0

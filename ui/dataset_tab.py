@@ -52,18 +52,23 @@ def inspect_api(upload, source: str, fmt: str, mapping: str, model: str, max_seq
                 min_examples: float = 1000) -> dict:
     """Detect the format, convert, and report quality, token statistics and the trained-token share
     (the `inspect_dataset` API). max_seq_len 0 means no limit. A source over FINETUNE_SMALL_SOURCE_MB
-    waits for a heavy slot; an upload is named by its file name, never its server path."""
+    is heavy work (a child process, once a heavy slot is free); an upload is named by its file name."""
     from pathlib import Path
 
-    from finetune.inspect_cache import inspect_cached
+    from finetune.inspect_cache import inspect_with_model
+    from finetune.workgate import is_small_source
 
-    from .traffic import heavy_unless_small
+    from .traffic import in_heavy_child
 
     src = _source(upload, source)
-    with heavy_unless_small(src, "inspect_dataset"):
-        tok = tokenizer_or_none(model or TINY_CHAT_ID)
-        res = inspect_cached(src, fmt=_fmt(fmt), mapping=_mapping(mapping), tokenizer=tok,
-                             max_seq_len=int(max_seq_len or 0) or None, min_examples=int(min_examples or 0))
+    args = {"source": src, "model": model or TINY_CHAT_ID, "fmt": _fmt(fmt), "mapping": _mapping(mapping),
+            "max_seq_len": int(max_seq_len or 0) or None, "min_examples": int(min_examples or 0)}
+    if is_small_source(src):
+        res = inspect_with_model(**args)
+    else:
+        res = in_heavy_child("inspect_dataset", "finetune.inspect_cache", args)
+    if res.get("tokenizer_warning"):
+        gr.Warning(res.pop("tokenizer_warning"))
     return {**res, "source": Path(src).name} if upload else res
 
 

@@ -55,11 +55,16 @@ def heavy_slot(what: str):
         release()
 
 
-def heavy_unless_small(source: str, what: str):
-    """A heavy slot for a source bigger than FINETUNE_SMALL_SOURCE_MB (decided by size, before reading)."""
-    from finetune.workgate import is_small_source
+def in_heavy_child(what: str, module: str, payload: dict) -> dict:
+    """Heavy work in a child process (finetune.workgate.run_child: its own GIL, a lower CPU priority),
+    once a heavy slot is free; the child gets the caller's Hub token only."""
+    from finetune import access
+    from finetune.workgate import run_child
 
-    return contextlib.nullcontext() if is_small_source(source) else heavy_slot(what)
+    from .guard import current
+
+    with heavy_slot(what):
+        return run_child(module, payload, env=access.child_env(current()))
 
 
 def _heavy(fn, what: str):
