@@ -41,14 +41,15 @@ WORDS = ("time person year way day thing world life hand part child place work w
 
 
 def write_big_upload(path: Path, rows: int, mb: float, seed: int = 0) -> None:
-    """`rows` alpaca rows padded so that the file is about `mb` MB."""
+    """`rows` alpaca rows, each padded so that the file is `mb` MB (10^6 bytes)."""
     rng = random.Random(seed)
-    pad = max(0, int(mb * 1024 * 1024 / rows) - 120)
+    per_row = int(mb * 1e6 / rows)
     with open(path, "w", encoding="utf-8") as f:
         for i in range(rows):
-            words = " ".join(rng.choice(WORDS) for _ in range(pad // 6 + 1))
-            f.write(json.dumps({"instruction": f"Question {i}: what about the {rng.choice(WORDS)}?",
-                                "input": "", "output": words[:pad]}) + "\n")
+            row = {"instruction": f"Question {i}: what about the {rng.choice(WORDS)}?", "input": "", "output": ""}
+            room = max(1, per_row - len(json.dumps(row)) - 1)
+            row["output"] = " ".join(rng.choice(WORDS) for _ in range(room // 4 + 1))[:room].strip()
+            f.write(json.dumps(row) + "\n")
 
 
 def free_port() -> int:
@@ -199,6 +200,8 @@ def main() -> None:
                        for _ in range(a.visitors)]
             for endpoint in LIGHT:  # warm-up: the built-in model and tokenizer load once
                 light_call(clients[0], endpoint)
+            with ThreadPoolExecutor(len(clients)) as pool:  # and each client makes its first call untimed
+                list(pool.map(lambda c: light_call(c, "runs"), clients))
             left = lambda: max(10.0, a.max_seconds - (time.time() - started))  # noqa: E731
             base = run_load(url, clients, a.rounds, None, left() / 2)
             loaded = run_load(url, clients, a.rounds, big, left())
