@@ -2,7 +2,7 @@
 
 Starts `python app.py` in public mode (SPACE_ID set) on 127.0.0.1, a free port, a temporary home
 folder, offline; writes the big upload itself (a JSONL file of --big-rows alpaca rows, about
---big-mb MB); then runs the same light load twice with gradio_client:
+--big-mb MB); then runs the same light load twice:
   - baseline: --visitors anonymous visitors, each calling plan, inspect_dataset (builtin:demo), runs
     and status --rounds times, one after the other;
   - with the big upload: the same, while one more visitor uploads and inspects the big file.
@@ -10,6 +10,7 @@ Anonymous visitors see no runs, so `status` answers "no run" (a refusal that is 
 counted as an answer, not an error). Prints p50/p95/max seconds and errors per endpoint, side by
 side, and how long the big inspection was in flight during the light load.
 
+Visitors use Gradio's plain HTTP API (httpx); the big upload goes through gradio_client.
 Bounded: at most --visitors + 1 clients, --rounds rounds, each call --call-timeout-s, the whole run
 --max-seconds; 127.0.0.1 only; the app is stopped at the end.
 
@@ -78,22 +79,50 @@ def start_app(home: Path, port: int, limit_s: float) -> subprocess.Popen:
     raise SystemExit(f"the app did not answer within {limit_s:.0f} s")
 
 
-def light_call(client, endpoint: str):
+class Visitor:
+    """One anonymous visitor on Gradio's plain HTTP API (POST /gradio_api/call/NAME, then read the
+    event stream): far lighter than gradio_client, whose threads would take the CPU the app needs
+    on a small machine."""
+
+    def __init__(self, url: str, timeout_s: float, api: dict):
+        import httpx
+
+        self.url, self.http, self.api = url.rstrip("/"), httpx.Client(timeout=timeout_s), api
+
+    def call(self, api_name: str, *data):
+        params = self.api["named_endpoints"][f"/{api_name}"]["parameters"]  # the rest take their defaults
+        data = list(data) + [p.get("parameter_default") for p in params[len(data):]]
+        r = self.http.post(f"{self.url}/gradio_api/call/{api_name}", json={"data": data})
+        r.raise_for_status()
+        event, body = None, None
+        with self.http.stream("GET", f"{self.url}/gradio_api/call/{api_name}/{r.json()['event_id']}") as s:
+            for line in s.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    body = line.split(":", 1)[1].strip()
+                    break
+        if event != "complete":
+            raise RuntimeError(f"{api_name}: {body}")
+        return json.loads(body)[0]
+
+
+def light_call(visitor: Visitor, endpoint: str):
     if endpoint == "plan":
-        return client.predict(*PLAN_ARGS, api_name="/plan")
+        return visitor.call("plan", *PLAN_ARGS)
     if endpoint == "inspect_dataset":
-        return client.predict(None, "builtin:demo", "auto", "", "builtin:tiny-chat", api_name="/inspect_dataset")
+        return visitor.call("inspect_dataset", None, "builtin:demo", "auto", "", "builtin:tiny-chat")
     if endpoint == "runs":
-        return client.predict(api_name="/runs")
+        return visitor.call("runs")
     try:
-        return client.predict("no-such-run", api_name="/status")
-    except Exception as exc:  # noqa: BLE001 -- the anonymous visitor's right answer
+        return visitor.call("status", "no-such-run")
+    except RuntimeError as exc:  # the anonymous visitor's right answer
         if "no run" in str(exc):
             return None
         raise
 
 
-def visitor(client, rounds: int, timings: dict, errors: dict, lock: threading.Lock) -> None:
+def visit(client: Visitor, rounds: int, timings: dict, errors: dict, lock: threading.Lock) -> None:
     for _ in range(rounds):
         for endpoint in LIGHT:
             t0 = time.perf_counter()
@@ -120,7 +149,13 @@ def big_inspect(url: str, path: Path, out: dict) -> None:
     out["end"] = time.perf_counter()
 
 
-def run_load(url: str, clients: list, rounds: int, big: Path | None, limit_s: float) -> dict:
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by a process (this one by default), its threads included."""
+    fields = Path(f"/proc/{pid or os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(url: str, clients: list, rounds: int, big: Path | None, limit_s: float, app_pid: int) -> dict:
     timings, errors, lock, heavy = {}, {}, threading.Lock(), {}
     heavy_thread = None
     if big is not None:
@@ -129,16 +164,17 @@ def run_load(url: str, clients: list, rounds: int, big: Path | None, limit_s: fl
         while "start" not in heavy:
             time.sleep(0.05)
         time.sleep(2.0)  # the upload goes first (loopback: well under that), then the inspection runs
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), (cpu_s(), cpu_s(app_pid))
     with ThreadPoolExecutor(len(clients)) as pool:
-        futures = [pool.submit(visitor, c, rounds, timings, errors, lock) for c in clients]
+        futures = [pool.submit(visit, c, rounds, timings, errors, lock) for c in clients]
         done, pending = wait(futures, timeout=limit_s)
         if pending:
             errors.setdefault("(time limit)", []).append(f"{len(pending)} visitors unfinished after {limit_s:.0f} s")
-    t1 = time.perf_counter()
+    t1, cpu1 = time.perf_counter(), (cpu_s(), cpu_s(app_pid))
     if heavy_thread is not None:
         heavy_thread.join(max(1.0, limit_s - (t1 - t0)))
-    return {"timings": timings, "errors": errors, "light_s": t1 - t0, "light_span": (t0, t1), "heavy": heavy}
+    return {"timings": timings, "errors": errors, "light_s": t1 - t0, "light_span": (t0, t1), "heavy": heavy,
+            "cpu": (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])}
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -159,6 +195,9 @@ def report(base: dict, loaded: dict) -> None:
         for endpoint, errs in res["errors"].items():
             print(f"  {label} {endpoint} errors: {len(errs)}, first: {errs[0]}")
     print(f"\nlight phase: baseline {base['light_s']:.1f} s, with the big upload {loaded['light_s']:.1f} s")
+    for res, label in ((base, "baseline"), (loaded, "with big upload")):
+        print(f"  CPU seconds during the {label} light phase: load generator {res['cpu'][0]:.1f}, app process "
+              f"{res['cpu'][1]:.1f} (the big inspection's child not counted)")
     h = loaded["heavy"]
     if "end" in h:
         t0, t1 = loaded["light_span"]
@@ -192,19 +231,17 @@ def main() -> None:
         port = free_port()
         proc = start_app(tmp / "home", port, limit_s=min(300, a.max_seconds))
         try:
-            import httpx
-            from gradio_client import Client
-
             url = f"http://127.0.0.1:{port}/"
-            clients = [Client(url, verbose=False, httpx_kwargs={"timeout": httpx.Timeout(a.call_timeout_s)})
-                       for _ in range(a.visitors)]
+            with urllib.request.urlopen(f"{url}gradio_api/info", timeout=60) as r:
+                api = json.loads(r.read())
+            clients = [Visitor(url, a.call_timeout_s, api) for _ in range(a.visitors)]
             for endpoint in LIGHT:  # warm-up: the built-in model and tokenizer load once
                 light_call(clients[0], endpoint)
             with ThreadPoolExecutor(len(clients)) as pool:  # and each client makes its first call untimed
                 list(pool.map(lambda c: light_call(c, "runs"), clients))
             left = lambda: max(10.0, a.max_seconds - (time.time() - started))  # noqa: E731
-            base = run_load(url, clients, a.rounds, None, left() / 2)
-            loaded = run_load(url, clients, a.rounds, big, left())
+            base = run_load(url, clients, a.rounds, None, left() / 2, proc.pid)
+            loaded = run_load(url, clients, a.rounds, big, left(), proc.pid)
         finally:
             proc.terminate()
             try:
