@@ -111,3 +111,17 @@ def test_public_results_name_no_server_folder(monkeypatch, home):
     assert json.loads(_json_text(value)) == value  # locally the owner's agent gets real paths
     monkeypatch.setattr(access, "public_mode", lambda: True)
     assert json.loads(_json_text(value)) == {"run_dir": "runs/r1", "note": "see http://127.0.0.1:7860/tmp/x"}
+
+
+def test_server_folders_are_left_out_of_what_a_visitor_reads(home):
+    import tempfile
+    from pathlib import Path
+
+    from finetune.sources import hide_server_paths, upload_roots
+
+    upload = upload_roots()[0] / ("ab" * 20) / "my rows.jsonl"
+    tmp = Path(tempfile.gettempdir()).resolve()
+    assert hide_server_paths(f"{upload}: line 3 is not JSON") == "my rows.jsonl: line 3 is not JSON"
+    assert hide_server_paths(f"see {home / 'runs' / 'r1' / 'adapter'}") == "see runs/r1/adapter"
+    assert hide_server_paths(f"cannot read {tmp / 'pytest-x' / 'p0' / 'data.csv'}") == "cannot read data.csv"
+    assert hide_server_paths("http://127.0.0.1:7860/tmp/x and hub:org/name") == "http://127.0.0.1:7860/tmp/x and hub:org/name"
