@@ -65,7 +65,7 @@ def run_dir(run_id: str) -> Path:
         raise RunError(f"invalid run id {run_id!r}")
     d = runs_dir() / run_id
     if not (d / "config.json").exists():
-        raise RunError(f"no run {run_id!r} under {runs_dir()}")
+        raise RunError(f"no run {run_id!r} (`runs` lists the runs you can see)")  # no server path: visitors read it
     return d
 
 
@@ -269,7 +269,9 @@ def last_checkpoint(run: str | Path) -> str | None:
     return best
 
 
-def _child_env(extra: dict | None) -> dict:
+def child_process_env(extra: dict | None) -> dict:
+    """The environment of a child process of the app (training, heavy work): this one's, without the
+    Space owner's token, plus `extra`, the same home folder, and the finetune package on the path."""
     env = dict(os.environ)
     if os.environ.get("SPACE_ID"):  # a visitor's run never inherits the Space owner's token
         for key in _TOKEN_VARS:
@@ -305,7 +307,7 @@ def _launch(run_id: str, *, resume: bool, env: dict | None) -> int | None:
     log = open(d / "train.log", "ab")
     try:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=_child_env(env), start_new_session=True,
+                                env=child_process_env(env), start_new_session=True,
                                 cwd=str(Path(__file__).resolve().parent.parent))
     finally:
         log.close()

@@ -91,3 +91,20 @@ def resolve_local(source: str) -> Path | None:
         cand = datasets_dir() / src
         return cand if cand.exists() else None
     return Path(src).expanduser()
+
+
+_START = r"(?<![\w.:/-])"  # a path starts here, not inside a URL or a longer path
+
+
+def hide_server_paths(text: str) -> str:
+    """`text` without the server's own folders, for anything a visitor reads (results, errors, MCP
+    tool output): an upload by its file name, a file of the home folder by its place in it
+    (runs/<id>/...), built-in models as models/..., any other temporary file by its name."""
+    from .paths import home, models_dir
+
+    for root in upload_roots():  # <root>/<hash>/<the uploaded file's name>
+        text = re.sub(_START + re.escape(str(root)) + r"/[^/\s'\"]+/", "", text)
+    for root, label in ((models_dir(), "models/"), (home(), "")):
+        text = re.sub(_START + re.escape(str(root)) + r"(?:/|\b)", label, text)
+    tmp = re.escape(str(Path(tempfile.gettempdir()).resolve()))
+    return re.sub(_START + tmp + r"/(?:[^\s'\"]*/)?([^\s'\"/]+)", r"\1", text)

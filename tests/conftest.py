@@ -91,8 +91,9 @@ def _no_orphan_training():
                 pass
 
 
-def serve_app():
-    """Build the real app and serve it on a free loopback port; returns (demo, url). Call demo.close()."""
+def serve_app(**launch):
+    """Build the real app and serve it on a free loopback port; returns (demo, url). Call demo.close().
+    `launch` adds launch() options (mcp_server=True)."""
     import socket
 
     from ui import build_demo
@@ -101,7 +102,7 @@ def serve_app():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = build_demo()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch)
     return demo, f"http://127.0.0.1:{port}/"
 
 

@@ -51,13 +51,25 @@ def dataset_choices() -> list[str]:
 def inspect_api(upload, source: str, fmt: str, mapping: str, model: str, max_seq_len: float = 0,
                 min_examples: float = 1000) -> dict:
     """Detect the format, convert, and report quality, token statistics and the trained-token share
-    (the `inspect_dataset` API). max_seq_len 0 means no limit."""
-    from finetune.data import inspect_dataset
+    (the `inspect_dataset` API). max_seq_len 0 means no limit. A source over FINETUNE_SMALL_SOURCE_MB
+    is heavy work (a child process, once a heavy slot is free); an upload is named by its file name."""
+    from pathlib import Path
+
+    from finetune.inspect_cache import inspect_with_model
+    from finetune.workgate import is_small_source
+
+    from .traffic import in_heavy_child
 
     src = _source(upload, source)
-    tok = tokenizer_or_none(model or TINY_CHAT_ID)
-    return inspect_dataset(src, fmt=_fmt(fmt), mapping=_mapping(mapping), tokenizer=tok,
-                           max_seq_len=int(max_seq_len or 0) or None, min_examples=int(min_examples or 0))
+    args = {"source": src, "model": model or TINY_CHAT_ID, "fmt": _fmt(fmt), "mapping": _mapping(mapping),
+            "max_seq_len": int(max_seq_len or 0) or None, "min_examples": int(min_examples or 0)}
+    if is_small_source(src):
+        res = inspect_with_model(**args)
+    else:
+        res = in_heavy_child("inspect_dataset", "finetune.inspect_cache", args)
+    if res.get("tokenizer_warning"):
+        gr.Warning(res.pop("tokenizer_warning"))
+    return {**res, "source": Path(src).name} if upload else res
 
 
 @user_errors

@@ -15,6 +15,7 @@ Locally (not public mode) nothing is refused and runs have no owner.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import re
@@ -25,11 +26,13 @@ from typing import Optional
 import gradio as gr
 
 from finetune import access
+from finetune.sources import hide_server_paths
 
 # Anyone may plan and inspect; status/runs/runs_frame (the Train tab's table, loaded with the page) show own runs only.
 OPEN_APIS = {"plan", "inspect_dataset", "status", "runs", "runs_frame"}
 PRIVATE_ACTIONS = {"dry_run": "train", "resume": "resume", "delete": "train"}  # UI-only handlers that act
 _IDENT: contextvars.ContextVar[access.Identity | None] = contextvars.ContextVar("fts_identity", default=None)
+_VISITOR: contextvars.ContextVar[str] = contextvars.ContextVar("fts_visitor", default="local")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _START_LOCK = threading.Lock()
 
@@ -37,6 +40,18 @@ _START_LOCK = threading.Lock()
 def current() -> access.Identity:
     """The identity of the request being handled (anonymous outside a guarded handler)."""
     return _IDENT.get() or access.identify(None, None)
+
+
+def current_visitor() -> str:
+    """Who is asking, for per-visitor limits: the username, else the anonymous visitor's address."""
+    return _VISITOR.get()
+
+
+def _visitor(ident: access.Identity, request) -> str:
+    if ident.username:
+        return f"user:{ident.username}"
+    # uvicorn takes X-Forwarded-For only from a trusted proxy (FORWARDED_ALLOW_IPS), so this is not spoofable
+    return f"anon:{getattr(getattr(request, 'client', None), 'host', None) or 'local'}"
 
 
 def _check_inputs(ident: access.Identity, args) -> None:
@@ -68,14 +83,16 @@ def _check_inputs(ident: access.Identity, args) -> None:
             access.check_dataset(ident, name)
 
 
-def _bind(ident: access.Identity):
-    """Make the identity and its Hub token (the visitor's, or none) current for this call."""
-    return _IDENT.set(ident), access.set_request_hub_token(access.hub_token(ident))
+def _bind(who: tuple[access.Identity, str]):
+    """Make the identity, its Hub token (the visitor's, or none) and the visitor key current for this call."""
+    ident, visitor = who
+    return _IDENT.set(ident), access.set_request_hub_token(access.hub_token(ident)), _VISITOR.set(visitor)
 
 
 def _unbind(handles) -> None:
     _IDENT.reset(handles[0])
     access.reset_request_hub_token(handles[1])
+    _VISITOR.reset(handles[2])
 
 
 def _refuse(exc: Exception):
@@ -83,7 +100,17 @@ def _refuse(exc: Exception):
     import logging
 
     logging.getLogger("fine_tune_studio").warning("refused: %s", " ".join(str(exc).split())[:300])
-    raise gr.Error(str(exc), duration=None, print_exception=False) from None
+    raise gr.Error(hide_server_paths(str(exc)), duration=None, print_exception=False) from None
+
+
+@contextlib.contextmanager
+def _no_server_paths():
+    """An error a caller reads names no server folder (an upload by its file name, runs/<id>...)."""
+    try:
+        yield
+    except gr.Error as exc:
+        exc.message = hide_server_paths(str(exc.message))
+        raise
 
 
 def guard(fn, action: str | None):
@@ -94,10 +121,11 @@ def guard(fn, action: str | None):
         hints = {}
     sig = inspect.signature(fn)
     extra = [inspect.Parameter("fts_profile", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[gr.OAuthProfile]),
-             inspect.Parameter("fts_token", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[gr.OAuthToken])]
+             inspect.Parameter("fts_token", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[gr.OAuthToken]),
+             inspect.Parameter("fts_request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)]
     params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
 
-    def enter(profile, token, args):
+    def enter(profile, token, request, args):
         ident = access.identify(getattr(profile, "username", None) if profile else None,
                                 getattr(token, "token", None) if token else None)
         try:
@@ -106,33 +134,36 @@ def guard(fn, action: str | None):
             _check_inputs(ident, args)
         except (access.AccessError, ValueError) as exc:
             _refuse(exc)
-        return ident
+        return ident, _visitor(ident, request)
 
     if inspect.isgeneratorfunction(fn):
-        def wrapper(fts_profile, fts_token, *args, **kwargs):
-            ident = enter(fts_profile, fts_token, args)
+        def wrapper(fts_profile, fts_token, fts_request, *args, **kwargs):
+            who = enter(fts_profile, fts_token, fts_request, args)
             gen = fn(*args, **kwargs)
             while True:  # Gradio steps generators in fresh contexts: set the identity for each step
-                handles = _bind(ident)
+                handles = _bind(who)
                 try:
-                    item = next(gen)
+                    with _no_server_paths():
+                        item = next(gen)
                 except StopIteration:
                     return
                 finally:
                     _unbind(handles)
                 yield item
     elif inspect.iscoroutinefunction(fn):
-        async def wrapper(fts_profile, fts_token, *args, **kwargs):
-            handles = _bind(enter(fts_profile, fts_token, args))
+        async def wrapper(fts_profile, fts_token, fts_request, *args, **kwargs):
+            handles = _bind(enter(fts_profile, fts_token, fts_request, args))
             try:
-                return await fn(*args, **kwargs)
+                with _no_server_paths():
+                    return await fn(*args, **kwargs)
             finally:
                 _unbind(handles)
     else:
-        def wrapper(fts_profile, fts_token, *args, **kwargs):
-            handles = _bind(enter(fts_profile, fts_token, args))
+        def wrapper(fts_profile, fts_token, fts_request, *args, **kwargs):
+            handles = _bind(enter(fts_profile, fts_token, fts_request, args))
             try:
-                return fn(*args, **kwargs)
+                with _no_server_paths():
+                    return fn(*args, **kwargs)
             finally:
                 _unbind(handles)
 
@@ -143,7 +174,8 @@ def guard(fn, action: str | None):
             pass
     wrapper.__signature__ = sig.replace(parameters=extra + params)
     wrapper.__annotations__ = {**{p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty},
-                               "fts_profile": Optional[gr.OAuthProfile], "fts_token": Optional[gr.OAuthToken]}
+                               "fts_profile": Optional[gr.OAuthProfile], "fts_token": Optional[gr.OAuthToken],
+                               "fts_request": gr.Request}
     wrapper.__fts_guarded__ = action or "open"
     return wrapper
 

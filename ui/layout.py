@@ -9,7 +9,7 @@ import gradio as gr
 
 from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 
-from . import compare_tab, dataset_tab, evaluate_tab, guard, hub_panel, plan_tab, train_tab
+from . import compare_tab, dataset_tab, evaluate_tab, guard, hub_panel, mcp_tools, plan_tab, traffic, train_tab
 
 CSS = """
 .fts-note {font-size: 0.9em; opacity: 0.8}
@@ -73,4 +73,6 @@ def build_demo() -> gr.Blocks:
         data.change(lambda d: d, data, data_state, api_visibility="private")
         demo.load(lambda d: gr.Dropdown(choices=dataset_tab.dataset_choices(), value=d or DEMO_DATASET_ID),
                   data_state, data, api_visibility="private")
+    mcp_tools.for_agents(demo)  # tools as the contract names, free-text fields, JSON results
+    traffic.route(demo)  # light and heavy lanes
     return guard.guard_demo(demo)  # identity, allowlist and ownership checks on every event

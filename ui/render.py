@@ -64,14 +64,13 @@ def check_source(source: str, *, uploaded: bool = False) -> str:
 
 
 def tokenizer_or_none(model: str):
-    """The model's tokenizer, or None (approximate counts) when it cannot be loaded, e.g. offline."""
-    from finetune.modeling import load_tokenizer
+    """The model's tokenizer, or None (approximate counts, and a warning) when it cannot be loaded."""
+    from finetune.inspect_cache import tokenizer_or_warning
 
-    try:
-        return load_tokenizer(model)
-    except Exception as exc:  # noqa: BLE001 -- inspection must still work without exact token counts
-        gr.Warning(f"Token counts are approximate: could not load the tokenizer of {model} ({str(exc)[:160]})")
-        return None
+    tok, warning = tokenizer_or_warning(model)
+    if warning:
+        gr.Warning(warning)
+    return tok
 
 
 def run_choices() -> list[str]:
