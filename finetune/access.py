@@ -20,24 +20,26 @@ gr.OAuthProfile / gr.OAuthToken into plain strings and calls `identify`.
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
-import ipaddress
 import os
 import re
 import threading
 import time
 from dataclasses import dataclass
 
+from .caller import (  # noqa: F401 -- who is calling lives below the run and data layers; re-exported here
+    public_mode,
+    request_hub_token,
+    reset_request_hub_token,
+    set_listen_address,
+    set_request_hub_token,
+)
+
 PROTECTED = ("train", "evaluate", "compare", "push", "stop", "resume", "vote", "export_votes", "diagnose",
              "augment", "prepare", "deploy", "delete")
-_LISTEN: dict[str, str | None] = {"address": None}
 _WHOAMI: dict[str, tuple[float, str | None]] = {}
 _WHOAMI_TTL_S = 300.0
 _LOCK = threading.Lock()
-# The Hub token for loads made while handling one request (set by ui/guard.py): None = the library's
-# default (local use), False = send none, a string = the visitor's own token.
-_REQUEST_TOKEN: contextvars.ContextVar = contextvars.ContextVar("fts_hub_token", default=None)
 
 
 class AccessError(PermissionError):
@@ -54,26 +56,6 @@ class Identity:
     def owner(self) -> str:
         """What a run or dataset made by this identity records as its owner ('' locally)."""
         return (self.username or "") if self.public else ""
-
-
-def set_listen_address(address: str | None) -> None:
-    """The app tells the engine where it listens; a non-loopback address turns public mode on."""
-    _LISTEN["address"] = address
-
-
-def _is_loopback(address: str | None) -> bool:
-    if not address or address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-def public_mode() -> bool:
-    if os.environ.get("SPACE_ID") or os.environ.get("FINETUNE_PUBLIC", "").lower() in ("1", "true", "yes"):
-        return True
-    return not _is_loopback(_LISTEN["address"] or os.environ.get("GRADIO_SERVER_NAME"))
 
 
 def space_owner() -> str | None:
@@ -283,22 +265,6 @@ def hub_token(identity: Identity, *, for_push: bool = False):
     if for_push and identity.username and space_owner() and identity.username.lower() == space_owner().lower():
         return os.environ.get("HF_TOKEN") or False
     return False
-
-
-def request_hub_token():
-    """The token a Hub load made for the current request may send (see _REQUEST_TOKEN)."""
-    tok = _REQUEST_TOKEN.get()
-    if tok is None and public_mode() and os.environ.get("FINETUNE_TOKEN_SCOPED") != "1":
-        return False  # no request context on a public Space: never fall back to the owner's secret
-    return tok
-
-
-def set_request_hub_token(token):
-    return _REQUEST_TOKEN.set(token)
-
-
-def reset_request_hub_token(handle) -> None:
-    _REQUEST_TOKEN.reset(handle)
 
 
 def child_env(identity: Identity) -> dict[str, str]:

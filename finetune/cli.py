@@ -266,7 +266,7 @@ def cmd_status(a) -> dict:
 
 
 def cmd_stop(a) -> dict:
-    from . import runs
+    from . import jobs, runs  # noqa: F401 -- jobs registers how to stop a run on Hugging Face Jobs
 
     return runs.stop_run(a.run_id, force=a.force)
 

@@ -18,7 +18,6 @@ CLI: `python -m finetune eval RUN_ID [--max-examples N] --json`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -34,36 +33,11 @@ from .paths import atomic_write_json, atomic_write_text, home, read_json
 from .monitor import kept_sentence
 from .runs import RunError, artifact_dir, load_config, run_dir
 
-SNAPSHOT_DIR = "data"
+from .snapshot import SNAPSHOT_DIR, rows_sha256, snapshot_validation  # noqa: F401 -- below runs (create_run)
 
 
 # ---------------------------------------------------------------------------------------------
-# The validation snapshot (called by runs.create_run)
-
-
-def rows_sha256(rows: list[dict]) -> str:
-    h = hashlib.sha256()
-    for r in rows:
-        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n")
-    return h.hexdigest()
-
-
-def snapshot_validation(cfg, folder: Path) -> dict | None:
-    """Copy the run's validation rows into folder/data/ with their hash. Best effort: a source that
-    cannot be read now fails the training child with a clear message anyway."""
-    from .data import load_prepared
-
-    try:
-        _, val, kind = load_prepared(cfg.data.source, val_ratio=cfg.data.val_ratio, seed=cfg.data.seed)
-    except Exception:  # noqa: BLE001
-        return None
-    d = Path(folder) / SNAPSHOT_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(d / "validation.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in val))
-    meta = {"source": cfg.data.source, "kind": kind, "rows": len(val), "sha256": rows_sha256(val),
-            "val_ratio": cfg.data.val_ratio, "seed": cfg.data.seed}
-    atomic_write_json(d / "meta.json", meta)
-    return meta
+# Reading the validation rows back
 
 
 def validation_rows(run_id: str, cfg) -> tuple[list[dict], str, dict]:

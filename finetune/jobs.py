@@ -598,3 +598,12 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _register() -> None:
+    from . import runs
+
+    runs.REMOTE_STOPPERS["hf-jobs"] = stop_job  # runs.stop_run hands Jobs runs to us (runs never imports jobs)
+
+
+_register()

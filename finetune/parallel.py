@@ -23,21 +23,8 @@ from pathlib import Path
 PRESET_DIR = Path(__file__).with_name("assets") / "accelerate"
 
 # What each preset splits over the processes (names of the planner's memory parts), what it moves
-# to CPU RAM, and whether it needs DeepSpeed. The planner divides exactly these parts.
-PRESETS: dict[str, dict] = {
-    "ddp": {"label": "DDP", "shards": (), "offload": (), "deepspeed": False,
-            "what": "a full copy of weights, gradients and optimizer state on every device"},
-    "zero2": {"label": "DeepSpeed ZeRO-2", "shards": ("trainable_and_grads", "optimizer"), "offload": (),
-              "deepspeed": True, "what": "optimizer state and gradients sharded, weights replicated"},
-    "zero3": {"label": "DeepSpeed ZeRO-3", "shards": ("weights", "trainable_and_grads", "optimizer"),
-              "offload": (), "deepspeed": True, "what": "weights, gradients and optimizer state sharded"},
-    "zero3-offload": {"label": "DeepSpeed ZeRO-3 + CPU offload",
-                      "shards": ("weights", "trainable_and_grads", "optimizer"), "offload": ("weights", "optimizer"),
-                      "deepspeed": True,
-                      "what": "weights, gradients and optimizer state sharded; optimizer state and weights in CPU RAM"},
-    "fsdp": {"label": "FSDP", "shards": ("weights", "trainable_and_grads", "optimizer"), "offload": (),
-             "deepspeed": False, "what": "weights, gradients and optimizer state sharded (PyTorch FSDP2)"},
-}
+# to CPU RAM, and whether it needs DeepSpeed: defined beside the planner, which divides exactly these parts.
+from .plan.common import ACCELERATE_PRESETS as PRESETS  # noqa: E402 -- the planner sizes them too
 # Lightest first: the first that fits is the fastest choice.
 _ORDER = ("ddp", "zero2", "fsdp", "zero3", "zero3-offload")
 

@@ -40,6 +40,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from .config import RunConfig
 from .paths import atomic_write_json, is_safe_name, read_json, runs_dir, slug
@@ -86,7 +87,7 @@ def create_run(cfg: RunConfig) -> str:
         atomic_write_json(tmp / "status.json", {"run_id": run_id, "state": "queued", "step": 0, "total_steps": None,
                                                "created": now_iso(), "updated": now_iso()})
         (tmp / "events.jsonl").touch()
-        from .evaluate import snapshot_validation
+        from .snapshot import snapshot_validation
 
         snapshot_validation(cfg, tmp)  # evaluation later reads these rows, whatever happens to the source
         os.rename(tmp, final)
@@ -394,6 +395,12 @@ def start_run(run_id: str, *, resume: bool = False, env: dict | None = None) -> 
         return (read_json(d / "status.json", default={}) or {}).get("pid")
 
 
+# How to stop a run that trains elsewhere, by its status' `remote` (jobs.py registers "hf-jobs" when
+# imported: the layers above runs plug in here, runs never imports them). Without an entry, a remote
+# run gets the STOP file its follower watches.
+REMOTE_STOPPERS: dict[str, Callable[..., dict]] = {}
+
+
 def stop_run(run_id: str, *, force: bool = False) -> dict:
     """Ask a run to stop: it finishes the current step, saves a checkpoint and the adapter, then exits.
 
@@ -405,10 +412,9 @@ def stop_run(run_id: str, *, force: bool = False) -> dict:
         st = read_status(run_id)
         if st.get("state") not in ACTIVE:
             return st
-        if st.get("remote") == "hf-jobs":  # a run on Hugging Face Jobs: its follower cancels the job (jobs.py)
-            from .jobs import stop_job
-
-            return stop_job(run_id, force=force)
+        remote = REMOTE_STOPPERS.get(st.get("remote") or "")
+        if remote is not None:  # a run elsewhere (Hugging Face Jobs: jobs.py registers how to stop it)
+            return remote(run_id, force=force)
         if st.get("waiting"):
             _PENDING_ENV.pop(run_id, None)
             return update_status(d, only_if_state=ACTIVE, state="stopped", waiting=False, queue_position=None,

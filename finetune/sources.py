@@ -8,7 +8,7 @@ Rules:
     `hub:../x` are refused: `datasets.load_dataset` would read a server folder for them.
   - A bare name (no slash) means a saved dataset under the home folder's datasets/, never a file in
     the working directory.
-  - In public mode (access.public_mode) a typed server path is refused. Only saved datasets and
+  - In public mode (caller.public_mode) a typed server path is refused. Only saved datasets and
     files Gradio received as uploads (its upload folder) may be read.
 """
 
@@ -63,7 +63,7 @@ def _under(path: Path, roots: list[Path]) -> bool:
 
 def check_source(source: str, *, public: bool | None = None) -> str:
     """Raise SourceError if this source may not be read here; return it stripped otherwise."""
-    from .access import public_mode
+    from .caller import public_mode
     from .paths import datasets_dir
 
     src = (source or "").strip()

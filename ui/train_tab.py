@@ -95,6 +95,7 @@ def status_api(run_id: str) -> dict:
 def stop_api(run_id: str) -> dict:
     """Stop a run cleanly: it finishes the step, saves, and ends as `stopped` (the `stop` API).
     Pressing it twice does not kill the run: that is Force stop's job."""
+    import finetune.jobs  # noqa: F401 -- registers how to stop a run on Hugging Face Jobs
     from finetune.runs import stop_run
 
     if not run_id:
@@ -106,6 +107,7 @@ def stop_api(run_id: str) -> dict:
 def force_stop_api(run_id: str) -> dict:
     """Kill a run now, without a final save (the `force_stop` API); it can resume from its last
     complete checkpoint."""
+    import finetune.jobs  # noqa: F401 -- registers how to stop a run on Hugging Face Jobs
     from finetune.runs import stop_run
 
     if not run_id:

@@ -331,7 +331,7 @@ def _load_hub(source: str) -> list[dict]:
                if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
     try:
         import datasets
-        from ..access import request_hub_token  # a visitor's own token or none, never the owner's
+        from ..caller import request_hub_token  # a visitor's own token or none, never the owner's
 
         ds = datasets.load_dataset(dataset_id, config, split=split, token=request_hub_token())
     except Exception as e:

@@ -134,3 +134,21 @@ def _slug(text: str) -> str:
 
 def fmt_seconds(seconds: float) -> str:
     return _hours(float(seconds or 0) / 3600)
+
+
+# accelerate presets for several processes (finetune/parallel.py launches them): which memory parts each
+# shards over the processes and which it offloads to CPU RAM. The planner's memory model reads them too.
+ACCELERATE_PRESETS: dict[str, dict] = {
+    "ddp": {"label": "DDP", "shards": (), "offload": (), "deepspeed": False,
+            "what": "a full copy of weights, gradients and optimizer state on every device"},
+    "zero2": {"label": "DeepSpeed ZeRO-2", "shards": ("trainable_and_grads", "optimizer"), "offload": (),
+              "deepspeed": True, "what": "optimizer state and gradients sharded, weights replicated"},
+    "zero3": {"label": "DeepSpeed ZeRO-3", "shards": ("weights", "trainable_and_grads", "optimizer"),
+              "offload": (), "deepspeed": True, "what": "weights, gradients and optimizer state sharded"},
+    "zero3-offload": {"label": "DeepSpeed ZeRO-3 + CPU offload",
+                      "shards": ("weights", "trainable_and_grads", "optimizer"), "offload": ("weights", "optimizer"),
+                      "deepspeed": True,
+                      "what": "weights, gradients and optimizer state sharded; optimizer state and weights in CPU RAM"},
+    "fsdp": {"label": "FSDP", "shards": ("weights", "trainable_and_grads", "optimizer"), "offload": (),
+             "deepspeed": False, "what": "weights, gradients and optimizer state sharded (PyTorch FSDP2)"},
+}

@@ -33,7 +33,7 @@ Qwen2.5-14B (1.56B embedding parameters) included (tests/test_plan.py).
 from __future__ import annotations
 
 from ..hardware import get_tier, usable_memory_gb
-from .common import GB, METHODS, PREFIX_VIRTUAL_TOKENS
+from .common import ACCELERATE_PRESETS, GB, METHODS, PREFIX_VIRTUAL_TOKENS
 
 # bytes per NF4 linear weight: 4 bits + an fp8 absmax per 64 weights + an fp32 absmax per 256 blocks.
 NF4_BYTES = 0.52
@@ -129,8 +129,6 @@ def _memory_parts(spec: dict, method: str, lora_rank: int, gradient_checkpointin
         # An accelerate preset (finetune/parallel.py) divides exactly the parts it shards over the
         # `shards` processes: ZeRO-2 optimizer state and gradients, ZeRO-3/FSDP everything; ZeRO-3
         # offload then keeps the optimizer state in CPU RAM and streams weights in a layer or two at a time.
-        from ..parallel import PRESETS as ACCELERATE_PRESETS
-
         info = ACCELERATE_PRESETS[preset]
         if shards > 1:
             static = {k: (v / shards if k in info["shards"] else v) for k, v in static.items()}
