@@ -250,6 +250,34 @@ def test_local_app_with_only_a_token_installs_its_own_wheel_on_the_stock_image(j
     assert TOKEN not in log
 
 
+def test_image_choice_and_the_wheel(monkeypatch, tmp_path):
+    """Which image, and why: --image, then FINETUNE_JOBS_IMAGE, then the Space's own, then the stock
+    image (whose tag follows the torch pin); the wheel is the running code, the same bytes each time."""
+    import zipfile
+
+    from finetune.job_image import build_wheel, choose_image, install_files
+
+    monkeypatch.setenv("FINETUNE_JOBS_IMAGE", "me/img:1")
+    monkeypatch.setenv("SPACE_ID", "alice/fts")
+    assert choose_image("you/img:2")[0::2] == ("you/img:2", False)
+    assert choose_image()[0::2] == ("me/img:1", False) and "FINETUNE_JOBS_IMAGE" in choose_image()[1]
+    monkeypatch.delenv("FINETUNE_JOBS_IMAGE")
+    assert choose_image() == ("hf.co/spaces/alice/fts", "this Space's own image: the same code as the app", False)
+    monkeypatch.delenv("SPACE_ID")
+    image, why, install = choose_image()
+    torch_pin = next(ln for ln in (ROOT / "requirements-cpu.txt").read_text().splitlines() if ln.startswith("torch=="))
+    assert install and image == f"pytorch/pytorch:{torch_pin[7:]}-cuda13.0-cudnn9-runtime" and "torch 2.13.0" in why
+
+    a, b = build_wheel(tmp_path / "a"), build_wheel(tmp_path / "b")
+    assert a.name == b.name and a.read_bytes() == b.read_bytes()
+    names = zipfile.ZipFile(a).namelist()
+    assert "finetune/jobs.py" in names and not any("__pycache__" in n for n in names)
+    gpu = install_files(tmp_path / "gpu", gpu=True)["fts/requirements.txt"].read_text().split()
+    cpu = install_files(tmp_path / "cpu", gpu=False)["fts/requirements.txt"].read_text().split()
+    assert "unsloth==2026.10.9" in gpu and not any(p.startswith("unsloth") for p in cpu)
+    assert "torch==2.13.0" in cpu and "trackio==0.43.0" in cpu
+
+
 def test_timeout_parsing():
     from finetune.jobs import JobsError, parse_timeout
 
