@@ -456,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume-id", default=None, help="resume this run from its last complete checkpoint")
     s.add_argument("--flavor", default=None, help="hf-jobs: the hardware flavor, e.g. a10g-small")
     s.add_argument("--timeout", default="2h", help="hf-jobs: the job's time limit (90m, 2h, 3600)")
-    s.add_argument("--image", default=None, help="hf-jobs: the image (default: this Space's, or FINETUNE_JOBS_IMAGE)")
+    s.add_argument("--image", default=None, help="hf-jobs: an image with Fine-Tune Studio installed (default: this "
+                   "Space's, FINETUNE_JOBS_IMAGE, else the stock PyTorch image with this code installed in the job)")
     s.add_argument("--in-job", action="store_true", help=argparse.SUPPRESS)  # inside a Hugging Face Job
     s.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
     s.add_argument("--hub-repo", default=None, help=argparse.SUPPRESS)

@@ -152,7 +152,9 @@ class TrainConfig:
     group_by_length: bool = _help("Batch rows of similar length together so little compute goes to padding "
                                   "(on by default; rows are still shuffled in groups).", default=True)
     report_to: Literal["none", "tensorboard", "trackio"] = _help(
-        "Experiment tracking: none, tensorboard (logs under the run's tb/ folder) or trackio (must be installed).",
+        "Experiment tracking: none, tensorboard (logs under the run's tb/ folder) or trackio (local-first: "
+        "records under the run's trackio/ folder, `trackio show --project fine-tune-studio` from there; synced to "
+        "a Space only when TRACKIO_SPACE_ID is set).",
         default="none")
     num_processes: int = _help("Training processes on this machine (one per GPU). More than 1 runs data-parallel "
                                "through `accelerate launch`; batch size stays per process.", default=1)
@@ -375,6 +377,22 @@ def _report_to(cfg: RunConfig) -> str:
     return rep
 
 
+TRACKIO_PROJECT = "fine-tune-studio"
+
+
+def _tracking_args(cfg: RunConfig, output_dir: str) -> dict:
+    """trackio: every run in one project, named by its run id; a Space only when the user names one
+    (TRACKIO_SPACE_ID), private, and no extra static Space after training."""
+    import os
+    from pathlib import Path
+
+    if cfg.train.report_to != "trackio":
+        return {}
+    return dict(project=TRACKIO_PROJECT, run_name=Path(output_dir).parent.name,
+                trackio_space_id=os.environ.get("TRACKIO_SPACE_ID") or None, trackio_static_space_id=False,
+                hub_private_repo=True)
+
+
 def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, prec: dict, has_eval: bool) -> dict:
     t = cfg.train
     return dict(
@@ -404,6 +422,7 @@ def _common_args(cfg: RunConfig, output_dir: str, *, cuda: bool, prec: dict, has
         fp16=prec["fp16"],  # with fp16, accelerate adds the dynamic loss scaler
         use_cpu=not cuda,
         report_to=_report_to(cfg),
+        **_tracking_args(cfg, output_dir),
         disable_tqdm=True,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",

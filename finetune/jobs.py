@@ -16,8 +16,9 @@ Three roles, one module:
   the output repo as it goes.
 Stop cancels the Job (`cancel_job`); the adapter last pushed, if any, still comes back.
 
-The Jobs API lives at FINETUNE_JOBS_ENDPOINT (default: the Hub endpoint); the image is the Space's
-own (`hf.co/spaces/$SPACE_ID`) or FINETUNE_JOBS_IMAGE for a local app.
+The Jobs API lives at FINETUNE_JOBS_ENDPOINT (default: the Hub endpoint). The image is the Space's
+own (`hf.co/spaces/$SPACE_ID`), FINETUNE_JOBS_IMAGE, or for a local app with only a token the stock
+PyTorch image into which the job installs a wheel of the running code (finetune/job_image.py).
 """
 
 from __future__ import annotations
@@ -87,14 +88,6 @@ def _apis(token: str | None):
 
     hub = HfApi(token=token)
     return hub, HfApi(endpoint=jobs_endpoint(), token=token)
-
-
-def default_image() -> str | None:
-    if os.environ.get("FINETUNE_JOBS_IMAGE"):
-        return os.environ["FINETUNE_JOBS_IMAGE"].strip()
-    if os.environ.get("SPACE_ID"):
-        return f"hf.co/spaces/{os.environ['SPACE_ID']}"
-    return None
 
 
 def _redact(text: str, token: str | None) -> str:
@@ -187,11 +180,12 @@ def submit(cfg: RunConfig, *, flavor: str, timeout: str | int | None = "2h", tok
     if not token:
         raise JobsError("Hugging Face Jobs need your token: log in, or set HF_TOKEN (a token with write access)")
     timeout_s = parse_timeout(timeout)
-    image = image or default_image()
-    if not image:
-        raise JobsError("No image for the Job: on a Space the Space's own image is used; locally set "
-                        "FINETUNE_JOBS_IMAGE to a Space (hf.co/spaces/OWNER/NAME) or a Docker image that has "
-                        "Fine-Tune Studio installed")
+    from .job_image import ImageError, choose_image
+
+    try:
+        image, image_why, install = choose_image(image)
+    except ImageError as exc:
+        raise JobsError(str(exc)) from None
     src = cfg.model.model_id
     if not src.startswith("builtin:") and Path(src).expanduser().exists():
         raise JobsError(f"model.model_id: {src} is a local folder, which a Hugging Face Job cannot reach; push it "
@@ -204,8 +198,8 @@ def submit(cfg: RunConfig, *, flavor: str, timeout: str | int | None = "2h", tok
         raise JobsError(f"--flavor: unknown flavor {flavor!r}; Hugging Face Jobs offer {', '.join(names)}")
     _data_upload_plan(cfg.data.source)  # refuses a source the Job could not get, before any run folder
     run_id = runs.create_run(cfg)
-    runs.update_status(run_id, remote="hf-jobs", flavor=flavor, timeout_s=timeout_s, image=image,
-                       job_stage="SUBMITTING")
+    runs.update_status(run_id, remote="hf-jobs", flavor=flavor, timeout_s=timeout_s, job_image=image,
+                       job_image_why=image_why, job_install=install, job_stage="SUBMITTING")
     start_follower(run_id, token)
     return run_id
 
@@ -270,6 +264,25 @@ def job_command(cfg: RunConfig, hub_repo: str, hub_data: str | None) -> list[str
     return cmd
 
 
+def _install_command(hub, cmd: list[str], data_repo: str, gpus: int) -> tuple[list[str], str]:
+    """Stock image: upload a wheel of the running code and the pins beside the data; the command that
+    installs them and then runs cmd. Returns (command, wheel file name)."""
+    import tempfile
+
+    from huggingface_hub import CommitOperationAdd
+
+    from .job_image import install_command, install_files, pin_of, pinned_requirements
+
+    hub.create_repo(data_repo, repo_type="dataset", private=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fts-wheel-") as tmp:
+        files = install_files(Path(tmp), gpu=gpus > 0)
+        hub.create_commit(data_repo, repo_type="dataset", commit_message="Fine-Tune Studio: the code to install",
+                          operations=[CommitOperationAdd(name, str(path)) for name, path in files.items()])
+    wheel = next(Path(name).name for name in files if name.endswith(".whl"))
+    hub_pin = pin_of(pinned_requirements(gpu=gpus > 0), "huggingface-hub")
+    return install_command(cmd, data_repo, wheel, hub_pin), wheel
+
+
 def _submit_job(d: Path, token: str) -> dict:
     """The follower's first act: push data, create the output repo, run the Job. Returns status fields."""
     from .runs import update_status
@@ -285,12 +298,18 @@ def _submit_job(d: Path, token: str) -> dict:
     gpus = next((f["gpus"] for f in list_flavors(token) if f["name"] == st.get("flavor")), 0)
     if gpus > 1 and cfg.train.num_processes == 1:  # one process per GPU of the flavor
         cfg.train.num_processes = gpus
-    job = japi.run_job(image=st["image"], command=job_command(cfg, hub_repo, hub_data), flavor=st["flavor"],
-                       secrets={"HF_TOKEN": token}, env={"PYTHONUNBUFFERED": "1"}, timeout=st.get("timeout_s"),
+    cmd, wheel = job_command(cfg, hub_repo, hub_data), None
+    if st.get("job_install"):
+        update_status(d, job_stage="UPLOADING_CODE")
+        cmd, wheel = _install_command(hub, cmd, data_repo, gpus)
+    env = {"PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+           "PIP_ROOT_USER_ACTION": "ignore"}
+    job = japi.run_job(image=st["job_image"], command=cmd, flavor=st["flavor"],
+                       secrets={"HF_TOKEN": token}, env=env, timeout=st.get("timeout_s"),
                        labels={"app": "fine-tune-studio", "run": re.sub(r"[^A-Za-z0-9_-]", "-", d.name)[:100]},
                        namespace=user)
     return update_status(d, job_id=job.id, job_url=job.url, job_stage=str(job.status.stage), namespace=user,
-                         data_repo=data_repo if hub_data else None, submitted=time.time())
+                         data_repo=data_repo if hub_data or wheel else None, job_wheel=wheel, submitted=time.time())
 
 
 def _download(hub, repo: str, filename: str, dest: Path) -> Path | None:
@@ -563,7 +582,10 @@ def run_in_job(config_json: str, hub_repo: str, hub_data: str | None = None, pus
     # Cancel sends SIGTERM: stop training cleanly so that the adapter can still be pushed.
     signal.signal(signal.SIGTERM, lambda *_: (d / "STOP").write_text("SIGTERM"))
     runs.start_run(run_id)
-    print(f"Fine-Tune Studio job: run {run_id}, pushing to {hub_repo}", flush=True)
+    from . import __version__
+
+    print(f"Fine-Tune Studio {__version__} from {Path(__file__).resolve().parent}: run {run_id}, pushing to "
+          f"{hub_repo}", flush=True)
     last = 0.0
     while True:
         st = runs.read_status(run_id)

@@ -348,6 +348,16 @@ def build_model(cfg: RunConfig, plan: dict | None = None):
     return model, tok, to_peft_config(cfg), "transformers"
 
 
+def _use_trackio_dir(folder: Path) -> None:
+    """trackio reads TRACKIO_DIR once, when first imported (trl imports it with its trainers): the
+    training child sets it before that, so the records stay in the run folder."""
+    os.environ["TRACKIO_DIR"] = str(folder)
+    loaded = sys.modules.get("trackio.utils")
+    if loaded is not None and Path(loaded.TRACKIO_DIR) != folder:
+        raise ConfigError("train.report_to", f"trackio was loaded in this process before the run began and "
+                                             f"writes elsewhere; train in a fresh process (python -m finetune train)")
+
+
 def make_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, eval_ds, out_dir: str, plan: dict,
                  callbacks: list | None = None):
     """The TRL trainer for the method, with the non-finite guard mixed in."""
@@ -510,6 +520,8 @@ def _train_run(d: Path, resume: bool) -> int:
         status(d, threads=threads, threads_why=threads_why)
         if cfg.train.report_to == "tensorboard":  # transformers 5 reads the folder from the environment
             os.environ["TENSORBOARD_LOGGING_DIR"] = str(d / "tb")
+        if cfg.train.report_to == "trackio":
+            _use_trackio_dir(d / "trackio")
         plan = resolve_plan(cfg)
         status(d, backend=plan["backend"], backend_why=plan["backend_why"], precision=plan["precision"],
                precision_why=plan["why"])

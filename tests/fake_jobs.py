@@ -5,10 +5,14 @@ It answers the endpoints huggingface_hub 1.33's `HfApi` calls for Jobs: POST /ap
 server-sent events), POST /api/jobs/{ns}/{id}/cancel (cancel_job), GET /api/jobs/hardware
 (list_jobs_hardware). Tokens are the users of a FakeHub (tests/fake_hub.py).
 
-A job's command runs in the repository root (standing in for the Space image's app folder) with an
-empty home folder of its own (HOME, FINETUNE_HOME, HF_HOME) and only the job's env, its secrets and
-the "platform" settings that point huggingface_hub at the loopback Hub: whatever the app wants back
-from a job can only come through that Hub.
+A job's command runs with an empty home folder of its own (HOME, FINETUNE_HOME, HF_HOME) and only
+the job's env, its secrets and the "platform" settings that point huggingface_hub at the loopback
+Hub: whatever the app wants back from a job can only come through that Hub. The image decides the
+rest: a Space's image (or any other image named) runs in the repository root, standing in for the
+image's app folder; the stock `pytorch/pytorch:*` image is the local Python with nothing of this
+project: the job runs in an empty folder, `python` is this Python, `pip` is tests/fake_image_pip.py
+(offline: pins must already be met, a wheel goes with --no-deps into the job's own site folder, the
+only one on its PYTHONPATH), so the code a job runs there is the code it installed.
 
 Knobs: `credits = False` answers run_job with 402; `timeout_scale` shrinks timeoutSeconds so that a
 test can watch a timeout; `schedule_s` keeps a job in SCHEDULING for a while; `specs` records the
@@ -32,6 +36,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+STOCK_IMAGE = "pytorch/pytorch:"
 
 HARDWARE = [
     {"name": "cpu-basic", "prettyName": "CPU Basic", "cpu": "2 vCPU", "ram": "16 GB", "ephemeralStorage": "50 GB",
@@ -156,6 +161,9 @@ class FakeJobs:
                "HF_ENDPOINT": self.hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
                "HF_DATASETS_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1",
                "TOKENIZERS_PARALLELISM": "false", "JOB_ID": job["id"]}
+        cwd = ROOT
+        if str(spec.get("dockerImage") or "").startswith(STOCK_IMAGE):
+            cwd = self._stock_image(home, env)
         env.update(self.platform_env)
         env.update({k: str(v) for k, v in (spec.get("environment") or {}).items()})
         env.update({k: str(v) for k, v in (spec.get("secrets") or {}).items()})
@@ -166,7 +174,7 @@ class FakeJobs:
             if job["canceled"]:
                 return
             log = open(job["log"], "ab")
-            job["proc"] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            job["proc"] = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, start_new_session=True)
             log.close()
             job["stage"], job["started"] = "RUNNING", time.time()
@@ -188,6 +196,22 @@ class FakeJobs:
                 job["stage"] = "COMPLETED" if proc.returncode == 0 else "ERROR"
                 if proc.returncode:
                     job["message"] = f"Job failed with exit code: {proc.returncode}"
+
+    @staticmethod
+    def _stock_image(home: Path, env: dict) -> Path:
+        """The stock image's python and pip on PATH, its (empty) site folder on PYTHONPATH; returns the
+        working folder (empty: no checkout to import from)."""
+        image = home / "image"
+        (image / "bin").mkdir(parents=True)
+        (image / "site").mkdir()
+        os.symlink(sys.executable, image / "bin" / "python")
+        pip = image / "bin" / "pip"
+        pip.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "tests" / "fake_image_pip.py"}" "$@"\n')
+        pip.chmod(0o755)
+        env.update(PATH=f"{image / 'bin'}{os.pathsep}{env['PATH']}", PYTHONPATH=str(image / "site"),
+                   FAKE_IMAGE_SITE=str(image / "site"))
+        (home / "work").mkdir()
+        return home / "work"
 
     def _kill(self, job: dict) -> None:
         """SIGTERM, then SIGKILL after a grace period (like a container stop)."""

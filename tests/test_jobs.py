@@ -3,8 +3,9 @@ a local process with its own empty home, talking only to tests/fake_hub.py, so e
 shows (state, steps, loss, the adapter) can only have come back through the Hub.
 
 Covers: submit (token as a secret, data pushed as a private dataset), follow (mirrored status and
-events), a job that completes and whose adapter comes back and evaluates, cancel through Stop, and
-the errors: unknown flavor, no credits, a failed job with its last log lines, a timeout.
+events), a job that completes and whose adapter comes back and evaluates, a local app with only a
+token (the stock image, this project installed from a wheel the app uploads), cancel through Stop,
+and the errors: unknown flavor, no credits, a failed job with its last log lines, a timeout.
 """
 
 import json
@@ -191,6 +192,90 @@ def test_cli_backend_hf_jobs_prints_the_run_id_at_once(jobs, fake_hub, tmp_path,
     r = subprocess.run([sys.executable, "-m", "finetune", "train", "--backend", "hf-jobs", "--flavor", "x9",
                         "--json"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and "unknown flavor 'x9'" in json.loads(r.stdout)["error"]
+
+
+def test_local_app_with_only_a_token_installs_its_own_wheel_on_the_stock_image(jobs, fake_hub, monkeypatch,
+                                                                                tiny_model_dir):
+    """No Space, no FINETUNE_JOBS_IMAGE: the job runs on the stock PyTorch image and installs the wheel
+    the app built from its running code (uploaded beside the data with the pins); the job's code comes
+    from that wheel, not from the checkout, and its adapter comes back."""
+    from peft import PeftModel
+
+    from finetune.job_image import stock_image, pinned_requirements
+    from finetune.modeling import load_model
+    from finetune.runs import run_dir
+
+    monkeypatch.delenv("FINETUNE_JOBS_IMAGE")
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    env = dict(os.environ, HF_TOKEN=TOKEN)
+    r = subprocess.run([sys.executable, "-m", "finetune", "train", "--backend", "hf-jobs", "--flavor", "cpu-basic",
+                        "--timeout", "30m", "--max-steps", "4", "--save-steps", "2", "--eval-steps", "0",
+                        "--logging-steps", "1", "--json"], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    st = _wait(run_id, _final)
+    d = run_dir(run_id)
+    assert st["state"] == "completed", (st.get("error"), (d / "train.log").read_text()[-3000:])
+    image = stock_image(pinned_requirements(gpu=False))
+    assert st["job_image"] == image == "pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime"
+    assert "stock PyTorch image" in st["job_image_why"] and "wheel built here" in st["job_image_why"]
+
+    spec = jobs.specs[-1]
+    assert spec["dockerImage"] == image and "spaceId" not in spec and spec["command"][:2] == ["bash", "-c"]
+    script = spec["command"][2]
+    assert "exec python -m finetune train --in-job" in script and st["job_wheel"] in script
+    assert spec["secrets"] == {"HF_TOKEN": TOKEN}
+    assert TOKEN not in json.dumps(spec["environment"]) and TOKEN not in json.dumps(spec["command"])
+
+    # The wheel and the pins went up beside the data, in the private data repo.
+    data = fake_hub.repo(st["data_repo"], "dataset")
+    assert data.private and {f"fts/{st['job_wheel']}", "fts/requirements.txt"} <= set(data.head.files)
+    assert st["job_wheel"].startswith("fine_tune_studio-0.1.0+") and st["job_wheel"].endswith("-py3-none-any.whl")
+
+    # Inside the job: the pins were met, the wheel was installed into the job's own site folder, and
+    # the training ran from there.
+    job = jobs.jobs[st["job_id"]]
+    site = job["home"] / "image" / "site"
+    pip_calls = [json.loads(ln) for ln in (site.parent / "pip.log").read_text().splitlines()]
+    assert [c["wheels"] for c in pip_calls] == [[], [st["job_wheel"]]] and not any(c["unmet"] for c in pip_calls)
+    assert "torch==2.13.0" in pip_calls[1]["requirements"]
+    assert (site / "finetune" / "jobs.py").read_bytes() == (ROOT / "finetune" / "jobs.py").read_bytes()
+    log = job["log"].read_text()
+    assert f"Fine-Tune Studio 0.1.0 from {site / 'finetune'}: run " in log, log[-3000:]
+
+    model = PeftModel.from_pretrained(load_model("builtin:tiny-chat"), str(d / "adapter"))
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+    _no_token_in(d)
+    assert TOKEN not in log
+
+
+def test_image_choice_and_the_wheel(monkeypatch, tmp_path):
+    """Which image, and why: --image, then FINETUNE_JOBS_IMAGE, then the Space's own, then the stock
+    image (whose tag follows the torch pin); the wheel is the running code, the same bytes each time."""
+    import zipfile
+
+    from finetune.job_image import build_wheel, choose_image, install_files
+
+    monkeypatch.setenv("FINETUNE_JOBS_IMAGE", "me/img:1")
+    monkeypatch.setenv("SPACE_ID", "alice/fts")
+    assert choose_image("you/img:2")[0::2] == ("you/img:2", False)
+    assert choose_image()[0::2] == ("me/img:1", False) and "FINETUNE_JOBS_IMAGE" in choose_image()[1]
+    monkeypatch.delenv("FINETUNE_JOBS_IMAGE")
+    assert choose_image() == ("hf.co/spaces/alice/fts", "this Space's own image: the same code as the app", False)
+    monkeypatch.delenv("SPACE_ID")
+    image, why, install = choose_image()
+    torch_pin = next(ln for ln in (ROOT / "requirements-cpu.txt").read_text().splitlines() if ln.startswith("torch=="))
+    assert install and image == f"pytorch/pytorch:{torch_pin[7:]}-cuda13.0-cudnn9-runtime" and "torch 2.13.0" in why
+
+    a, b = build_wheel(tmp_path / "a"), build_wheel(tmp_path / "b")
+    assert a.name == b.name and a.read_bytes() == b.read_bytes()
+    names = zipfile.ZipFile(a).namelist()
+    assert "finetune/jobs.py" in names and not any("__pycache__" in n for n in names)
+    gpu = install_files(tmp_path / "gpu", gpu=True)["fts/requirements.txt"].read_text().split()
+    cpu = install_files(tmp_path / "cpu", gpu=False)["fts/requirements.txt"].read_text().split()
+    assert "unsloth==2026.10.9" in gpu and not any(p.startswith("unsloth") for p in cpu)
+    assert "torch==2.13.0" in cpu and "trackio==0.43.0" in cpu
 
 
 def test_timeout_parsing():

@@ -1,6 +1,6 @@
 """Every training method trains a few steps on the real tiny model: loss finite, trained parameters
 moved, the expected files land. Also: precision and backend choices, QLoRA on the CPU, DPO on top of
-a finished SFT run's adapter, report_to=tensorboard, and the `gpu` tests (Unsloth, QLoRA on CUDA,
+a finished SFT run's adapter, report_to=tensorboard and trackio, and the `gpu` tests (Unsloth, QLoRA on CUDA,
 fp16 with a loss scaler) that run only where a CUDA GPU is present.
 
 Runs `train_run` in this process (fast, and the trainer object can be inspected).
@@ -8,6 +8,7 @@ Runs `train_run` in this process (fast, and the trainer object can be inspected)
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -169,6 +170,43 @@ def test_report_to_tensorboard_writes_event_files(tiny_model_dir, monkeypatch):
     from finetune.runs import run_dir
 
     assert list((run_dir(run_id) / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_report_to_trackio_keeps_local_records_in_the_run_folder(tiny_model_dir, tmp_path):
+    """trackio, local-first and offline: the training child (as the app and the CLI start it) keeps
+    trackio's database in the run's trackio/ folder, one run named by the run id in the
+    fine-tune-studio project, with the losses of events.jsonl; no Space, nothing under HF_HOME."""
+    import os
+    import subprocess
+    import sys
+
+    from finetune.config import TRACKIO_PROJECT
+    from finetune.runs import create_run, read_events, read_status, run_dir
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKIO_")}
+    env["HF_HOME"] = str(tmp_path / "hf_home")  # trackio's default home: it must stay unused
+    run_id = create_run(_cfg("lora", max_steps=3, save_steps=3, report_to="trackio"))
+    d = run_dir(run_id)
+    r = subprocess.run([sys.executable, "-m", "finetune", "train", "--run", str(d)], env=env, capture_output=True,
+                       text=True, timeout=600)
+    st = read_status(run_id)
+    assert r.returncode == 0 and st["state"] == "completed", (st.get("error"), r.stderr[-3000:])
+    assert (d / "trackio" / f"{TRACKIO_PROJECT}.db").is_file()
+    assert not (Path(env["HF_HOME"]) / "trackio").exists()
+    assert "space" not in (r.stdout + r.stderr).lower()
+
+    # Read back through trackio's own storage, pointed at the run folder.
+    read = ("import json, sys; from trackio.sqlite_storage import SQLiteStorage as S; "
+            "print(json.dumps({'runs': S.get_runs(sys.argv[1]), 'logs': S.get_logs(sys.argv[1], sys.argv[2])}, "
+            "default=str))")
+    r = subprocess.run([sys.executable, "-c", read, TRACKIO_PROJECT, run_id], capture_output=True, text=True,
+                       env=dict(env, TRACKIO_DIR=str(d / "trackio")), timeout=120)
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert run_id in got["runs"]
+    logged = [row for row in got["logs"] if "train/loss" in row]
+    ours = [e for e in read_events(run_id)[0] if e.get("loss") is not None]
+    assert [row["train/global_step"] for row in logged] == [e["step"] for e in ours] == [1, 2, 3]
+    assert [round(row["train/loss"], 4) for row in logged] == [round(e["loss"], 4) for e in ours]
 
 
 def test_precision_and_backend_choices():
