@@ -85,7 +85,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
 
     t = time.perf_counter()
-    tok = tokens._get_tokenizer(TINY_CHAT_ID)  # loading transformers is a one-off, timed apart
+    tok = tokens.resolve_tokenizer(TINY_CHAT_ID)  # loading transformers is a one-off, timed apart
     t_tok = time.perf_counter() - t
 
     t_base = baseline(path)
@@ -112,8 +112,8 @@ def main() -> None:
     for label, fast in (("before", False), ("after", True)):
         tokens.FAST_TOKEN_COUNT = fast
         (lengths, _), phases[f"tokens ({label})"], phases[f"tokens ({label}) cpu"] = timed(
-            lambda: tokens._token_lengths(canon, kind, tok))
-    _, phases["clean"], _ = timed(lambda: quality._clean(canon, kind, lengths=lengths, max_seq_len=args.max_seq_len))
+            lambda: tokens.token_lengths(canon, kind, tok))
+    _, phases["clean"], _ = timed(lambda: quality.collect_issues(canon, kind, lengths=lengths, max_seq_len=args.max_seq_len))
     _, phases["trained share (2k rows)"], _ = timed(lambda: data.trained_token_share(canon, kind, tok))
 
     n = args.rows

@@ -34,12 +34,12 @@ def main() -> None:
     from bench_data import make_rows
 
     from finetune.builtin import TINY_CHAT_ID
-    from finetune.data.tokens import _count_by_pieces, _count_whole, _get_tokenizer
+    from finetune.data.tokens import _count_by_pieces, _count_whole, resolve_tokenizer
 
-    tok = _get_tokenizer(TINY_CHAT_ID)
+    tok = resolve_tokenizer(TINY_CHAT_ID)
     backend = tok.backend_tokenizer
     convs = [r["messages"] for r in make_rows(args.rows)]
-    texts = list(dict.fromkeys(tok.apply_chat_template(convs, tokenize=False)))  # as _token_lengths does
+    texts = list(dict.fromkeys(tok.apply_chat_template(convs, tokenize=False)))  # as token_lengths does
     n_chars = sum(map(len, texts))
     print(f"{len(texts):,} unique rendered rows, {n_chars / 1e6:.1f} M characters, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, tokenizer {TINY_CHAT_ID} "

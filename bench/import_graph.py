@@ -51,7 +51,8 @@ def graph() -> tuple[dict[str, set[str]], list[tuple[str, str, str]]]:
                     if t in files and t != mod:
                         edges[mod].add(t)
                 for n in names:
-                    if n.startswith("_") and f"{target}.{n}" not in files and target != mod:
+                    dunder = n.startswith("__") and n.endswith("__")
+                    if n.startswith("_") and not dunder and f"{target}.{n}" not in files and target != mod:
                         own_common = target.endswith(".common") and target.rsplit(".", 1)[0] == mod.rsplit(".", 1)[0]
                         if not own_common:
                             private.append((mod, target, n))

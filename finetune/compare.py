@@ -66,7 +66,7 @@ def validation_prompts(run_id: str, n: int = 8) -> list[str]:
     return out[:n]
 
 
-def _check_models(models: list[str]) -> list[str]:
+def check_models(models: list[str]) -> list[str]:
     from .runs import run_dir
 
     if isinstance(models, str):
@@ -126,7 +126,7 @@ def compare_models(models: list[str], prompts: list[str] | None = None, *, max_n
     """Answers of each model ("base" or a run id) to the same prompts, with latency per model."""
     from .modeling import set_threads
 
-    models = _check_models(models)
+    models = check_models(models)
     runs = [m for m in models if m != "base"]
     if not prompts:
         prompts = validation_prompts(runs[0])

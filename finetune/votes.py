@@ -40,13 +40,13 @@ def _pair_path(pair_id: str) -> Path:
 
 def ab_pair(runs: list[str], prompt: str, *, max_new_tokens: int = 64, seed: int = 0, owner: str = "") -> dict:
     """Two answers to one prompt from two of `runs` (shuffled, anonymous): {pair_id, a, b}."""
-    from .compare import _check_models, compare_models
+    from .compare import check_models, compare_models
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise RunError("prompt: type a prompt for the two models to answer")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise RunError(f"prompt: at most {MAX_PROMPT_CHARS} characters, got {len(prompt)}")
-    models = _check_models(runs if not isinstance(runs, str) else [runs])
+    models = check_models(runs if not isinstance(runs, str) else [runs])
     if len(models) < 2:
         raise RunError("choose two or more models (runs, or base and a run) for a blind pair")
     rng = random.SystemRandom()

@@ -522,7 +522,7 @@ def test_token_stats_with_and_without_tokenizer(tokenizer):
     assert exact["approximate"] is False
     first = tokenizer.apply_chat_template(rows[0]["messages"], tokenize=True)
     first = first["input_ids"] if isinstance(first, dict) or hasattr(first, "keys") else first
-    assert T._token_lengths(rows[:1], kind, tokenizer)[0] == [len(first)]
+    assert T.token_lengths(rows[:1], kind, tokenizer)[0] == [len(first)]
     assert exact["p50"] <= exact["p95"] <= exact["max"]
     assert sum(exact["histogram"]["counts"]) == len(rows)
     assert len(exact["histogram"]["edges"]) == len(exact["histogram"]["counts"]) + 1

@@ -193,7 +193,7 @@ def test_votes_store_hides_models_and_exports_preferences(monkeypatch, tmp_path)
 
     # The models are stubbed here (their generation is tested with the real model elsewhere): this
     # checks the store, shuffling, hiding and export.
-    monkeypatch.setattr(compare, "_check_models", lambda m: list(m))
+    monkeypatch.setattr(compare, "check_models", lambda m: list(m))
     monkeypatch.setattr(compare, "compare_models", lambda models, prompts, **kw: {
         "rows": [{"answers": {m: f"answer of {m}" for m in models}}], "decoding": {"seed": 0}})
     sides = set()

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from ..paths import is_safe_name
 from .common import DEFAULT_SEED, GENERATED_KEY, DatasetError, _display_name, _norm, _row_text, _slug
 from .prepare import load_prepared, write_prepared
-from .quality import _near_duplicates
+from .quality import find_near_duplicates
 
 METHODS = ("paraphrase", "self_instruct")
 MAX_N = 5000
@@ -261,7 +261,7 @@ def _filter_new(existing: list[dict], candidates: list[dict], kind: str, n: int)
         fresh.append(c)
     texts = [_row_text(r, kind, skip_system=True) for r in existing + fresh]
     base = len(existing)
-    near = {later - base for later, _, _ in _near_duplicates(texts) if later >= base}
+    near = {later - base for later, _, _ in find_near_duplicates(texts) if later >= base}
     kept = [c for i, c in enumerate(fresh) if i not in near][:n]
     return kept, {"exact_duplicates": exact, "near_duplicates": len(near)}
 

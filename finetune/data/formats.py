@@ -164,7 +164,7 @@ def _dialect(records: list[dict], fmt: str, cols: dict[str, str]) -> list[str]:
     return notes
 
 
-def _row_format(row: dict) -> tuple[str | None, dict[str, str]]:
+def row_format(row: dict) -> tuple[str | None, dict[str, str]]:
     """The most specific format one row fits, and the columns that make it fit."""
     chosen = _first_present(row, _ALIASES["preference"]["chosen"])
     rejected = _first_present(row, _ALIASES["preference"]["rejected"])
@@ -230,7 +230,7 @@ def _describe(fmt: str, cols: dict[str, str]) -> str:
     return "match"
 
 
-def _columns(records: list[dict]) -> list[str]:
+def record_columns(records: list[dict]) -> list[str]:
     seen: dict[str, None] = {}
     last = None
     for r in records:
@@ -245,7 +245,7 @@ def _columns(records: list[dict]) -> list[str]:
 
 def detect_format(records: list[dict]) -> Detection:
     """Tell which of FORMATS the records are in, how sure we are, and why."""
-    columns = _columns(records)
+    columns = record_columns(records)
     n = len(records)
     if n == 0:
         return Detection("unknown", 0.0, ["no rows"], columns)
@@ -254,7 +254,7 @@ def detect_format(records: list[dict]) -> Detection:
     odd: dict[str | None, list[int]] = {}
     fmts: list[str | None] = []
     for r in records:
-        fmt, cols = _row_format(r)
+        fmt, cols = row_format(r)
         fmts.append(fmt)
         if fmt is not None:
             counts[fmt] = counts.get(fmt, 0) + 1
@@ -267,7 +267,7 @@ def detect_format(records: list[dict]) -> Detection:
             ev = [f"no known schema; columns found: {', '.join(columns) or '(none)'}",
                   "supported formats: " + ", ".join(FORMATS)]
         return Detection("unknown", 0.0, ev, columns)
-    # Ties go to the more specific format, in _row_format's order of preference.
+    # Ties go to the more specific format, in row_format's order of preference.
     order = ["preference", "kto", "messages", "sharegpt", "alpaca", "prompt_completion",
              "classification", "text"]
     best = max(counts, key=lambda f: (counts[f], -order.index(f)))
@@ -312,10 +312,10 @@ def to_canonical(records: list[dict], fmt: str | None = None, mapping: dict[str,
     if fmt is not None and fmt not in FORMATS:
         raise DatasetError(f"unknown format {fmt!r}; supported formats: {', '.join(FORMATS)}",
                            file=name, field="format")
-    columns = _columns(records)
+    columns = record_columns(records)
     if mapping:
         mapping = {k: v for k, v in mapping.items() if v}
-        records = _apply_mapping(records, mapping, fmt, columns, name)
+        records = apply_mapping(records, mapping, fmt, columns, name)
     det = None
     if fmt is None:
         det = detect_format(records)
@@ -325,7 +325,7 @@ def to_canonical(records: list[dict], fmt: str | None = None, mapping: dict[str,
                                f"{', '.join(FORMATS)}. Pick a format and map the columns.",
                                file=name)
         fmt = det.format
-    cols = _resolve_columns(records, fmt, det)
+    cols = resolve_columns(records, fmt, det)
     convert = _CONVERTERS[fmt]
     rows: list[dict] = []
     origin: list[int] = []  # 1-based record number of each converted row, for later messages
@@ -367,7 +367,7 @@ def to_canonical(records: list[dict], fmt: str | None = None, mapping: dict[str,
     return rows, kind
 
 
-def _apply_mapping(records: list[dict], mapping: dict[str, str], fmt: str | None,
+def apply_mapping(records: list[dict], mapping: dict[str, str], fmt: str | None,
                    columns: list[str], name: str | None) -> list[dict]:
     allowed = set(FORMAT_FIELDS[fmt]) if fmt else {f for fs in FORMAT_FIELDS.values() for f in fs}
     for canon, src in mapping.items():
@@ -388,7 +388,7 @@ def _apply_mapping(records: list[dict], mapping: dict[str, str], fmt: str | None
     return out
 
 
-def _resolve_columns(records: list[dict], fmt: str, det: Detection | None) -> dict[str, str]:
+def resolve_columns(records: list[dict], fmt: str, det: Detection | None) -> dict[str, str]:
     if det is not None and det.format == fmt:
         cols = dict(det.mapping)
     else:
@@ -501,7 +501,7 @@ def _clean_message(m: Any, where: str, role_key: str = "role", content_key: str 
     return msg
 
 
-def _check_conversation(msgs: list[dict], col: str, *, need_final_assistant: bool = True) -> None:
+def check_conversation(msgs: list[dict], col: str, *, need_final_assistant: bool = True) -> None:
     """Role order: system first (optional), then user/assistant alternating, tool replies after a
     tool call, ending with the assistant. Raises _RowError(rule='role_order')."""
     if not msgs:
@@ -582,7 +582,7 @@ def _conv_alpaca(rec: dict, cols: dict) -> dict:
 def _conv_messages(rec: dict, cols: dict) -> dict:
     col = cols["messages"]
     msgs = _message_list(rec.get(col), col)
-    _check_conversation(msgs, col)
+    check_conversation(msgs, col)
     out: dict[str, Any] = {"messages": msgs}
     tools = rec.get(cols.get("tools", "tools"))
     if tools:
@@ -596,7 +596,7 @@ def _conv_sharegpt(rec: dict, cols: dict) -> dict:
     system = rec.get(cols.get("system", "system"))
     if isinstance(system, str) and system.strip() and not any(m["role"] == "system" for m in msgs):
         msgs.insert(0, {"role": "system", "content": system})
-    _check_conversation(msgs, col)
+    check_conversation(msgs, col)
     out: dict[str, Any] = {"messages": msgs}
     tools = rec.get(cols.get("tools", "tools"))
     if tools:
@@ -628,7 +628,7 @@ def _conv_prompt_completion(rec: dict, cols: dict) -> dict:
     completion = _str_or_msgs(rec, cols["completion"], default_role="assistant")
     prompt, completion = _unify(prompt, completion, cols)
     if isinstance(prompt, list):
-        _check_conversation(prompt + completion, f"{cols['prompt']}+{cols['completion']}")
+        check_conversation(prompt + completion, f"{cols['prompt']}+{cols['completion']}")
     return {"prompt": prompt, "completion": completion}
 
 
@@ -645,7 +645,7 @@ def _conv_kto(rec: dict, cols: dict) -> dict:
     if not cols.get("completion") or cols["completion"] not in rec:  # a conversation + label: split the last turn
         col = cols["prompt"]
         msgs = _message_list(rec.get(col), col)
-        _check_conversation(msgs, col)
+        check_conversation(msgs, col)
         out = {"prompt": msgs[:-1], "completion": msgs[-1:]}
     else:
         out = _conv_prompt_completion(rec, {"prompt": cols["prompt"], "completion": cols["completion"]})
@@ -687,8 +687,8 @@ def _conv_preference(rec: dict, cols: dict) -> dict:
         chosen = chosen if isinstance(chosen, list) else [{"role": "assistant", "content": chosen}]
         rejected = rejected if isinstance(rejected, list) else \
             [{"role": "assistant", "content": rejected}]
-        _check_conversation(prompt + chosen, f"{pcol}+{cols['chosen']}")
-        _check_conversation(prompt + rejected, f"{pcol}+{cols['rejected']}")
+        check_conversation(prompt + chosen, f"{pcol}+{cols['chosen']}")
+        check_conversation(prompt + rejected, f"{pcol}+{cols['rejected']}")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 

@@ -76,7 +76,7 @@ def load_records(source: str, *, max_bytes: int | None = None) -> list[dict]:
     if ext in (".xlsx", ".xls", ".zip", ".gz", ".arrow", ".pdf", ".docx"):
         raise DatasetError(f"unsupported file type '{ext}'; supported: "
                            f"{', '.join(SUPPORTED_EXTENSIONS)} (export spreadsheets as CSV)", file=name)
-    text = _decode(path.read_bytes(), name)
+    text = decode_text(path.read_bytes(), name)
     if not text.strip():
         raise DatasetError("file has only whitespace, no rows", file=name)
     stripped = text.lstrip()
@@ -124,7 +124,7 @@ def read_prepared(folder: str | os.PathLike) -> tuple[list[dict], list[dict], st
         fp = p / fname
         if not fp.is_file():
             raise DatasetError("missing from the prepared folder", file=str(fp))
-        text = _decode(fp.read_bytes(), fname)
+        text = decode_text(fp.read_bytes(), fname)
         out.append(_load_jsonl(text, fname) if text.strip() else [])
     return out[0], out[1], kind
 
@@ -183,7 +183,7 @@ def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
-def _decode(data: bytes, name: str) -> str:
+def decode_text(data: bytes, name: str) -> str:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     elif data.startswith((b"\xff\xfe", b"\xfe\xff")):

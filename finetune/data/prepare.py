@@ -29,10 +29,10 @@ from .common import (
     _fields,
     _slug,
 )
-from .formats import _apply_mapping, _columns, _resolve_columns, _row_format, detect_format, to_canonical
+from .formats import apply_mapping, record_columns, resolve_columns, row_format, detect_format, to_canonical
 from .load import load_records, read_prepared
-from .quality import _clean, _quality, _Tally, dedupe_rows, mask_pii_rows
-from .tokens import _get_tokenizer, _stats, _token_lengths, trained_token_share
+from .quality import collect_issues, score_quality, IssueTally, dedupe_rows, mask_pii_rows
+from .tokens import resolve_tokenizer, length_stats, token_lengths, trained_token_share
 
 # =============================================================================================
 # Split
@@ -99,16 +99,16 @@ def inspect_dataset(source: str, *, fmt: str | None = None, mapping: dict | None
     """
     records = load_records(source, max_bytes=max_bytes)
     name = _display_name(source)
-    columns = _columns(records)
+    columns = record_columns(records)
     if mapping:
         mapping = {k: v for k, v in mapping.items() if v}
-        records = _apply_mapping(records, mapping, fmt, columns, name)
+        records = apply_mapping(records, mapping, fmt, columns, name)
     det = detect_format(records)
     if fmt is not None:
         if fmt not in FORMATS:
             raise DatasetError(f"unknown format {fmt!r}; supported formats: {', '.join(FORMATS)}",
                                file=name, field="format")
-        fits = sum(1 for r in records if _row_format(r)[0] == fmt)
+        fits = sum(1 for r in records if row_format(r)[0] == fmt)
         evidence = [f"format set to {fmt}; {fits}/{len(records)} rows fit it on their own"]
         if det.format not in (fmt, "unknown"):
             evidence.append(f"detection would have said {det.format} ({det.confidence:.0%})")
@@ -130,30 +130,30 @@ def inspect_dataset(source: str, *, fmt: str | None = None, mapping: dict | None
         result.update(_requirement(0, min_examples))
         return result
     # The columns each canonical field was read from, so the UI can prefill its mapping controls.
-    resolved = _resolve_columns(records, fmt, det)
+    resolved = resolve_columns(records, fmt, det)
     result["mapping"] = {k: v for k, v in resolved.items() if v in columns}
     if mapping:
         result["mapping"].update(mapping)
     rows, kind, skipped = to_canonical(records, fmt, source=name or "", on_error="skip",
                                        return_skipped=True)
-    tally = _Tally()
+    tally = IssueTally()
     for e in skipped:
         tally.add(e.rule or "invalid_row", f"row {e.row}: {e.field + ': ' if e.field else ''}"
                                            f"{e.detail}")
-    tok = _get_tokenizer(tokenizer)
+    tok = resolve_tokenizer(tokenizer)
     dropped = {e.row for e in skipped}
     origin = [i for i in range(1, len(records) + 1) if i not in dropped]
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=1) as pool:
         # The Rust tokenizer releases the GIL, so counting tokens in a thread overlaps with the
-        # pure-Python checks below; _clean waits for the lengths only at its too_long step.
-        pending = pool.submit(_token_lengths, rows, kind, tok)
-        issues = _clean(rows, kind, lengths=(lambda: pending.result()[0]) if tok is not None
+        # pure-Python checks below; collect_issues waits for the lengths only at its too_long step.
+        pending = pool.submit(token_lengths, rows, kind, tok)
+        issues = collect_issues(rows, kind, lengths=(lambda: pending.result()[0]) if tok is not None
                         else None, max_seq_len=max_seq_len, tally=tally, row_numbers=origin)
         lengths, approx = pending.result()
-    stats = _stats(lengths, approx)
+    stats = length_stats(lengths, approx)
     labels = _label_counts(rows, fmt, kind)
-    score, reasons = _quality(len(records), len(rows), confidence, issues, stats, max_seq_len,
+    score, reasons = score_quality(len(records), len(rows), confidence, issues, stats, max_seq_len,
                               labels)
     result.update({"kind": kind, "rows_valid": len(rows), "issues": issues, "token_stats": stats,
                    "preview": _jsonable(_truncate(rows[:3])), "quality_score": score,
@@ -167,7 +167,7 @@ def inspect_dataset(source: str, *, fmt: str | None = None, mapping: dict | None
 
 def mapping_hint(records: list[dict], columns: list[str] | None = None) -> str:
     """One sentence for an "unknown" dataset: the columns found and a mapping to try."""
-    columns = columns if columns is not None else _columns(records)
+    columns = columns if columns is not None else record_columns(records)
     sample = records[:200]
     texty = [c for c in columns if sum(isinstance(r.get(c), str) for r in sample) > len(sample) / 2]
     found = ", ".join(columns) or "(none)"
@@ -286,8 +286,8 @@ def prepare_dataset(source: str, out_dir: str | None = None, *, val_ratio: float
     display = _display_name(source)
     if fmt is None:
         if mapping:
-            mapped = _apply_mapping(records, {k: v for k, v in mapping.items() if v}, None,
-                                    _columns(records), display)
+            mapped = apply_mapping(records, {k: v for k, v in mapping.items() if v}, None,
+                                    record_columns(records), display)
             fmt_used = detect_format(mapped).format
         else:
             fmt_used = detect_format(records).format
@@ -346,14 +346,14 @@ def record_lines(source: str, n_records: int) -> list[int] | None:
     import csv
     import io
 
-    from .load import _decode
+    from .load import decode_text
 
     src = str(source)
     p = Path(src).expanduser()
     if src.startswith(("builtin:", "hub:")) or not p.is_file() or p.suffix.lower() == ".parquet":
         return None
     try:
-        text = _decode(p.read_bytes(), p.name)
+        text = decode_text(p.read_bytes(), p.name)
     except (ValueError, OSError):
         return None
     out: list[int] = []

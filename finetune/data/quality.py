@@ -2,7 +2,7 @@
 (exact and near: MinHash LSH), too-long rows, PII, train/validation overlap, and the quality score.
 
 clean_report(rows, kind) lists the rules that fire; mask_pii_rows and dedupe_rows fix two of them
-for prepare_dataset; _quality turns the issues into the 0-100 score the Data tab shows.
+for prepare_dataset; score_quality turns the issues into the 0-100 score the Data tab shows.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from .common import (
     _row_text,
     _RowError,
 )
-from .formats import _check_conversation
-from .tokens import _token_lengths
+from .formats import check_conversation
+from .tokens import token_lengths
 
 # =============================================================================================
 # Cleaning report
@@ -56,7 +56,7 @@ def _mask(kind: str, s: str) -> str:
     return s[:3] + "…" + s[-2:]
 
 
-class _Tally:
+class IssueTally:
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.examples: dict[str, list[str]] = {}
@@ -143,22 +143,22 @@ def clean_report(rows: list[dict], kind: str, *, tokenizer=None, max_seq_len: in
     too_long (needs tokenizer and max_seq_len), pii, train_val_overlap (needs validation)."""
     lengths = None
     if tokenizer is not None and max_seq_len:
-        lengths, _ = _token_lengths(rows, kind, tokenizer)
-    return _clean(rows, kind, lengths=lengths, max_seq_len=max_seq_len, validation=validation)
+        lengths, _ = token_lengths(rows, kind, tokenizer)
+    return collect_issues(rows, kind, lengths=lengths, max_seq_len=max_seq_len, validation=validation)
 
 
-def _clean(rows: list[dict], kind: str, *,
+def collect_issues(rows: list[dict], kind: str, *,
            lengths: list[int] | Callable[[], list[int]] | None = None,
            max_seq_len: int | None = None, validation: list[dict] | None = None,
-           tally: _Tally | None = None, row_numbers: list[int] | None = None) -> list[dict]:
+           tally: IssueTally | None = None, row_numbers: list[int] | None = None) -> list[dict]:
     if kind not in KINDS:
         raise DatasetError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}", field="kind")
-    t = tally or _Tally()
+    t = tally or IssueTally()
     with _gc_paused():
         return _clean_rows(rows, kind, t, lengths, max_seq_len, validation, row_numbers)
 
 
-def _clean_rows(rows: list[dict], kind: str, t: _Tally,
+def _clean_rows(rows: list[dict], kind: str, t: IssueTally,
                 lengths: list[int] | Callable[[], list[int]] | None,
                 max_seq_len: int | None, validation: list[dict] | None,
                 row_numbers: list[int] | None) -> list[dict]:
@@ -202,7 +202,7 @@ def _clean_rows(rows: list[dict], kind: str, t: _Tally,
             msgs = row["prompt"] + row["completion"]
         if msgs:
             try:
-                _check_conversation(msgs, "messages")
+                check_conversation(msgs, "messages")
             except _RowError as e:
                 if e.rule == "role_order":
                     t.add("role_order", f"row {rn(i)}: {e.field}: {e.message}")
@@ -217,7 +217,7 @@ def _clean_rows(rows: list[dict], kind: str, t: _Tally,
     keep = [i for i in range(len(rows)) if i not in dup_rows]
     # A system prompt shared by every row would make unrelated rows look alike: leave it out.
     near_texts = [_row_text(rows[i], kind, skip_system=True) for i in keep]
-    for a, b, sim in _near_duplicates(near_texts):
+    for a, b, sim in find_near_duplicates(near_texts):
         ra, rb = rn(keep[a] + 1), rn(keep[b] + 1)
         t.add("near_duplicate", f"row {ra} ≈ row {rb} (similarity {sim:.2f}): "
                                 f"{_snip(near_texts[a], 30)!r}")
@@ -336,7 +336,7 @@ def _signatures(hashes, rows, n_rows: int, num_perm: int = _NUM_PERM):
     return sig, row_ids
 
 
-def _near_duplicates(texts: list[str], threshold: float = NEAR_DUP_THRESHOLD
+def find_near_duplicates(texts: list[str], threshold: float = NEAR_DUP_THRESHOLD
                      ) -> list[tuple[int, int, float]]:
     """(later row, earlier row, estimated Jaccard) for rows whose word 3-shingle sets are at least
     `threshold` similar. MinHash LSH with datasketch's permutations and band/row parameters;
@@ -377,7 +377,7 @@ def _near_duplicates(texts: list[str], threshold: float = NEAR_DUP_THRESHOLD
     return out
 
 
-def _quality(n_records: int, n_rows: int, confidence: float, issues: list[dict], stats: dict,
+def score_quality(n_records: int, n_rows: int, confidence: float, issues: list[dict], stats: dict,
              max_seq_len: int | None, labels: dict | None = None) -> tuple[int, list[str]]:
     """A 0-100 score with one reason per deduction, so the number is never a mystery."""
     score = 100.0
@@ -488,7 +488,7 @@ def dedupe_rows(rows: list[dict], kind: str, *, near: bool = False) -> tuple[lis
     removed = {"exact": len(rows) - len(keep), "near": 0}
     if near and len(keep) > 1:
         texts = [_row_text(rows[i], kind, skip_system=True) for i in keep]
-        drop = {later for later, _, _ in _near_duplicates(texts)}
+        drop = {later for later, _, _ in find_near_duplicates(texts)}
         removed["near"] = len(drop)
         keep = [i for j, i in enumerate(keep) if j not in drop]
     return [rows[i] for i in keep], removed

@@ -21,7 +21,7 @@ from .common import _gc_paused, _msgs_text
 _TOKENIZERS: dict[str, Any] = {}
 
 
-def _get_tokenizer(tokenizer):
+def resolve_tokenizer(tokenizer):
     if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
     key = str(tokenizer)
@@ -169,10 +169,10 @@ def _count_by_pieces(backend, texts: list[str], add_special_tokens: bool) -> lis
     return None
 
 
-def _token_lengths(rows: list[dict], kind: str, tokenizer=None) -> tuple[list[int], bool]:
+def token_lengths(rows: list[dict], kind: str, tokenizer=None) -> tuple[list[int], bool]:
     """Tokens per row (preference: the longer of prompt+chosen and prompt+rejected), and whether
     they are approximate (no tokenizer: characters / 4)."""
-    tok = _get_tokenizer(tokenizer)
+    tok = resolve_tokenizer(tokenizer)
     texts, owner, chat = _length_texts(rows, kind, tok)
     if tok is None:
         counts = [math.ceil(len(s) / 4) for s in texts]
@@ -191,11 +191,11 @@ def _token_lengths(rows: list[dict], kind: str, tokenizer=None) -> tuple[list[in
 def token_stats(rows: list[dict], kind: str, tokenizer=None) -> dict:
     """{"count", "total", "mean", "p50", "p95", "max", "histogram": {"edges", "counts"},
     "approximate"}. Without a tokenizer, tokens are estimated as characters / 4."""
-    lengths, approx = _token_lengths(rows, kind, tokenizer)
-    return _stats(lengths, approx)
+    lengths, approx = token_lengths(rows, kind, tokenizer)
+    return length_stats(lengths, approx)
 
 
-def _stats(lengths: list[int], approximate: bool) -> dict:
+def length_stats(lengths: list[int], approximate: bool) -> dict:
     import numpy as np
     if not lengths:
         return {"count": 0, "total": 0, "mean": 0.0, "p50": 0, "p95": 0, "max": 0,
@@ -223,7 +223,7 @@ def trained_token_share(rows: list[dict], kind: str, tokenizer, *, max_seq_len: 
     nothing, every row is checked before saying so. status: ok, low (< 5%), none, or
     not_applicable (preference/KTO rows are not trained by SFT)."""
     from ..tokenize import TokenizeError, tokenize_rows
-    tok = _get_tokenizer(tokenizer)
+    tok = resolve_tokenizer(tokenizer)
     base = {"rows": len(rows), "rows_checked": 0, "sampled": False, "tokens": 0,
             "trained_tokens": 0, "share": None, "rows_without_trained_tokens": 0}
     if kind not in ("messages", "prompt_completion", "text"):
