@@ -28,6 +28,7 @@ from .config import (LORA_METHODS, PREFERENCE_METHODS, ConfigError, RunConfig, c
 from .paths import atomic_write_text, read_json
 from .monitor import kept_sentence
 from .runs import append_event, last_checkpoint, now_iso, update_status
+from .speed import Phases, ThreadTuning
 
 
 def redact(text: str) -> str:
@@ -81,6 +82,7 @@ def _make_callback(d: Path):
             self.last_tokens = (0, self.t0)
             self.nonfinite: str | None = None
             self.stopped = False
+            self.mfu_of = lambda tokens_per_s: None  # set by the run once the model is known
 
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = time.time()
@@ -143,6 +145,7 @@ def _make_callback(d: Path):
                 fields["eval_loss"] = ev["eval_loss"]
             if tps:
                 fields["tokens_per_s"] = round(tps, 1)
+                fields["mfu"] = self.mfu_of(tps)
             update_status(d, **fields)
 
     return StudioCallback()
@@ -348,11 +351,24 @@ def build_model(cfg: RunConfig, plan: dict | None = None):
     return model, tok, to_peft_config(cfg), "transformers"
 
 
+def _mfu_of(model, train_ds, cfg: RunConfig, plan: dict, tuner):
+    from .hardware import detect_hardware
+    from .paths import home
+    from .speed import mfu_function
+
+    if train_ds is not None and "input_ids" in train_ds.column_names and len(train_ds):
+        lengths = [len(x) for x in train_ds["input_ids"]]
+        mean_len = sum(lengths) / len(lengths)
+    else:  # preference rows are tokenized by the trainer
+        mean_len = cfg.data.max_seq_len / 2
+    return mfu_function(model, mean_len, detect_hardware(), plan["precision"], tuner, home() / "cache")
+
+
 def make_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, eval_ds, out_dir: str, plan: dict,
                  callbacks: list | None = None):
     """The TRL trainer for the method, with the non-finite guard mixed in."""
     cls, to_args = trainer_class(cfg.train.method)
-    guarded = type(f"Guarded{cls.__name__}", (NonFiniteGuard, cls), {})
+    guarded = type(f"Guarded{cls.__name__}", (NonFiniteGuard, ThreadTuning, cls), {})
     args = to_args(cfg, out_dir, cuda=plan["device"] == "cuda", prec=plan, has_eval=eval_ds is not None)
     return guarded(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
                    callbacks=callbacks or [], peft_config=peft_config)
@@ -487,6 +503,7 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
 
 
 def _train_run(d: Path, resume: bool) -> int:
+    phases = Phases()
     cfg = RunConfig.from_dict(read_json(d / "config.json"))
     t_start = time.time()
     world, main = parallel.world_size(), parallel.rank() == 0
@@ -504,17 +521,21 @@ def _train_run(d: Path, resume: bool) -> int:
     status = update_status if main else (lambda *a, **k: {})  # only rank 0 writes the run folder
     signal.signal(signal.SIGTERM, lambda *_: (d / "STOP").write_text("SIGTERM"))
     try:
-        from .modeling import set_threads
-
-        threads, threads_why = set_threads()
-        status(d, threads=threads, threads_why=threads_why)
         if cfg.train.report_to == "tensorboard":  # transformers 5 reads the folder from the environment
             os.environ["TENSORBOARD_LOGGING_DIR"] = str(d / "tb")
         plan = resolve_plan(cfg)
         status(d, backend=plan["backend"], backend_why=plan["backend_why"], precision=plan["precision"],
                precision_why=plan["why"])
+        from .speed import import_training_stack, start_threads
+
+        tuner = start_threads(plan["device"], lambda n, why: status(d, threads=n, threads_why=why))
+        phases.mark("setup")
+        import_training_stack(cfg.train.method, plan["backend"])
+        phases.mark("imports")
         model, tok, peft_config, backend = build_model(cfg, plan)
+        phases.mark("model_load")
         train_ds, eval_ds, summary = load_data(cfg, tok)
+        phases.mark("data")
         if cfg.train.group_by_length and "input_ids" in train_ds.column_names:
             waste = padding_waste([len(x) for x in train_ds["input_ids"]], cfg.train.batch_size, cfg.train.seed)
             plan["group_by_length"] = waste >= GROUP_BY_LENGTH_MIN_WASTE
@@ -531,9 +552,12 @@ def _train_run(d: Path, resume: bool) -> int:
 
         set_seed(cfg.train.seed)  # adapter init draws from the global RNG: make runs reproducible
         trainer = make_trainer(cfg, model, tok, peft_config, train_ds, eval_ds, str(d / "checkpoints"), plan, [cb, best])
+        trainer.fts_tuner = tuner
+        cb.mfu_of = _mfu_of(trainer.model, train_ds, cfg, plan, tuner)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
-        status(d, trainable_params=trainable, total_params=total, memory_gb=memory_in_use_gb())
+        status(d, trainable_params=trainable, total_params=total, memory_gb=memory_in_use_gb(),
+               phases_s=phases.mark("trainer_setup"))
         if resume:  # rank 0 tidies the folder; the others resume from the same (last complete) checkpoint
             ckpt = prepare_resume(d) if main else last_checkpoint(d)
         else:
@@ -543,12 +567,14 @@ def _train_run(d: Path, resume: bool) -> int:
                    resumable=last_checkpoint(d) is not None, finished=now_iso())
             return 0
         result = trainer.train(resume_from_checkpoint=ckpt)
+        phases.mark("train")
         nonfinite = trainer.fts_nonfinite or cb.nonfinite
         if nonfinite:
             bad = trainer.state.global_step
             status(d, state="failed", error=f"Training stopped: {nonfinite}. The last good checkpoint is kept; "
                    "lower the learning rate and resume or start again.", bad_from_step=bad,
-                   resumable=last_checkpoint(d) is not None, duration_s=round(time.time() - t_start, 2))
+                   resumable=last_checkpoint(d) is not None, duration_s=round(time.time() - t_start, 2),
+                   phases_s=phases.out)
             return 1
         final_eval = None
         if eval_ds is not None and not cb.stopped:
@@ -558,9 +584,11 @@ def _train_run(d: Path, resume: bool) -> int:
                                  "loss": None, "eval_loss": final_eval, "learning_rate": None, "grad_norm": None,
                                  "tokens_per_s": None, "elapsed_s": round(time.time() - cb.t0, 3),
                                  "memory_gb": memory_in_use_gb()})
+        phases.mark("final_eval")
         last_step = trainer.state.global_step
         kept_from = best.choose_artifact(last_step, last_evaluated=final_eval is not None)
         _save_artifact(trainer, tok, d, cfg.train.method, kept_from)
+        phases.mark("save")
         if not main:
             return 0
         if not cb.stopped:  # a stopped run may resume and needs its best so far; a finished one does not
@@ -573,7 +601,7 @@ def _train_run(d: Path, resume: bool) -> int:
             train_loss_avg=metrics.get("train_loss"), duration_s=round(time.time() - t_start, 2),
             train_runtime_s=metrics.get("train_runtime"), finished=now_iso(),
             kept_step=best.best_step if kept_from else last_step, final_eval_loss=final_eval,
-            resumable=state == "stopped" and last_checkpoint(d) is not None)
+            resumable=state == "stopped" and last_checkpoint(d) is not None, phases_s=phases.mark("finish"))
         try:
             write_model_card(d, cfg, st)
         except Exception as exc:  # the adapter is saved; a card problem must not fail the run
