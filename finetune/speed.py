@@ -158,7 +158,7 @@ def flops_per_token(model, mean_len: float) -> float:
 PEAK_CACHE = "cpu_peak.json"
 
 
-def _measure_matmul(dtype_name: str, seconds: float = 0.25, size: int = 1024) -> float:
+def measure_matmul_flops(dtype_name: str, seconds: float = 0.25, size: int = 1024) -> float:
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -186,7 +186,7 @@ def peak_flops(hw: dict, dtype_name: str, threads: int, cache_dir: Path | None =
             cache = {}
     if key in cache:
         return float(cache[key])
-    rate = _measure_matmul(dtype_name)
+    rate = measure_matmul_flops(dtype_name)
     if path is not None:
         try:
             from .paths import atomic_write_json
@@ -218,23 +218,24 @@ def start_threads(device: str, report) -> ThreadTuner | None:
     return tuner
 
 
-def mfu_function(model, mean_len: float, hw: dict, precision: str, tuner: ThreadTuner | None,
-                 cache_dir: Path | None):
-    """tokens/s -> MFU (a fraction), or None while the thread count is still being measured."""
-    import torch
-
+def mfu_function(model, mean_len: float, hw: dict, precision: str, cores: int, cache_dir: Path | None):
+    """tokens/s -> MFU (a fraction) against the peak of all `cores` (those this process may use), so
+    a run that trains on fewer threads than it could shows it."""
     fpt = flops_per_token(model, mean_len)
     dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
-    peaks: dict[int, float | None] = {}
+    peak: list[float | None] = []
 
     def mfu(tokens_per_s: float) -> float | None:
-        if tuner is not None and not tuner.done:
-            return None  # the peak is measured at the thread count the run keeps
-        threads = torch.get_num_threads()
-        if threads not in peaks:
-            peaks[threads] = peak_flops(hw, dtype, threads, cache_dir)
-        peak = peaks[threads]
-        return round(tokens_per_s * fpt / peak, 4) if peak else None
+        if not peak:
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(cores)
+            try:
+                peak.append(peak_flops(hw, dtype, cores, cache_dir))
+            finally:
+                torch.set_num_threads(threads)
+        return round(tokens_per_s * fpt / peak[0], 4) if peak[0] else None
 
     return mfu
 

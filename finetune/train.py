@@ -352,7 +352,7 @@ def build_model(cfg: RunConfig, plan: dict | None = None):
     return model, tok, to_peft_config(cfg), "transformers"
 
 
-def _mfu_of(model, train_ds, cfg: RunConfig, plan: dict, tuner):
+def _mfu_of(model, train_ds, cfg: RunConfig, plan: dict):
     from .hardware import detect_hardware
     from .paths import home
     from .speed import mfu_function
@@ -362,7 +362,9 @@ def _mfu_of(model, train_ds, cfg: RunConfig, plan: dict, tuner):
         mean_len = sum(lengths) / len(lengths)
     else:  # preference rows are tokenized by the trainer
         mean_len = cfg.data.max_seq_len / 2
-    return mfu_function(model, mean_len, detect_hardware(), plan["precision"], tuner, home() / "cache")
+    from .modeling import process_cores
+
+    return mfu_function(model, mean_len, detect_hardware(), plan["precision"], process_cores()[0], home() / "cache")
 
 
 def make_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, eval_ds, out_dir: str, plan: dict,
@@ -554,7 +556,7 @@ def _train_run(d: Path, resume: bool) -> int:
         set_seed(cfg.train.seed)  # adapter init draws from the global RNG: make runs reproducible
         trainer = make_trainer(cfg, model, tok, peft_config, train_ds, eval_ds, str(d / "checkpoints"), plan, [cb, best])
         trainer.fts_tuner = tuner
-        cb.mfu_of = _mfu_of(trainer.model, train_ds, cfg, plan, tuner)
+        cb.mfu_of = _mfu_of(trainer.model, train_ds, cfg, plan)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
         status(d, trainable_params=trainable, total_params=total, memory_gb=memory_in_use_gb(),
