@@ -240,16 +240,17 @@ def mfu_function(model, mean_len: float, hw: dict, precision: str, cores: int, c
     return mfu
 
 
-def import_training_stack(method: str, backend: str) -> None:
-    """Import the training libraries now, so that the phases show what imports cost. A run that does
-    not quantize never loads bitsandbytes: peft imports it whenever it is installed (about 1 s on a
-    CPU), and with the module marked absent peft and transformers report it unavailable. Unsloth
-    must come before transformers/peft: its runs import in build_model instead."""
+def import_training_stack(method: str, backend: str, skip_unused: bool = False) -> None:
+    """Import the training libraries now, so that the phases show what imports cost. skip_unused (a
+    process of its own for one run): a run that does not quantize never loads bitsandbytes, which
+    peft imports whenever it is installed (about 1 s on a CPU); with the module marked absent, peft
+    and transformers report it unavailable for the rest of the process. Unsloth must come before
+    transformers/peft: its runs import in build_model instead."""
     import sys
 
     if backend == "unsloth":
         return
-    if method != "qlora" and "bitsandbytes" not in sys.modules:
+    if skip_unused and method != "qlora" and "bitsandbytes" not in sys.modules:
         sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
     import peft  # noqa: F401
     import transformers  # noqa: F401

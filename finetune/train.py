@@ -132,10 +132,11 @@ def _make_callback(d: Path):
             tps = (tokens - t_prev) / (now - time_prev) if now > time_prev and tokens > t_prev else None
             self.last_tokens = (tokens, now)
             mem = memory_in_use_gb()
+            mfu = self.mfu_of(tps) if tps else None
             ev = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
                   "loss": logs.get("loss"), "eval_loss": logs.get("eval_loss"),
                   "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
-                  "tokens_per_s": round(tps, 1) if tps else None, "elapsed_s": round(now - self.t0, 3),
+                  "tokens_per_s": round(tps, 1) if tps else None, "mfu": mfu, "elapsed_s": round(now - self.t0, 3),
                   "memory_gb": mem,
                   "mean_token_accuracy": logs.get("mean_token_accuracy", logs.get("eval_mean_token_accuracy"))}
             append_event(d, ev)
@@ -146,7 +147,7 @@ def _make_callback(d: Path):
                 fields["eval_loss"] = ev["eval_loss"]
             if tps:
                 fields["tokens_per_s"] = round(tps, 1)
-                fields["mfu"] = self.mfu_of(tps)
+                fields["mfu"] = mfu
             update_status(d, **fields)
 
     return StudioCallback()
@@ -487,10 +488,12 @@ def _add_rank_pid(d: Path, pid: int) -> None:
         os.close(lock)
 
 
-def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
+def train_run(run_path: str | os.PathLike, resume: bool = False, own_process: bool = False) -> int:
+    """own_process: this process exists only for this run (`finetune train --run`), so it may skip
+    loading what the run does not need for good (finetune.speed.import_training_stack)."""
     d = Path(run_path).resolve()
     try:
-        return _train_run(d, resume)
+        return _train_run(d, resume, own_process)
     finally:
         try:
             if parallel.rank() != 0:
@@ -505,7 +508,7 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
             sys.stderr.write(f"queue dispatch failed: {redact(str(exc))}\n")
 
 
-def _train_run(d: Path, resume: bool) -> int:
+def _train_run(d: Path, resume: bool, own_process: bool = False) -> int:
     phases = Phases()
     cfg = RunConfig.from_dict(read_json(d / "config.json"))
     t_start = time.time()
@@ -533,7 +536,7 @@ def _train_run(d: Path, resume: bool) -> int:
 
         tuner = start_threads(plan["device"], lambda n, why: status(d, threads=n, threads_why=why))
         phases.mark("setup")
-        import_training_stack(cfg.train.method, plan["backend"])
+        import_training_stack(cfg.train.method, plan["backend"], skip_unused=own_process)
         phases.mark("imports")
         model, tok, peft_config, backend = build_model(cfg, plan)
         phases.mark("model_load")
@@ -622,6 +625,7 @@ def _train_run(d: Path, resume: bool) -> int:
                       error=msg, resumable=last_checkpoint(d) is not None, duration_s=round(time.time() - t_start, 2))
         return 1
     finally:
+        gc.unfreeze()
         if main:
             (d / "STOP").unlink(missing_ok=True)
             shutil.rmtree(d / ".adapter.tmp", ignore_errors=True)
