@@ -1,22 +1,29 @@
 """Training throughput: our trainer on its hardware-chosen defaults vs TRL's SFTTrainer at its own defaults.
 
-    python bench/train_throughput.py            # demo 1 and 3 epochs, compute-bound 64 rows x ~512 tokens
-    python bench/train_throughput.py --quick    # demo 1 epoch, compute-bound 8 rows: a few minutes
-    python bench/train_throughput.py --workloads compute --rows 32
+    python bench/train_throughput.py            # the three workloads below, full size
+    python bench/train_throughput.py --quick    # the same three, small: checks the script works
+    python bench/train_throughput.py --workloads compute --rows 32 --repeats 2
 
-Each workload is trained twice, each time in a fresh process whose whole wall time is measured (start-up
-counts: a user waits for it):
+Each workload is trained by both variants, alternating (ours, trl, ours, trl with --repeats 2), each
+time in a fresh process whose whole wall time is measured (start-up counts: a user waits for it):
   ours  `python -m finetune train ... --wait` (the CLI the app and users run: it starts the training child)
   trl   a script that builds `SFTTrainer(model=path, args=SFTConfig(...defaults...))` with the same model,
         data (prompt/completion, so TRL also trains the answers only), LoRA rank/alpha/targets, learning rate
         and epochs, and everything else at TRL's defaults (bf16 autocast, gradient checkpointing,
         batch 8, max_length 1024, chunked NLL loss).
-Workloads: (a) builtin:tiny-chat on builtin:demo, 1 and 3 epochs; (b) compute-bound: a randomly
-initialised model with SmolLM2-135M's configuration (built offline from the config, with the demo
-model's tokenizer) on rows of about 512 tokens.
+Workloads:
+  demo3    builtin:tiny-chat on builtin:demo, 3 epochs
+  compute  a randomly initialised model with SmolLM2-135M's shape (built offline from the config, with
+           the demo model's tokenizer): 64 rows of about 1024 tokens, 1 epoch (--quick: 8 rows x 256)
+  real     builtin:smollm2-135m-instruct (the real model, offline) on builtin:demo's rows, 1 epoch
+           (--quick: 64 rows); skipped with a message where that built-in is unknown
 Printed per run: wall time, trained tokens/s (non-padding tokens x epochs / wall), MFU against this CPU's
-measured matmul peak in fp32 and bf16 (model FLOPs: 4N frozen + 6N LoRA + attention), and the loss on the
-answer tokens of the validation split (same code for both). The CPU may be shared: figures are noisy.
+measured matmul peak in fp32 and bf16 (model FLOPs: 4N frozen + 6N LoRA + attention), the loss on the
+answer tokens of the validation split (same code for both), and for ours the phases of the training
+child (status.json `phases_s`) plus the time outside it (the CLI's start, preflight and waiting).
+A run is INVALID when other processes used more than a tenth of a core during it (/proc/stat busy time
+minus the CPU time of our own children) or the 1-minute load was above 0.5 before it: rerun on a quiet
+machine.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -37,8 +45,10 @@ SMOLLM2_135M = dict(model_type="llama", vocab_size=49152, hidden_size=576, inter
                     num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                     max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=True,
                     rope_theta=100000.0, initializer_range=0.041)
-LR = {"demo": 2e-3, "compute": 2e-4}
+LR = {"demo3": 2e-3, "compute": 2e-4, "real": 2e-4}
 RANK, ALPHA = 16, 32
+QUIET_LOAD = 0.5  # 1-minute load above this before a run: someone else is using the CPU
+OTHERS_MAX_CORES = 0.1  # other processes' CPU during a run, in cores on average
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,33 +73,61 @@ def build_compute_model(home: Path) -> Path:
     return out
 
 
-def compute_rows(n: int) -> list[dict]:
-    """Instruction rows of about 512 tokens (a long prompt and a long answer) from the demo facts."""
+def compute_rows(n: int, tokens: int, tok) -> list[dict]:
+    """Instruction rows of about `tokens` tokens (a long prompt and a long answer, half each) from
+    the demo facts, different for every row."""
     from finetune.builtin import demo_records
 
     recs = demo_records()
     rows = []
     for i in range(n):
-        chunk = recs[(i * 11) % len(recs):(i * 11) % len(recs) + 11]
-        prompt = " ".join(f"{r['instruction']} {r['input']}".strip() for r in chunk) * 2
-        answer = " ".join(f"{r['instruction']} {r['output']}." for r in chunk) * 2
-        rows.append({"instruction": "Answer every question in order. " + prompt, "input": "", "output": answer})
+        prompt, answer, j = "Answer every question in order.", "", i * 7
+        while len(tok(prompt)["input_ids"]) < tokens // 2 - 16:
+            r = recs[j % len(recs)]
+            prompt += f" {r['instruction']} {r['input']}".rstrip()
+            answer += f" {r['instruction']} {r['output']}."
+            j += 1
+        words = answer.split()
+        while len(tok(" ".join(words))["input_ids"]) > tokens // 2 - 16:
+            words = words[:-4]
+        rows.append({"instruction": prompt, "input": "", "output": " ".join(words)})
     return rows
 
 
-def prepare(workload: str, home: Path, rows: int) -> dict:
+def real_model_path() -> str | None:
+    """The real SmolLM2-135M-Instruct built-in's folder, or None (with the reason printed)."""
+    try:
+        from finetune.builtin import resolve_model
+
+        return str(resolve_model("builtin:smollm2-135m-instruct"))
+    except Exception as exc:  # noqa: BLE001 -- an unknown id or a missing package: skip the workload
+        print(f"real: skipped, builtin:smollm2-135m-instruct is not available here ({exc})", flush=True)
+        return None
+
+
+def prepare(workload: str, home: Path, quick: bool, rows: int | None) -> dict | None:
     """Model path, data path (Alpaca JSONL), and the same train/validation split for both variants."""
     from finetune.builtin import demo_records, ensure_tiny_chat
+    from finetune.modeling import load_tokenizer
 
     data = home / f"{workload}.jsonl"
-    if workload.startswith("demo"):
-        model, recs, seq = str(ensure_tiny_chat()), demo_records(), 256
+    if workload == "demo3":
+        model, recs, seq, epochs = str(ensure_tiny_chat()), demo_records(), 256, 3.0
         ours_model = "builtin:tiny-chat"  # our trainer's own demo defaults apply to the built-in id
-    else:
-        model, recs, seq = str(build_compute_model(home)), compute_rows(rows), 640
+    elif workload == "compute":
+        model = str(build_compute_model(home))
+        tokens = 256 if quick else 1024
+        recs, seq, epochs = compute_rows(rows or (8 if quick else 64), tokens, load_tokenizer(model)), tokens, 1.0
         ours_model = model
+    else:
+        model = real_model_path()
+        if model is None:
+            return None
+        recs, seq, epochs = demo_records()[: rows or (64 if quick else None)], 256, 1.0
+        ours_model = "builtin:smollm2-135m-instruct"
     data.write_text("\n".join(json.dumps(r) for r in recs))
-    return {"model": model, "ours_model": ours_model, "data": str(data), "max_seq_len": seq}
+    return {"name": workload, "model": model, "ours_model": ours_model, "data": str(data), "max_seq_len": seq,
+            "epochs": epochs, "lr": LR[workload]}
 
 
 def split(data: str):
@@ -121,44 +159,71 @@ def trl_worker(model: str, data: str, epochs: float, lr: float, out: str) -> Non
     trainer.model.save_pretrained(Path(out) / "adapter")
     print(json.dumps({"adapter": str(Path(out) / "adapter"), "bf16": args.bf16,
                       "gradient_checkpointing": args.gradient_checkpointing,
-                      "batch_size": args.per_device_train_batch_size}))
+                      "batch_size": args.per_device_train_batch_size, "threads": torch.get_num_threads()}))
 
 
 # ---------------------------------------------------------------------------------------------
 # Measuring
 
 
-def run_variant(variant: str, wl: dict, epochs: float, home: Path) -> dict:
+def _busy_s() -> float:
+    """CPU seconds all processes have spent busy since boot (/proc/stat)."""
+    vals = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _ours_cmd(wl: dict, env: dict) -> list[str]:
+    helptext = subprocess.run([sys.executable, "-m", "finetune", "train", "--help"], cwd=ROOT, env=env,
+                              capture_output=True, text=True).stdout
+    lr_flag = "--learning-rate" if "--learning-rate" in helptext else "--lr"  # the CLI is generated from fields
+    return [sys.executable, "-m", "finetune", "train", "--model", wl["ours_model"], "--data", wl["data"],
+            "--epochs", str(wl["epochs"]), lr_flag, str(wl["lr"]), "--max-seq-len", str(wl["max_seq_len"]),
+            "--wait", "--json", "--timeout-s", "36000"]
+
+
+def run_variant(variant: str, wl: dict, home: Path) -> dict:
     env = dict(os.environ, FINETUNE_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
-    lr = LR["demo" if "tiny-chat" in wl["model"] else "compute"]
     if variant == "ours":
-        helptext = subprocess.run([sys.executable, "-m", "finetune", "train", "--help"], cwd=ROOT, env=env,
-                                  capture_output=True, text=True).stdout
-        lr_flag = "--learning-rate" if "--learning-rate" in helptext else "--lr"  # the CLI is generated from fields
-        cmd = [sys.executable, "-m", "finetune", "train", "--model", wl["ours_model"], "--data", wl["data"],
-               "--epochs", str(epochs), lr_flag, str(lr), "--max-seq-len", str(wl["max_seq_len"]),
-               "--wait", "--json", "--timeout-s", "36000"]
+        cmd = _ours_cmd(wl, env)
     else:
         out = tempfile.mkdtemp(prefix="trl-", dir=home)
-        cmd = [sys.executable, __file__, "--trl-worker", wl["model"], wl["data"], str(epochs), str(lr), out]
-    t0 = time.perf_counter()
+        cmd = [sys.executable, __file__, "--trl-worker", wl["model"], wl["data"], str(wl["epochs"]), str(wl["lr"]), out]
+    load_before = os.getloadavg()[0]
+    busy0, mine0, t0 = _busy_s(), _children_cpu_s(), time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    others = max(0.0, (_busy_s() - busy0) - (_children_cpu_s() - mine0))
+    load_after = os.getloadavg()[0]
     if p.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{p.stderr[-3000:]}")
     res = json.loads(p.stdout.strip().splitlines()[-1])
+    why_invalid = []
+    if load_before > QUIET_LOAD:
+        why_invalid.append(f"load {load_before:.1f} before")
+    if others > OTHERS_MAX_CORES * wall:
+        why_invalid.append(f"others used {others / wall:.2f} cores")
+    info = {"variant": variant, "wall_s": wall, "load_before": load_before, "load_after": load_after,
+            "others_cores": others / wall, "invalid": "; ".join(why_invalid)}
     if variant == "ours":
         if res.get("state") != "completed":
             raise RuntimeError(f"ours ended {res.get('state')}: {res.get('error')}")
-        adapter = res["artifact"]
-        info = {"precision": res.get("precision"), "backend": res.get("backend"),
-                "batch_size": json.loads((Path(res["run_dir"]) / "config.json").read_text())["train"]["batch_size"]}
+        st = json.loads((Path(res["run_dir"]) / "status.json").read_text())
+        phases = st.get("phases_s") or {}
+        info |= {"adapter": res["artifact"], "precision": st.get("precision"), "threads": st.get("threads"),
+                 "threads_why": st.get("threads_why"), "phases_s": phases, "mfu_status": st.get("mfu"),
+                 "outside_child_s": wall - sum(phases.values()),
+                 "batch_size": json.loads((Path(res["run_dir"]) / "config.json").read_text())["train"]["batch_size"]}
     else:
-        adapter = res["adapter"]
-        info = {"precision": "bf16" if res["bf16"] else "fp32", "gradient_checkpointing": res["gradient_checkpointing"],
-                "batch_size": res["batch_size"]}
-    return {"variant": variant, "wall_s": wall, "adapter": adapter, **info}
+        info |= {"adapter": res["adapter"], "precision": "bf16" if res["bf16"] else "fp32",
+                 "gradient_checkpointing": res["gradient_checkpointing"], "batch_size": res["batch_size"],
+                 "threads": res.get("threads")}
+    return info
 
 
 def answer_loss(model_path: str, adapter: str, val_rows: list[dict], max_seq_len: int) -> float:
@@ -187,21 +252,14 @@ def answer_loss(model_path: str, adapter: str, val_rows: list[dict], max_seq_len
     return total / max(n, 1)
 
 
-def measured_peak_tflops(dtype_name: str, seconds: float = 2.0) -> float:
+def measured_peak_tflops(dtype_name: str) -> float:
+    """This CPU's matmul rate on all its cores (1024² matrices, 2 s), the best of two tries."""
     import torch
 
-    from finetune.modeling import set_threads
+    from finetune.speed import measure_matmul_flops
 
-    set_threads()
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        n += 1
-    return 2 * 1024 ** 3 * n / (time.perf_counter() - t0) / 1e12
+    torch.set_num_threads(os.cpu_count() or 1)
+    return max(measure_matmul_flops(dtype_name, seconds=1.0) for _ in range(2)) / 1e12
 
 
 def model_flops_per_token(model_path: str, mean_len: float) -> float:
@@ -215,11 +273,44 @@ def model_flops_per_token(model_path: str, mean_len: float) -> float:
     return 4 * lin + 6 * lora + 12 * L * h * mean_len / 2
 
 
+PHASES = ("start_and_imports", "setup", "imports", "model_load", "data", "trainer_setup", "train", "final_eval",
+          "save", "finish")
+
+
+def report(results: list[dict], workloads: list[str]) -> None:
+    print(f"\n{'workload':<8} {'variant':<6} {'wall s':>7} {'tokens/s':>9} {'MFU fp32':>9} {'MFU bf16':>9} "
+          f"{'ans loss':>9} {'threads':>7}  settings / validity")
+    for r in results:
+        print(f"{r['workload']:<8} {r['variant']:<6} {r['wall_s']:>7.1f} {r['tokens_per_s']:>9.0f} "
+              f"{r['mfu_fp32']:>9.1%} {r['mfu_bf16']:>9.1%} {r['answer_loss']:>9.3f} {str(r.get('threads')):>7}  "
+              f"{r.get('precision')}, batch {r.get('batch_size')}{', grad ckpt' if r.get('gradient_checkpointing') else ''}"
+              f"{'  INVALID: ' + r['invalid'] if r['invalid'] else ''}")
+    ours = [r for r in results if r["variant"] == "ours"]
+    if ours:
+        print("\nour phases (s): " + " ".join(f"{p}" for p in ("outside_child",) + PHASES))
+        for r in ours:
+            ph = r["phases_s"]
+            print(f"{r['workload']:<8} {r['outside_child_s']:>6.1f} " + " ".join(f"{ph.get(p, 0):.1f}" for p in PHASES)
+                  + f"   ({r.get('threads_why')})")
+    for w in workloads:
+        valid = [r for r in results if r["workload"] == w and not r["invalid"]]
+        o = [r for r in valid if r["variant"] == "ours"]
+        t = [r for r in valid if r["variant"] == "trl"]
+        if o and t:
+            best_o, best_t = min(o, key=lambda r: r["wall_s"]), min(t, key=lambda r: r["wall_s"])
+            print(f"{w}: ours is {best_t['wall_s'] / best_o['wall_s']:.2f}x TRL's defaults (best valid runs, "
+                  f"{best_o['wall_s']:.1f} s vs {best_t['wall_s']:.1f} s; answer loss {best_o['answer_loss']:.3f} "
+                  f"vs {best_t['answer_loss']:.3f})")
+        elif any(r["workload"] == w for r in results):
+            print(f"{w}: no valid pair (the machine was busy): rerun when it is quiet")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="demo 1 epoch + compute-bound on 8 rows")
-    ap.add_argument("--workloads", default=None, help="comma list of demo1, demo3, compute")
-    ap.add_argument("--rows", type=int, default=None, help="compute-bound rows (default 64, quick 8)")
+    ap.add_argument("--quick", action="store_true", help="small sizes: checks that everything runs")
+    ap.add_argument("--workloads", default="demo3,compute,real", help="comma list of demo3, compute, real")
+    ap.add_argument("--rows", type=int, default=None, help="rows for compute (default 64, quick 8) and real")
+    ap.add_argument("--repeats", type=int, default=1, help="pairs per workload, alternating ours and trl")
     ap.add_argument("--variants", default="ours,trl")
     ap.add_argument("--trl-worker", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -227,8 +318,7 @@ def main() -> None:
         model, data, epochs, lr, out = a.trl_worker
         trl_worker(model, data, float(epochs), float(lr), out)
         return
-    workloads = (a.workloads or ("demo1,compute" if a.quick else "demo1,demo3,compute")).split(",")
-    rows = a.rows or (8 if a.quick else 64)
+    workloads = a.workloads.split(",")
     home = Path(tempfile.mkdtemp(prefix="fts-throughput-"))
     os.environ["FINETUNE_HOME"] = str(home)
     peak = {d: measured_peak_tflops(d) for d in ("float32", "bfloat16")}
@@ -236,36 +326,27 @@ def main() -> None:
           f"fp32 {peak['float32'] * 1e3:.1f} GFLOP/s, bf16 {peak['bfloat16'] * 1e3:.1f} GFLOP/s (MFU bf16 above 100% means "
           f"this CPU has no native bf16: bf16 matmuls are slower than fp32 here)", flush=True)
     results = []
-    for w in workloads:
-        wl = prepare("demo" if w.startswith("demo") else "compute", home, rows)
-        epochs = 3.0 if w == "demo3" else 1.0
-        train, val, _ = split(wl["data"])
-        from finetune.modeling import load_tokenizer
-        from finetune.tokenize import tokenize_rows
+    from finetune.modeling import load_tokenizer
+    from finetune.tokenize import tokenize_rows
 
-        ex, _ = tokenize_rows(load_tokenizer(wl["model"]), train, "messages", wl["max_seq_len"])
-        tokens = sum(len(e["input_ids"]) for e in ex) * epochs
-        fpt = model_flops_per_token(wl["model"], tokens / epochs / max(len(ex), 1))
-        for v in a.variants.split(","):
-            r = run_variant(v, wl, epochs, home)
-            r.update(workload=w, tokens=tokens, tokens_per_s=tokens / r["wall_s"])
-            r["mfu_fp32"] = r["tokens_per_s"] * fpt / (peak["float32"] * 1e12)
-            r["mfu_bf16"] = r["tokens_per_s"] * fpt / (peak["bfloat16"] * 1e12)
-            r["answer_loss"] = answer_loss(wl["model"], r["adapter"], val, wl["max_seq_len"])
-            results.append(r)
-            print(json.dumps({k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items()}), flush=True)
-    print(f"\n{'workload':<9} {'variant':<6} {'wall s':>8} {'tokens/s':>9} {'MFU fp32':>9} {'MFU bf16':>9} "
-          f"{'ans loss':>9}  settings")
-    for r in results:
-        print(f"{r['workload']:<9} {r['variant']:<6} {r['wall_s']:>8.1f} {r['tokens_per_s']:>9.0f} "
-              f"{r['mfu_fp32']:>9.1%} {r['mfu_bf16']:>9.1%} {r['answer_loss']:>9.3f}  "
-              f"{r.get('precision')}, batch {r.get('batch_size')}"
-              f"{', grad ckpt' if r.get('gradient_checkpointing') else ''}")
     for w in workloads:
-        pair = {r["variant"]: r for r in results if r["workload"] == w}
-        if {"ours", "trl"} <= set(pair):
-            print(f"{w}: ours is {pair['trl']['wall_s'] / pair['ours']['wall_s']:.2f}x TRL's defaults "
-                  f"(answer loss {pair['ours']['answer_loss']:.3f} vs {pair['trl']['answer_loss']:.3f})")
+        wl = prepare(w, home, a.quick, a.rows)
+        if wl is None:
+            continue
+        train, val, _ = split(wl["data"])
+        ex, _ = tokenize_rows(load_tokenizer(wl["model"]), train, "messages", wl["max_seq_len"])
+        tokens = sum(len(e["input_ids"]) for e in ex) * wl["epochs"]
+        fpt = model_flops_per_token(wl["model"], tokens / wl["epochs"] / max(len(ex), 1))
+        for _ in range(a.repeats):
+            for v in a.variants.split(","):
+                r = run_variant(v, wl, home)
+                r.update(workload=w, tokens=tokens, tokens_per_s=tokens / r["wall_s"])
+                r["mfu_fp32"] = r["tokens_per_s"] * fpt / (peak["float32"] * 1e12)
+                r["mfu_bf16"] = r["tokens_per_s"] * fpt / (peak["bfloat16"] * 1e12)
+                r["answer_loss"] = answer_loss(wl["model"], r["adapter"], val, wl["max_seq_len"])
+                results.append(r)
+                print(json.dumps({k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items()}), flush=True)
+    report(results, workloads)
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ def cmd_train(a) -> dict:
         from .paths import read_json
         from .train import train_run
 
-        code = train_run(a.run, resume=a.resume)
+        code = train_run(a.run, resume=a.resume, own_process=True)
         if code:
             raise SystemExit(code)
         return read_json(f"{a.run}/status.json", {})

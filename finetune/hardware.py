@@ -85,6 +85,32 @@ def _cpu_info() -> dict:
     }
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    try:
+        vals = [int(x) for x in _read("/proc/stat").splitlines()[0].split()[1:]]
+    except (IndexError, ValueError):
+        return None
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    return sum(vals[:8]) - idle, sum(vals[:8])
+
+
+def busy_cores_now(window_s: float = 0.1) -> float | None:
+    """How many cores other processes keep busy right now: /proc/stat over a short window (this
+    process sleeps meanwhile). Unlike the 1-minute load average it does not remember the seconds
+    before, such as the CLI's own start-up. None where /proc/stat is missing."""
+    import time
+
+    a = _cpu_times()
+    if a is None:
+        return None
+    time.sleep(window_s)
+    b = _cpu_times()
+    if b is None or b[1] <= a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1]) * (os.cpu_count() or 1)
+
+
 def cpu_peak_tflops(vcpu: int, avx512: bool = True, ghz: float = 2.5) -> float:
     """The same rough fp32 estimate for a CPU tier we cannot inspect (a Space's vCPUs)."""
     return round(vcpu * ghz * 1e9 * (64 if avx512 else 32) / 1e12, 3)

@@ -1,7 +1,7 @@
 """Following a run live, cheaply: events and the log read by byte offset.
 
 `follow(run_id)` returns a snapshot for a live view: the status, every event so far, the newest value
-of each metric (loss, validation loss, learning rate, grad norm, tokens/s), progress, ETA, memory in
+of each metric (loss, validation loss, learning rate, grad norm, tokens/s, MFU), progress, ETA, memory in
 use and the last lines of train.log. Each call reads only the events and log bytes appended since
 the last call (runs.poll by offset; one follower per run, shared by every page that watches it),
 so a 1 s refresh costs the small status file and a few new bytes, not the whole history.
@@ -17,7 +17,7 @@ from pathlib import Path
 from .runs import list_runs, poll, run_dir
 
 LOG_LINES = 12
-METRICS = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s")
+METRICS = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu")
 
 
 class _Follower:

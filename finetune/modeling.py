@@ -17,30 +17,35 @@ from .builtin import resolve_model
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
-def set_threads() -> tuple[int, str]:
-    """Torch threads for training: the core count, unless other processes already keep the cores busy.
-
-    On a shared CPU, OpenMP threads that outnumber the free cores wait for each other at every
-    parallel region: a demo step measured 5 s with 2 threads vs 0.16 s with 1 on 2 cores at load 9.
-    So we take the cores that the 1-minute load average leaves free (at least one). The training
-    child also runs with OMP_WAIT_POLICY=PASSIVE (runs.py), so waiting threads sleep instead of spin.
-    Returns (threads, why)."""
-    import torch
-
+def process_cores() -> tuple[int, int]:
+    """(cores this process may use, processes sharing them): the CPU affinity, divided between the
+    ranks of an `accelerate launch` on this machine so that they do not oversubscribe it."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # Several ranks on one machine (accelerate launch) share the cores instead of oversubscribing them.
     try:
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError:
         local = 1
-    n = max(1, n // local)
-    try:
-        busy = os.getloadavg()[0] / local
-    except OSError:
-        busy = 0.0
-    free = int(n - busy + 0.5)
-    threads = max(1, min(n, free))
-    why = (f"{threads} of {n} cores: the others are busy (load {busy:.1f})" if threads < n
+    return max(1, n // local), local
+
+
+def set_threads() -> tuple[int, str]:
+    """Torch threads for evaluation and generation: the cores that other processes leave free now.
+
+    On a shared CPU, OpenMP threads that outnumber the free cores wait for each other at every
+    parallel region: a demo step measured 5 s with 2 threads vs 0.16 s with 1 on 2 cores at load 9.
+    Free cores are read from /proc/stat over 0.1 s (hardware.busy_cores_now), not from the 1-minute
+    load average, which still counts the seconds before (the CLI's own start-up). Training measures
+    its steps instead (finetune.speed). Children run with OMP_WAIT_POLICY=PASSIVE (runs.py), so
+    waiting threads sleep instead of spin. Returns (threads, why)."""
+    import torch
+
+    from .hardware import busy_cores_now
+
+    n, local = process_cores()
+    busy = busy_cores_now()
+    busy = 0.0 if busy is None else busy / local
+    threads = max(1, min(n, int(n - busy + 0.5)))
+    why = (f"{threads} of {n} cores: the others are busy now ({busy:.1f} cores in use)" if threads < n
            else f"{n} cores")
     if local > 1:
         why += f" (this machine's cores shared by {local} processes)"

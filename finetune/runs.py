@@ -487,7 +487,13 @@ def wait(run_id: str, timeout_s: float = 600, poll_s: float = 0.5) -> dict:
             return st
         if time.time() > deadline:
             return st
-        time.sleep(poll_s)
+        if proc is not None and proc.poll() is None:
+            try:  # our own child: wake up the moment it exits, not up to poll_s later
+                proc.wait(timeout=poll_s)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            time.sleep(poll_s)
 
 
 def list_runs() -> list[dict]:

@@ -12,6 +12,7 @@ When the run ends, the next run waiting in the queue starts (runs.dispatch).
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from .config import (LORA_METHODS, PREFERENCE_METHODS, ConfigError, RunConfig, c
 from .paths import atomic_write_text, read_json
 from .monitor import kept_sentence
 from .runs import append_event, last_checkpoint, now_iso, update_status
+from .speed import Phases, ThreadTuning
 
 
 def redact(text: str) -> str:
@@ -81,6 +83,7 @@ def _make_callback(d: Path):
             self.last_tokens = (0, self.t0)
             self.nonfinite: str | None = None
             self.stopped = False
+            self.mfu_of = lambda tokens_per_s: None  # set by the run once the model is known
 
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = time.time()
@@ -129,10 +132,11 @@ def _make_callback(d: Path):
             tps = (tokens - t_prev) / (now - time_prev) if now > time_prev and tokens > t_prev else None
             self.last_tokens = (tokens, now)
             mem = memory_in_use_gb()
+            mfu = self.mfu_of(tps) if tps else None
             ev = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
                   "loss": logs.get("loss"), "eval_loss": logs.get("eval_loss"),
                   "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
-                  "tokens_per_s": round(tps, 1) if tps else None, "elapsed_s": round(now - self.t0, 3),
+                  "tokens_per_s": round(tps, 1) if tps else None, "mfu": mfu, "elapsed_s": round(now - self.t0, 3),
                   "memory_gb": mem,
                   "mean_token_accuracy": logs.get("mean_token_accuracy", logs.get("eval_mean_token_accuracy"))}
             append_event(d, ev)
@@ -143,6 +147,7 @@ def _make_callback(d: Path):
                 fields["eval_loss"] = ev["eval_loss"]
             if tps:
                 fields["tokens_per_s"] = round(tps, 1)
+                fields["mfu"] = mfu
             update_status(d, **fields)
 
     return StudioCallback()
@@ -358,11 +363,26 @@ def _use_trackio_dir(folder: Path) -> None:
                                              f"writes elsewhere; train in a fresh process (python -m finetune train)")
 
 
+def _mfu_of(model, train_ds, cfg: RunConfig, plan: dict):
+    from .hardware import detect_hardware
+    from .paths import home
+    from .speed import mfu_function
+
+    if train_ds is not None and "input_ids" in train_ds.column_names and len(train_ds):
+        lengths = [len(x) for x in train_ds["input_ids"]]
+        mean_len = sum(lengths) / len(lengths)
+    else:  # preference rows are tokenized by the trainer
+        mean_len = cfg.data.max_seq_len / 2
+    from .modeling import process_cores
+
+    return mfu_function(model, mean_len, detect_hardware(), plan["precision"], process_cores()[0], home() / "cache")
+
+
 def make_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, eval_ds, out_dir: str, plan: dict,
                  callbacks: list | None = None):
     """The TRL trainer for the method, with the non-finite guard mixed in."""
     cls, to_args = trainer_class(cfg.train.method)
-    guarded = type(f"Guarded{cls.__name__}", (NonFiniteGuard, cls), {})
+    guarded = type(f"Guarded{cls.__name__}", (NonFiniteGuard, ThreadTuning, cls), {})
     args = to_args(cfg, out_dir, cuda=plan["device"] == "cuda", prec=plan, has_eval=eval_ds is not None)
     return guarded(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
                    callbacks=callbacks or [], peft_config=peft_config)
@@ -478,10 +498,12 @@ def _add_rank_pid(d: Path, pid: int) -> None:
         os.close(lock)
 
 
-def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
+def train_run(run_path: str | os.PathLike, resume: bool = False, own_process: bool = False) -> int:
+    """own_process: this process exists only for this run (`finetune train --run`), so it may skip
+    loading what the run does not need for good (finetune.speed.import_training_stack)."""
     d = Path(run_path).resolve()
     try:
-        return _train_run(d, resume)
+        return _train_run(d, resume, own_process)
     finally:
         try:
             if parallel.rank() != 0:
@@ -496,7 +518,8 @@ def train_run(run_path: str | os.PathLike, resume: bool = False) -> int:
             sys.stderr.write(f"queue dispatch failed: {redact(str(exc))}\n")
 
 
-def _train_run(d: Path, resume: bool) -> int:
+def _train_run(d: Path, resume: bool, own_process: bool = False) -> int:
+    phases = Phases()
     cfg = RunConfig.from_dict(read_json(d / "config.json"))
     t_start = time.time()
     world, main = parallel.world_size(), parallel.rank() == 0
@@ -514,10 +537,6 @@ def _train_run(d: Path, resume: bool) -> int:
     status = update_status if main else (lambda *a, **k: {})  # only rank 0 writes the run folder
     signal.signal(signal.SIGTERM, lambda *_: (d / "STOP").write_text("SIGTERM"))
     try:
-        from .modeling import set_threads
-
-        threads, threads_why = set_threads()
-        status(d, threads=threads, threads_why=threads_why)
         if cfg.train.report_to == "tensorboard":  # transformers 5 reads the folder from the environment
             os.environ["TENSORBOARD_LOGGING_DIR"] = str(d / "tb")
         if cfg.train.report_to == "trackio":
@@ -525,8 +544,16 @@ def _train_run(d: Path, resume: bool) -> int:
         plan = resolve_plan(cfg)
         status(d, backend=plan["backend"], backend_why=plan["backend_why"], precision=plan["precision"],
                precision_why=plan["why"])
+        from .speed import import_training_stack, start_threads
+
+        tuner = start_threads(plan["device"], lambda n, why: status(d, threads=n, threads_why=why))
+        phases.mark("setup")
+        import_training_stack(cfg.train.method, plan["backend"], skip_unused=own_process)
+        phases.mark("imports")
         model, tok, peft_config, backend = build_model(cfg, plan)
+        phases.mark("model_load")
         train_ds, eval_ds, summary = load_data(cfg, tok)
+        phases.mark("data")
         if cfg.train.group_by_length and "input_ids" in train_ds.column_names:
             waste = padding_waste([len(x) for x in train_ds["input_ids"]], cfg.train.batch_size, cfg.train.seed)
             plan["group_by_length"] = waste >= GROUP_BY_LENGTH_MIN_WASTE
@@ -543,9 +570,12 @@ def _train_run(d: Path, resume: bool) -> int:
 
         set_seed(cfg.train.seed)  # adapter init draws from the global RNG: make runs reproducible
         trainer = make_trainer(cfg, model, tok, peft_config, train_ds, eval_ds, str(d / "checkpoints"), plan, [cb, best])
+        trainer.fts_tuner = tuner
+        cb.mfu_of = _mfu_of(trainer.model, train_ds, cfg, plan)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
-        status(d, trainable_params=trainable, total_params=total, memory_gb=memory_in_use_gb())
+        status(d, trainable_params=trainable, total_params=total, memory_gb=memory_in_use_gb(),
+               phases_s=phases.mark("trainer_setup"))
         if resume:  # rank 0 tidies the folder; the others resume from the same (last complete) checkpoint
             ckpt = prepare_resume(d) if main else last_checkpoint(d)
         else:
@@ -554,13 +584,18 @@ def _train_run(d: Path, resume: bool) -> int:
             status(d, state="stopped", error=None, duration_s=round(time.time() - t_start, 2),
                    resumable=last_checkpoint(d) is not None, finished=now_iso())
             return 0
+        # The libraries and the model are half a million long-lived objects: frozen, the garbage
+        # collections during training (accelerate calls gc.collect() at the start) skip them (~0.5 s).
+        gc.freeze()
         result = trainer.train(resume_from_checkpoint=ckpt)
+        phases.mark("train")
         nonfinite = trainer.fts_nonfinite or cb.nonfinite
         if nonfinite:
             bad = trainer.state.global_step
             status(d, state="failed", error=f"Training stopped: {nonfinite}. The last good checkpoint is kept; "
                    "lower the learning rate and resume or start again.", bad_from_step=bad,
-                   resumable=last_checkpoint(d) is not None, duration_s=round(time.time() - t_start, 2))
+                   resumable=last_checkpoint(d) is not None, duration_s=round(time.time() - t_start, 2),
+                   phases_s=phases.out)
             return 1
         final_eval = None
         if eval_ds is not None and not cb.stopped:
@@ -570,9 +605,11 @@ def _train_run(d: Path, resume: bool) -> int:
                                  "loss": None, "eval_loss": final_eval, "learning_rate": None, "grad_norm": None,
                                  "tokens_per_s": None, "elapsed_s": round(time.time() - cb.t0, 3),
                                  "memory_gb": memory_in_use_gb()})
+        phases.mark("final_eval")
         last_step = trainer.state.global_step
         kept_from = best.choose_artifact(last_step, last_evaluated=final_eval is not None)
         _save_artifact(trainer, tok, d, cfg.train.method, kept_from)
+        phases.mark("save")
         if not main:
             return 0
         if not cb.stopped:  # a stopped run may resume and needs its best so far; a finished one does not
@@ -585,7 +622,7 @@ def _train_run(d: Path, resume: bool) -> int:
             train_loss_avg=metrics.get("train_loss"), duration_s=round(time.time() - t_start, 2),
             train_runtime_s=metrics.get("train_runtime"), finished=now_iso(),
             kept_step=best.best_step if kept_from else last_step, final_eval_loss=final_eval,
-            resumable=state == "stopped" and last_checkpoint(d) is not None)
+            resumable=state == "stopped" and last_checkpoint(d) is not None, phases_s=phases.mark("finish"))
         try:
             write_model_card(d, cfg, st)
         except Exception as exc:  # the adapter is saved; a card problem must not fail the run
@@ -600,6 +637,7 @@ def _train_run(d: Path, resume: bool) -> int:
                       error=msg, resumable=last_checkpoint(d) is not None, duration_s=round(time.time() - t_start, 2))
         return 1
     finally:
+        gc.unfreeze()
         if main:
             (d / "STOP").unlink(missing_ok=True)
             shutil.rmtree(d / ".adapter.tmp", ignore_errors=True)

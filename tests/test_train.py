@@ -68,6 +68,22 @@ def test_lora_run_trains_and_writes_the_run_folder(tiny_model_dir):
     out = model(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert torch.isfinite(out).all()
     assert json.loads((d / "config.json").read_text())["train"]["max_steps"] == 6
+    _assert_speed_fields(st)
+
+
+def _assert_speed_fields(st):
+    """Threads chosen by timing the first steps, phases and MFU recorded (issue 17)."""
+    from finetune.modeling import process_cores
+    from finetune.speed import ROUNDS, WARMUP_STEPS, thread_candidates
+
+    cores = process_cores()[0]
+    assert 1 <= st["threads"] <= cores and st["threads_why"]
+    if len(thread_candidates(cores)) > 1 and st["step"] >= WARMUP_STEPS + ROUNDS * len(thread_candidates(cores)):
+        assert "the fastest in the first steps" in st["threads_why"] and "µs/token" in st["threads_why"]
+    phases = st["phases_s"]
+    assert {"setup", "imports", "model_load", "data", "trainer_setup", "train", "final_eval", "save"} <= set(phases)
+    assert all(v >= 0 for v in phases.values()) and phases["train"] > 0
+    assert 0 < st["mfu"] < 1 and st["tokens_per_s"] > 0
 
 
 def test_stop_file_stops_cleanly_and_resume_finishes(tiny_model_dir):
@@ -140,6 +156,10 @@ def test_cli_child_process_run(tiny_model_dir):
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["state"] == "completed" and res["step"] == 3 and res["progress"] == 100.0
+    from finetune.runs import read_status
+
+    phases = read_status(res["run_id"])["phases_s"]  # a process of its own: its start-up counts too
+    assert phases["start_and_imports"] > 0 and phases["imports"] > 0 and phases["train"] > 0
     st = subprocess.run([sys.executable, "-m", "finetune", "status", res["run_id"], "--json"], cwd=ROOT, env=env,
                         capture_output=True, text=True, check=True)
     assert json.loads(st.stdout)["state"] == "completed"

@@ -126,12 +126,14 @@ def test_live_view_reads_incrementally_and_switches_its_timer(home, monkeypatch)
     monkeypatch.setattr(live, "poll", lambda r, off=0, gen=None: reads.append(off) or real(r, off, gen))
     out = train_live.poll(rid, shown)  # nothing new: chart, log and table are skipped
     assert out[2] == gr.skip() and out[3] == gr.skip() and out[7] == gr.skip()
-    append_event(d, {"step": 2, "loss": 2.5, "eval_loss": 2.9, "learning_rate": 1e-3, "grad_norm": 0.5})
+    append_event(d, {"step": 2, "loss": 2.5, "eval_loss": 2.9, "learning_rate": 1e-3, "grad_norm": 0.5,
+                     "tokens_per_s": 1500.0, "mfu": 0.123})
     with open(d / "train.log", "a") as f:
         f.write("step 2\n")
     out = train_live.poll(rid, out[6])
     assert reads[0] == reads[1] > 0 and reads[1] < (d / "events.jsonl").stat().st_size  # from the offset, not 0
     assert len(out[2]) == 3 and out[3].endswith("step 2") and "2.900" in out[1] and "1.00e-03" in out[1]
+    assert "1,500" in out[1] and ">MFU<" in out[1] and "12.3%" in out[1]  # the live speed cards
     update_status(d, state="completed", step=10, eta_s=0)
     out = train_live.poll(rid, out[6])
     assert out[5].active is False and "100%" in out[0] and "completed" in out[0]

@@ -70,11 +70,13 @@ def metrics_html(snap: dict | None) -> str:
             if st.get("best_eval_loss") is not None else "n/a")
     mem = st.get("memory_gb")
     tps = latest.get("tokens_per_s") or st.get("tokens_per_s")
+    mfu = latest.get("mfu") or st.get("mfu")
     lr = latest.get("learning_rate")
     cells = [("train loss", num(latest.get("loss", st.get("loss")))),
              ("val loss", num(latest.get("eval_loss", st.get("eval_loss")))), ("best val loss @ step", best),
              ("learning rate", f"{lr:.2e}" if lr is not None else "n/a"), ("grad norm", num(latest.get("grad_norm"))),
-             ("tokens/s", f"{tps:,.0f}" if tps else "n/a"), ("memory in use", f"{mem:.2f} GB" if mem else "n/a"),
+             ("tokens/s", f"{tps:,.0f}" if tps else "n/a"), ("MFU", f"{mfu:.1%}" if mfu else "n/a"),
+             ("threads", str(st.get("threads") or "n/a")), ("memory in use", f"{mem:.2f} GB" if mem else "n/a"),
              ("elapsed", fmt_duration(st.get("elapsed_s") or st.get("duration_s")))]
     grid = "".join(f"<div style='padding:4px 8px;border:1px solid var(--border-color-primary,#ddd);border-radius:6px'>"
                    f"<div style='font-size:0.8em;opacity:0.7'>{k}</div><div style='font-weight:600'>{html.escape(v)}</div></div>"
@@ -103,7 +105,7 @@ def metrics_html(snap: dict | None) -> str:
                      "<b>Evaluate</b>.")
     if st.get("resumable") and st.get("state") in ("failed", "stopped"):
         notes.append("This run can be resumed from its last checkpoint.")
-    return (f"<div id='train-metrics-grid' style='display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:6px'>"
+    return (f"<div id='train-metrics-grid' style='display:grid;grid-template-columns:repeat(5,minmax(0,1fr));gap:6px'>"
             f"{grid}</div>" + "".join(f"<p style='margin:6px 0 0'>{n}</p>" for n in notes))
 
 

@@ -1,0 +1,99 @@
+"""The training child's speed pieces (issue 17): thread choice from timed steps, phases, FLOPs, MFU.
+
+The thread tuner is driven with given step times here (the real one is exercised by every training
+test, whose status must name the chosen count and why); no test depends on how fast this machine is.
+"""
+
+import json
+
+import pytest
+
+
+def test_thread_candidates_halve_down_to_one():
+    from finetune.speed import thread_candidates
+
+    assert thread_candidates(1) == [1]
+    assert thread_candidates(2) == [2, 1]
+    assert thread_candidates(16) == [16, 8, 4, 1]
+    assert all(c >= 1 for n in range(1, 70) for c in thread_candidates(n))
+
+
+@pytest.mark.parametrize("fast", [1, 2])
+def test_tuner_keeps_the_count_with_the_fastest_step_per_token(fast):
+    import torch
+
+    from finetune.speed import ThreadTuner
+
+    decided = []
+    before = torch.get_num_threads()
+    try:
+        tuner = ThreadTuner(2, on_decision=lambda n, why: decided.append((n, why)))
+        seen = []
+        while not tuner.done:
+            tuner.before_step()
+            n = torch.get_num_threads()
+            seen.append(n)
+            tokens = 100 if len(seen) % 2 else 300  # batches of different lengths: compared per token
+            per_token = 1e-4 if n == fast else 3e-4
+            tuner.after_step(per_token * tokens * (5 if len(seen) == 1 else 1),  # the warm-up step is slow
+                             {"input_ids": torch.zeros(1, tokens, dtype=torch.long)})
+        assert seen == [2, 2, 1, 2, 1]  # warm-up on all cores, then the candidates interleaved
+        assert decided and decided[0][0] == fast == torch.get_num_threads()
+        assert f"{fast} of 2 cores" in decided[0][1] and "100 µs/token" in decided[0][1]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_one_core_needs_no_measuring():
+    from finetune.speed import ThreadTuner
+
+    assert ThreadTuner(1).done
+
+
+def test_flops_per_token_counts_frozen_and_trained_weights(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from finetune.modeling import load_model
+    from finetune.speed import flops_per_token
+
+    model = load_model("builtin:tiny-chat")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    frozen = flops_per_token(model, 0)
+    emb = model.get_input_embeddings().weight.numel()
+    assert frozen == 4 * (sum(p.numel() for p in model.parameters()) - emb)  # the lookup is no matmul
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    trained = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    assert flops_per_token(lora, 0) == frozen + 6 * trained
+    assert flops_per_token(lora, 100) > flops_per_token(lora, 0)  # attention grows with the length
+
+
+def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+    from finetune import speed
+
+    calls = []
+    monkeypatch.setattr(speed, "measure_matmul_flops", lambda dtype: calls.append(dtype) or 5e10)
+    hw = {"device": "cpu", "cpu": {"cpu_name": "Test CPU"}}
+    assert speed.peak_flops(hw, "float32", 2, tmp_path) == 5e10
+    assert speed.peak_flops(hw, "float32", 2, tmp_path) == 5e10 and calls == ["float32"]
+    assert json.loads((tmp_path / speed.PEAK_CACHE).read_text()) == {"Test CPU|2|float32": 5e10}
+    assert speed.peak_flops({"device": "cuda", "peak_tflops": 989}, "bfloat16", 1, tmp_path) == 989e12
+
+
+def test_phases_accumulate_from_the_process_start():
+    from finetune.speed import Phases
+
+    ph = Phases()
+    assert ph.out["start_and_imports"] > 0  # this process started before the test
+    ph.mark("a")
+    out = ph.mark("a")
+    assert set(out) == {"start_and_imports", "a"} and out["a"] >= 0
+
+
+def test_busy_cores_now_reads_proc_stat():
+    import os
+
+    from finetune.hardware import busy_cores_now
+
+    busy = busy_cores_now(0.05)
+    assert busy is None or 0 <= busy <= (os.cpu_count() or 1) + 0.01
