@@ -39,6 +39,7 @@ PRESETS = {
 LR_REFERENCE_PARAMS = 8e9
 LR_SIZE_EXPONENT = 0.4
 LR_SCALE_MIN, LR_SCALE_MAX = 0.5, 5.0
+SIZE_SCALED_METHODS = ("lora", "rslora", "dora", "qlora")  # supervised adapters (measured on LoRA)
 # Optimizer steps a small task needs before it is learned (measured on builtin:smollm2-135m-instruct,
 # bench/real_tasks.py); short fixed-form answers (a label, JSON fields) are learned in fewer updates.
 MIN_STEPS = {"classification": 60, "extraction": 60, "default": 80}
@@ -245,7 +246,8 @@ def _epochs_for_steps(epochs: float, why: str, n: int, eff_batch: int, task_type
     if steps >= need:
         return epochs, why + f"; {steps:g} optimizer steps ({per_epoch} per epoch at effective batch {eff_batch})"
     more = min(MAX_EPOCHS_FOR_STEPS, math.ceil(need / per_epoch))
-    kind = "short fixed-form answers" if task_type in ("classification", "extraction") else f"a {task_type} task"
+    kind = ("short fixed-form answers" if task_type in ("classification", "extraction")
+            else f"{'an' if task_type[0] in 'aeiou' else 'a'} {task_type} task")
     return float(more), (f"{n} examples at effective batch {eff_batch} are {per_epoch} optimizer steps per epoch; "
                          f"{kind} needs about {need} updates to be learned, so {more} epochs "
                          f"({per_epoch * more} steps; {epochs:g} would give {steps:g}); watch validation loss")
@@ -277,7 +279,7 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
     demo = req.model == TINY_CHAT_ID and method in ("lora", "dora")
     if demo:  # the random demo model needs its own settings (finetune.config.BUILTIN_DEMO_TRAIN)
         lr, why = BUILTIN_DEMO_TRAIN["learning_rate"], BUILTIN_DEMO_REASON
-    elif lr_table is None:  # adapters on supervised data: the step size depends on the model's size
+    elif method in SIZE_SCALED_METHODS:  # adapters on supervised data: the step size depends on the model's size
         lr, why = _lr_for_size(lr, spec["params"], why)
     add("learning_rate", lr, why)
 
