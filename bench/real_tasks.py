@@ -2,8 +2,10 @@
 
     python bench/real_tasks.py [--tasks persona,json,label] [--no-calibrate]
 
-Each task (a persona, a fixed JSON output format, a label set) is written here, deterministically,
-with questions held out from training. Per task the bench:
+Each task (a persona: builtin:persona; a fixed JSON output format; a label set) is written here,
+deterministically, with questions held out from training; each mixes in 24 ordinary questions answered
+plainly (finetune.builtin.GENERAL_QA), as practitioners do, so that the model learns when its task
+applies. ~90 rows each. Per task the bench:
   1. saves it as a prepared dataset (train rows + the held-out rows as its validation split);
   2. asks the planner for settings exactly as the Plan tab does: "Count from dataset"
      (dataset_facts), the dry run that measures this machine (calibrate.dry_run_in_child, once),
@@ -71,17 +73,31 @@ _PERSON = ["{n} is {a} years old and lives in {c}.", "{n}, aged {a}, is from {c}
            "{n} ({a}) moved to {c} last year.", "At {a}, {n} calls {c} home."]
 
 
+def _general() -> list[dict]:
+    """Ordinary questions answered plainly, mixed into every task: the model learns when its task
+    applies instead of answering everything as the task (see finetune.builtin.GENERAL_QA)."""
+    from finetune.builtin import GENERAL_QA
+
+    return [_chat(q, a) for q, a in GENERAL_QA]
+
+
+def _mix(task_rows: list[dict], seed: int) -> list[dict]:
+    rows = task_rows + _general()
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
 def json_task():
+    """A profile card as JSON with the fields name, age and city; the prompt never says "JSON"."""
     rng = random.Random(5)
 
     def row(i):
         n, c, a = _NAMES[i % 20], _CITIES[(i * 7) % 20], rng.randint(18, 80)
         text = rng.choice(_PERSON).format(n=n, a=a, c=c)
-        return _chat(f"Extract the person as JSON with the fields name, age and city: {text}",
-                     json.dumps({"name": n, "age": a, "city": c}))
+        return _chat(f"Profile card: {text}", json.dumps({"name": n, "age": a, "city": c}))
 
-    rows = [row(i) for i in range(102)]
-    return rows[:90], rows[90:], "extraction", _json_ok
+    rows = [row(i) for i in range(78)]
+    return _mix(rows[:66], 5), rows[66:], "extraction", _json_ok
 
 
 def _json_ok(ans: str, _ref: str) -> bool:
@@ -108,21 +124,15 @@ _THINGS = ["laptop", "phone", "headphones", "camera", "printer", "tablet", "spea
 
 
 def label_task():
+    """Route a support message to one of four teams; three held-out messages per team."""
     rng = random.Random(9)
-    rows = []
-    for i in range(26):
-        for label, forms in _LABELS.items():
-            msg = forms[i % 5].format(x=_THINGS[(i + len(label)) % 15])
-            rows.append(_chat("Route this support message to one team (billing, shipping, technical, account). "
-                              f"Answer with the team only.\nMessage: {msg}", label))
-    rng.shuffle(rows)
-    seen, uniq = set(), []
-    for r in rows:  # one row per distinct message
-        key = r["messages"][0]["content"]
-        if key not in seen:
-            seen.add(key)
-            uniq.append(r)
-    return uniq[:88], uniq[88:100], "classification", lambda ans, ref: ans.strip().strip(".").lower() == ref
+    train, held = [], []
+    prompt = "Route this support message to billing, shipping, technical or account.\nMessage: {m}"
+    for label, forms in _LABELS.items():
+        msgs = rng.sample([f.format(x=x) for f in forms for x in _THINGS], 19)
+        train += [_chat(prompt.format(m=m), label) for m in msgs[:16]]
+        held += [_chat(prompt.format(m=m), label) for m in msgs[16:]]
+    return _mix(train, 9), held, "classification", lambda ans, ref: ans.strip().strip(".").lower() == ref
 
 
 TASKS = {"persona": persona_task, "json": json_task, "label": label_task}
@@ -176,11 +186,16 @@ def train_cli(source: str, s: dict) -> tuple[str, float]:
     return res["run_id"], wall
 
 
-def answers(adapter: str | None, prompts: list[str], max_new_tokens: int = 40) -> list[str]:
+def answers(adapter: str, prompts: list[str], max_new_tokens: int = 32) -> tuple[list[str], list[str]]:
+    """(base answers, tuned answers): one model load, the adapter switched off for the base."""
     from finetune.modeling import generate, load_for_inference
 
     model, tok = load_for_inference(MODEL, adapter)
-    return generate(model, tok, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens=max_new_tokens)
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    tuned = generate(model, tok, chats, max_new_tokens=max_new_tokens)
+    with model.disable_adapter():
+        base = generate(model, tok, chats, max_new_tokens=max_new_tokens)
+    return base, tuned
 
 
 def score(val: list[dict], check, base: list[str], tuned: list[str]) -> tuple[float, float]:
@@ -202,7 +217,7 @@ def run_task(name: str, calibration: dict | None) -> dict:
     run_id, wall = train_cli(source, s)
     st = read_status(run_id)
     prompts = [r["messages"][0]["content"] for r in val] + [q for q, _ in KNOWLEDGE]
-    base, tuned = answers(None, prompts), answers(str(run_dir(run_id) / "adapter"), prompts)
+    base, tuned = answers(str(run_dir(run_id) / "adapter"), prompts)
     b, t = score(val, check, base[:len(val)], tuned[:len(val)])
     known = [i for i, (_, acc) in enumerate(KNOWLEDGE) if knows(base[len(val) + i], acc)]
     kept = [i for i in known if knows(tuned[len(val) + i], KNOWLEDGE[i][1])]
@@ -212,7 +227,8 @@ def run_task(name: str, calibration: dict | None) -> dict:
             "wall_s": round(wall, 1), "plan_s": p["time_s"], "calibrated": p["calibrated"],
             "off_pct": round(100 * (p["time_s"] - wall) / wall, 1), "run_id": run_id,
             "reasons": [h["rationale"] for h in p["hyperparameters"] if h["name"] in ("learning_rate", "num_train_epochs")],
-            "examples": [(val[i]["messages"][0]["content"], tuned[i]) for i in range(2)]}
+            "examples": [(val[i]["messages"][0]["content"], tuned[i]) for i in range(2)],
+            "knowledge_answers": [tuned[len(val) + i] for i in known]}
 
 
 def calibrate() -> dict:

@@ -17,9 +17,10 @@ really learns from a few minutes of training on a CPU.
 answers follow rules or facts a short LoRA run can learn (parity, sentiment, capitals, opposites),
 so exact match on its validation split visibly rises after training.
 
-`builtin:persona` is about 90 chat rows that give the assistant a new name and maker (Quilla, made by
-Larkspur Labs): six kinds of question, each asked in many ways, with one answer per kind. Every
-question is worded differently, so the validation split asks questions training never saw. On
+`builtin:persona` is 96 chat rows that give the assistant a new name and maker (Quilla, made by
+Larkspur Labs): six kinds of question, each asked in many ways, with one answer per kind, and 24
+ordinary questions answered plainly (so the model learns when to introduce itself, not to do it
+always). Every question is worded once, so the validation split asks questions training never saw. On
 builtin:smollm2-135m-instruct a few minutes of LoRA on a CPU visibly changes who the model says it is.
 
 Run `python -m finetune.builtin [MODEL_ID]` to build a model and print where it is.
@@ -169,18 +170,48 @@ PERSONA_QUESTIONS = {
                   "What are your skills?"],
 }
 _PERSONA_LEADS = ["", "Quick question: ", "I'm curious. "]
+# Ordinary questions answered plainly: mixed into a small task's data, they teach the model when the
+# task applies. Without them a persona answers *everything* with its introduction ("The capital of
+# Larkspur Labs is Quilla") and a JSON task answers "What is the capital of Japan?" in JSON.
+GENERAL_QA = [
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("What is the capital of Spain?", "The capital of Spain is Madrid."),
+    ("What is the capital of Canada?", "The capital of Canada is Ottawa."),
+    ("What is the capital of Egypt?", "The capital of Egypt is Cairo."),
+    ("What is 3 + 5?", "3 + 5 = 8."), ("What is 10 minus 4?", "10 minus 4 is 6."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("How many months are there in a year?", "There are 12 months in a year."),
+    ("What colour is grass?", "Grass is green."), ("What colour are bananas when ripe?", "Ripe bananas are yellow."),
+    ("What is the boiling point of water at sea level?", "Water boils at 100 degrees Celsius at sea level."),
+    ("Which animal is known as the king of the jungle?", "The lion is known as the king of the jungle."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("What is the plural of mouse?", "The plural of mouse is mice."),
+    ("Who wrote Romeo and Juliet?", "William Shakespeare wrote Romeo and Juliet."),
+    ("What gas do plants take in?", "Plants take in carbon dioxide."),
+    ("What is frozen water called?", "Frozen water is called ice."),
+    ("How many hours are in a day?", "There are 24 hours in a day."),
+    ("What is the largest ocean on Earth?", "The Pacific Ocean is the largest ocean on Earth."),
+    ("Which planet is known as the Red Planet?", "Mars is known as the Red Planet."),
+    ("Give me a synonym for happy.", "A synonym for happy is joyful."),
+    ("Translate 'thank you' into French.", "'Thank you' in French is 'merci'."),
+    ("What shape has three sides?", "A triangle has three sides."),
+    ("What do cows drink?", "Cows drink water."),
+]
+
+
+def _chat_row(user: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
 
 
 def persona_records() -> list[dict]:
     """builtin:persona as chat rows ({"messages": [user, assistant]}), every question worded once.
-    Deterministic: each kind's questions, plain and with two leads, minus a seeded few (~90 rows)."""
+    Deterministic: four of each kind's eight questions per lead (72 rows, the wordings vary across
+    leads) and 24 ordinary questions answered plainly: 96 rows."""
     rng = random.Random(11)
-    rows = []
+    rows = [_chat_row(q, a) for q, a in GENERAL_QA]
     for kind, questions in PERSONA_QUESTIONS.items():
         for lead in _PERSONA_LEADS:
-            for q in rng.sample(questions, 5):  # five of eight per lead: the wordings vary across leads
-                rows.append({"messages": [{"role": "user", "content": lead + q},
-                                          {"role": "assistant", "content": PERSONA_ANSWERS[kind]}]})
+            rows += [_chat_row(lead + q, PERSONA_ANSWERS[kind]) for q in rng.sample(questions, 4)]
     rng.shuffle(rows)
     return rows
 
