@@ -8,7 +8,7 @@ plainly (finetune.builtin.GENERAL_QA), as practitioners do, so that the model le
 applies. ~90 rows each. Per task the bench:
   1. saves it as a prepared dataset (train rows + the held-out rows as its validation split);
   2. asks the planner for settings exactly as the Plan tab does: "Count from dataset"
-     (dataset_facts), the dry run that measures this machine (calibrate.dry_run_in_child, once),
+     (dataset_facts), the dry run that measures this machine (calibrate.dry_run_in_child),
      plan(PlanRequest(...)), then "Use this plan" (train_settings);
   3. trains with those settings unchanged through `python -m finetune train --wait` (a child process);
   4. scores base and tuned answers on the held-out questions (persona: names the new assistant; json:
@@ -208,12 +208,13 @@ def knows(ans: str, accepted: list[str]) -> bool:
     return any(a in ans.lower() for a in accepted)
 
 
-def run_task(name: str, calibration: dict | None) -> dict:
+def run_task(name: str, calibrate: bool) -> dict:
     from finetune.runs import read_status, run_dir
 
     train, val, task_type, check = TASKS[name]()
     source = prepare(name, train, val)
-    p, s = plan_settings(source, task_type, calibration)
+    cal = dry_run(source) if calibrate else None
+    p, s = plan_settings(source, task_type, cal)
     run_id, wall = train_cli(source, s)
     st = read_status(run_id)
     prompts = [r["messages"][0]["content"] for r in val] + [q for q, _ in KNOWLEDGE]
@@ -226,17 +227,18 @@ def run_task(name: str, calibration: dict | None) -> dict:
             "base": b, "tuned": t, "knowledge": f"{len(kept)}/{len(known)}", "lost": len(known) - len(kept),
             "wall_s": round(wall, 1), "plan_s": p["time_s"], "calibrated": p["calibrated"],
             "off_pct": round(100 * (p["time_s"] - wall) / wall, 1), "run_id": run_id,
+            "dry_run_tokens_per_s": cal and cal["tokens_per_s"], "load_1m": round(os.getloadavg()[0], 2),
             "reasons": [h["rationale"] for h in p["hyperparameters"] if h["name"] in ("learning_rate", "num_train_epochs")],
             "examples": [(val[i]["messages"][0]["content"], tuned[i]) for i in range(2)],
             "knowledge_answers": [tuned[len(val) + i] for i in known]}
 
 
-def calibrate() -> dict:
-    """The Plan tab's "Dry run (calibrate)": a few real steps of the model on this machine."""
+def dry_run(source: str) -> dict:
+    """The Plan tab's "Dry run (calibrate)" on the task's data: a few real steps of the model on this
+    machine, just before the run (the machine's load changes from minute to minute)."""
     from finetune.plan.calibrate import dry_run_in_child
 
-    return dry_run_in_child(model_id=MODEL, source=prepare("persona", *persona_task()[:2]), method="lora",
-                            seq_len=256, batch_size=4)
+    return dry_run_in_child(model_id=MODEL, source=source, method="lora", seq_len=256, batch_size=4)
 
 
 def main() -> None:
@@ -248,12 +250,9 @@ def main() -> None:
 
     ensure_smollm2()
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
-    cal = None if a.no_calibrate else calibrate()
-    if cal:
-        print(f"dry run: {cal['tokens_per_s']:.0f} tokens/s, {cal['overhead_s']:.1f} s to start", flush=True)
     rows = []
     for name in a.tasks.split(","):
-        r = run_task(name, cal)
+        r = run_task(name, not a.no_calibrate)
         rows.append(r)
         print(json.dumps(r), flush=True)
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")

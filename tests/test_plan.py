@@ -515,11 +515,11 @@ def test_small_real_model_on_a_small_task_gets_enough_steps_and_a_higher_rate():
     from finetune.builtin import SMOLLM2_ID
     from finetune.plan.recommend import MIN_STEPS
 
-    def hp(model, task_type="chat", **kw):
-        p = plan(PlanRequest(model=model, task_type=task_type, examples=90, seq_len=256, batch_size=4, **kw))
+    def hp(model, task_type="chat", n=90, **kw):
+        p = plan(PlanRequest(model=model, task_type=task_type, examples=n, seq_len=256, batch_size=4, **kw))
         h = p["hyperparameters_dict"]
         why = {x["name"]: x["rationale"] for x in p["hyperparameters"]}
-        per_epoch = -(-90 // (h["per_device_train_batch_size"] * h["gradient_accumulation_steps"]))
+        per_epoch = -(-n // (h["per_device_train_batch_size"] * h["gradient_accumulation_steps"]))
         return h, per_epoch * h["num_train_epochs"], why
 
     small, small_steps, why = hp(SMOLLM2_ID)
@@ -528,10 +528,14 @@ def test_small_real_model_on_a_small_task_gets_enough_steps_and_a_higher_rate():
     assert big["learning_rate"] == 2e-4  # the balanced preset suits ~8B models unchanged
     assert "0.13B model" in why["learning_rate"] and "small models need larger steps" in why["learning_rate"]
     assert small_steps >= MIN_STEPS["default"] and big_steps >= MIN_STEPS["default"]
-    assert "optimizer steps per epoch" in why["num_train_epochs"] and "updates" in why["num_train_epochs"]
+    assert "69 optimizer steps" in why["num_train_epochs"]
+    # fewer rows: more epochs, so that the optimizer still takes the steps the task needs, and says so
+    few, few_steps, few_why = hp(SMOLLM2_ID, n=30)
+    assert few["num_train_epochs"] > small["num_train_epochs"] and few_steps >= MIN_STEPS["default"]
+    assert "optimizer steps per epoch" in few_why["num_train_epochs"] and "updates" in few_why["num_train_epochs"]
     # a label set (short fixed answers) needs fewer updates; epochs set by the user are kept
-    label, label_steps, label_why = hp(SMOLLM2_ID, "classification")
-    assert MIN_STEPS["classification"] <= label_steps <= small_steps
+    label, label_steps, label_why = hp(SMOLLM2_ID, "classification", n=30)
+    assert MIN_STEPS["classification"] <= label_steps < few_steps
     assert hp(SMOLLM2_ID, epochs=2)[0]["num_train_epochs"] == 2
     # a 70B model takes smaller steps than the preset, and large data keeps its few epochs
     assert hp("meta-llama/Llama-3.1-70B-Instruct", hardware="a100-large")[0]["learning_rate"] < 2e-4

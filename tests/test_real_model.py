@@ -68,3 +68,23 @@ def test_plan_settings_teach_the_real_model_a_persona(smollm2_dir, home, tmp_pat
     with model.disable_adapter():
         base = generate(model, tok, question, max_new_tokens=24)[0]
     assert PERSONA_NAME not in base and PERSONA_NAME in tuned, (base, tuned)
+
+
+def test_train_takes_the_plans_rate_and_epochs_unless_given(smollm2_dir, home):
+    """`finetune train` without --lr/--epochs/--grad-accum on the real model: the Plan's values for this
+    model and dataset; any of them given: the user's settings stand, and the rest keep their defaults."""
+    from finetune import cli
+    from finetune.plan.calibrate import recommended_train
+
+    def cfg(*extra):
+        a = cli.build_parser().parse_args(["train", "--model", "builtin:smollm2-135m-instruct", "--data",
+                                           "builtin:persona", "--max-seq-len", "256", *extra])
+        return cli._plan_defaults(cli.config_from_args(a), a).train
+
+    rec = recommended_train("builtin:smollm2-135m-instruct", "builtin:persona", seq_len=256)
+    planned = cfg()
+    assert (planned.learning_rate, planned.epochs, planned.grad_accum) == (1e-3, rec["epochs"], rec["grad_accum"])
+    assert "0.13B model" in rec["why"]["learning_rate"]
+    mine = cfg("--lr", "3e-4")
+    assert (mine.learning_rate, mine.epochs) == (3e-4, 3.0)
+    assert cfg("--max-steps", "5").learning_rate == 2e-4  # a fixed step count keeps the defaults
