@@ -235,7 +235,7 @@ def _lr_for_size(lr: float, params: float, why: str) -> tuple[float, str]:
 
 def _nice(x: float) -> float:
     """The nearest of 1, 2, 3, 5 x 10^k below x: a rate people recognise, never above the computed one."""
-    k = math.floor(math.log10(x))
+    k = math.floor(math.log10(x) + 1e-9)  # 1e-3 may come out as 10^-2.9999999
     return float(f"{max(m for m in (1, 2, 3, 5) if m * 10 ** k <= x * 1.0001)}e{k}")
 
 
