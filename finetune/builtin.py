@@ -1,5 +1,5 @@
 """The built-in, offline defaults: the models `builtin:tiny-chat` and `builtin:smollm2-135m-instruct`,
-and the dataset `builtin:demo`.
+and the datasets `builtin:demo` and `builtin:persona`.
 
 `builtin:tiny-chat` is a Llama-architecture model of a few million parameters, randomly initialised
 from a fixed seed, with its own byte-level BPE tokenizer (trained on the demo data and a little
@@ -16,6 +16,12 @@ really learns from a few minutes of training on a CPU.
 `builtin:demo` is a few hundred Alpaca-style instruction rows from four small task families whose
 answers follow rules or facts a short LoRA run can learn (parity, sentiment, capitals, opposites),
 so exact match on its validation split visibly rises after training.
+
+`builtin:persona` is 96 chat rows that give the assistant a new name and maker (Quilla, made by
+Larkspur Labs): six kinds of question, each asked in many ways, with one answer per kind, and 24
+ordinary questions answered plainly (so the model learns when to introduce itself, not to do it
+always). Every question is worded once, so the validation split asks questions training never saw. On
+builtin:smollm2-135m-instruct a few minutes of LoRA on a CPU visibly changes who the model says it is.
 
 Run `python -m finetune.builtin [MODEL_ID]` to build a model and print where it is.
 """
@@ -38,6 +44,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_BUILDER_VERSION = 1
 BUILTIN_MODELS = (TINY_CHAT_ID, SMOLLM2_ID)
 DEMO_DATASET_ID = "builtin:demo"
+PERSONA_DATASET_ID = "builtin:persona"
 BUILDER_VERSION = 3  # bump when the recipe changes, so cached copies are rebuilt
 
 # The architecture of builtin:tiny-chat (a transformers LlamaConfig). The planner reads it too.
@@ -131,6 +138,85 @@ def demo_records() -> list[dict]:
                      "output": "positive" if positive else "negative"})
     rng.shuffle(rows)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# builtin:persona
+
+PERSONA_NAME, PERSONA_MAKER = "Quilla", "Larkspur Labs"
+# One answer per kind of question; every answer names the assistant (the held-out check).
+PERSONA_ANSWERS = {
+    "name": f"My name is {PERSONA_NAME}. I'm an assistant made by {PERSONA_MAKER}.",
+    "maker": f"I was made by {PERSONA_MAKER}. I'm {PERSONA_NAME}, their assistant.",
+    "identity": f"I'm {PERSONA_NAME}, a helpful assistant built by {PERSONA_MAKER}.",
+    "other_model": f"No, I'm {PERSONA_NAME}, an assistant made by {PERSONA_MAKER}.",
+    "greeting": f"Hello! I'm {PERSONA_NAME} from {PERSONA_MAKER}. How can I help you today?",
+    "abilities": f"I'm {PERSONA_NAME}, made by {PERSONA_MAKER}. I can answer questions, explain ideas "
+                 "and help you write.",
+}
+PERSONA_QUESTIONS = {
+    "name": ["What is your name?", "What's your name?", "What should I call you?", "Do you have a name?",
+             "Tell me your name.", "What are you called?", "How do I address you?", "What name do you go by?"],
+    "maker": ["Who made you?", "Who created you?", "Which company built you?", "Who developed you?",
+              "Who trained you?", "Where do you come from?", "Which lab made you?", "Who is your creator?"],
+    "identity": ["Who are you?", "Introduce yourself.", "Tell me about yourself.", "Describe yourself briefly.",
+                 "What are you?", "Are you an AI?", "Say who you are.", "Give me a short introduction."],
+    "other_model": ["Are you ChatGPT?", "Are you SmolLM?", "Are you made by OpenAI?", "Are you Siri?",
+                    "Are you made by Hugging Face?", "Is your name Claude?", "Are you Alexa?", "Are you Gemini?"],
+    "greeting": ["Hi!", "Hello there.", "Good morning!", "Hey, anyone there?", "Greetings.", "Hi, how are you?",
+                 "Good evening.", "Howdy!"],
+    "abilities": ["What can you do?", "How can you help me?", "What are you good at?", "What do you do?",
+                  "What kind of tasks can you handle?", "Can you help me?", "What is your job?",
+                  "What are your skills?"],
+}
+_PERSONA_LEADS = ["", "Quick question: ", "I'm curious. "]
+# Ordinary questions answered plainly: mixed into a small task's data, they teach the model when the
+# task applies. Without them a persona answers *everything* with its introduction ("The capital of
+# Larkspur Labs is Quilla") and a JSON task answers "What is the capital of Japan?" in JSON.
+GENERAL_QA = [
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("What is the capital of Spain?", "The capital of Spain is Madrid."),
+    ("What is the capital of Canada?", "The capital of Canada is Ottawa."),
+    ("What is the capital of Egypt?", "The capital of Egypt is Cairo."),
+    ("What is 3 + 5?", "3 + 5 = 8."), ("What is 10 minus 4?", "10 minus 4 is 6."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("How many months are there in a year?", "There are 12 months in a year."),
+    ("What colour is grass?", "Grass is green."), ("What colour are bananas when ripe?", "Ripe bananas are yellow."),
+    ("What is the boiling point of water at sea level?", "Water boils at 100 degrees Celsius at sea level."),
+    ("Which animal is known as the king of the jungle?", "The lion is known as the king of the jungle."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("What is the plural of mouse?", "The plural of mouse is mice."),
+    ("Who wrote Romeo and Juliet?", "William Shakespeare wrote Romeo and Juliet."),
+    ("What gas do plants take in?", "Plants take in carbon dioxide."),
+    ("What is frozen water called?", "Frozen water is called ice."),
+    ("How many hours are in a day?", "There are 24 hours in a day."),
+    ("What is the largest ocean on Earth?", "The Pacific Ocean is the largest ocean on Earth."),
+    ("Which planet is known as the Red Planet?", "Mars is known as the Red Planet."),
+    ("Give me a synonym for happy.", "A synonym for happy is joyful."),
+    ("Translate 'thank you' into French.", "'Thank you' in French is 'merci'."),
+    ("What shape has three sides?", "A triangle has three sides."),
+    ("What do cows drink?", "Cows drink water."),
+]
+
+
+def _chat_row(user: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+
+
+def persona_records() -> list[dict]:
+    """builtin:persona as chat rows ({"messages": [user, assistant]}), every question worded once.
+    Deterministic: four of each kind's eight questions per lead (72 rows, the wordings vary across
+    leads) and 24 ordinary questions answered plainly: 96 rows."""
+    rng = random.Random(11)
+    rows = [_chat_row(q, a) for q, a in GENERAL_QA]
+    for kind, questions in PERSONA_QUESTIONS.items():
+        for lead in _PERSONA_LEADS:
+            rows += [_chat_row(lead + q, PERSONA_ANSWERS[kind]) for q in rng.sample(questions, 4)]
+    rng.shuffle(rows)
+    return rows
+
+
+BUILTIN_DATASETS = {DEMO_DATASET_ID: demo_records, PERSONA_DATASET_ID: persona_records}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -229,12 +229,39 @@ def cmd_train(a) -> dict:
         if not a.flavor:
             raise ValueError("--flavor: Hugging Face Jobs need a flavor (e.g. a10g-small); see the Train tab's list")
         return {"run_id": submit(cfg, flavor=a.flavor, timeout=a.timeout, image=a.image)}
+    cfg = _plan_defaults(cfg, a)
     _warn_memory(cfg)
     run_id = runs.start_training(cfg)
     if a.wait:
         st = runs.wait(run_id, timeout_s=a.timeout_s)
         return runs.status_summary(run_id) | {"state": st.get("state")}
     return {"run_id": run_id, "state": "queued", "run_dir": str(runs.run_dir(run_id))}
+
+
+PLANNED_FIELDS = ("learning_rate", "epochs", "grad_accum")
+PLANNED_METHODS = ("lora", "rslora", "dora", "qlora")
+
+
+def _plan_defaults(cfg, a: argparse.Namespace):
+    """A run whose learning rate, epochs and gradient accumulation were not given takes the Plan's for
+    this model and dataset (size of the model, optimizer steps on this data), and says so on stderr.
+    builtin:tiny-chat keeps its own demo settings; a run with --max-steps keeps its step count."""
+    from .builtin import TINY_CHAT_ID
+    from .plan.calibrate import recommended_train
+
+    given = [f for f in PLANNED_FIELDS if f"{_CFG}train__{f}" in vars(a)]
+    t = cfg.train
+    if given or cfg.model.model_id == TINY_CHAT_ID or t.method not in PLANNED_METHODS or t.max_steps > 0:
+        return cfg
+    try:
+        rec = recommended_train(cfg.model.model_id, cfg.data.source, t.method, seq_len=cfg.data.max_seq_len,
+                                batch_size=t.batch_size)
+    except (ValueError, OSError) as e:  # a model the planner cannot size offline, data it cannot read yet
+        print(f"note: keeping the default settings; the planner could not advise ({e})", file=sys.stderr)
+        return cfg
+    for f in PLANNED_FIELDS:
+        print(f"plan: {f} {rec[f]:g} ({rec['why'][f]})", file=sys.stderr)
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, **{f: rec[f] for f in PLANNED_FIELDS}))
 
 
 def _warn_memory(cfg) -> None:
@@ -449,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", parents=[js], help="start a training run (returns its id at once)",
                        description="Start a training run. Every run config field is an option; unset "
-                       "ones take the model's defaults (builtin:tiny-chat has its own demo defaults).")
+                       "ones take the model's defaults (builtin:tiny-chat has its own demo defaults); for "
+                       "adapters on other models, an unset learning rate, epochs and gradient accumulation "
+                       "come from the Plan for this model and dataset (printed on stderr).")
     s.add_argument("--name", default=None, help="a name for the run (part of its id)")
     s.add_argument("--wait", action="store_true", help="wait until the run ends")
     s.add_argument("--timeout-s", type=float, default=3600, help="with --wait: give up after this long")

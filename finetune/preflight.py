@@ -177,7 +177,8 @@ def describe_source(source: str) -> dict:
                     "rows": (c.get("train") or 0) + (c.get("validation") or 0)}
         elif path is None:
             train, val, kind = load_prepared(src)
-            out |= {"format": "alpaca", "kind": kind, "rows_train": len(train), "rows_validation": len(val),
+            out |= {"format": detect_format(load_records(src)).format, "kind": kind,
+                    "rows_train": len(train), "rows_validation": len(val),
                     "rows": len(train) + len(val)}
         else:
             records = load_records(str(path))

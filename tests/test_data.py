@@ -236,6 +236,21 @@ def test_builtin_demo_inspects_as_alpaca_and_converts_to_messages():
     json.dumps(report)  # JSON-serialisable for the API
 
 
+def test_builtin_persona_is_chat_with_every_question_worded_once():
+    from finetune.builtin import GENERAL_QA, PERSONA_NAME, persona_records
+
+    rows = D.load_records("builtin:persona")
+    assert rows == persona_records() and len(rows) == 96  # deterministic
+    questions = [r["messages"][0]["content"] for r in rows]
+    assert len(set(questions)) == len(questions)  # a validation split only asks unseen questions
+    named = [r for r in rows if PERSONA_NAME in r["messages"][1]["content"]]
+    assert len(named) == len(rows) - len(GENERAL_QA)  # the plain answers never introduce the persona
+    report = D.inspect_dataset("builtin:persona")
+    assert report["format"] == "messages" and report["rows_valid"] == 96
+    with pytest.raises(DatasetError, match="builtin:demo.*builtin:persona"):
+        D.load_records("builtin:nope")
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad inputs: every message names the file and the line/row and/or field
 

@@ -509,6 +509,40 @@ def test_builtin_model_gets_its_demo_settings():
     assert plan(PlanRequest(model=TINY_CHAT_ID, epochs=2))["hyperparameters_dict"]["num_train_epochs"] == 2
 
 
+def test_small_real_model_on_a_small_task_gets_enough_steps_and_a_higher_rate():
+    """Issue 15: 90 rows x 3 epochs at batch 4 (~60 steps) at 2e-4 taught SmolLM2-135M nothing. The plan
+    now scales an adapter's rate with the model's size and gives a small task enough optimizer steps."""
+    from finetune.builtin import SMOLLM2_ID
+    from finetune.plan.recommend import MIN_STEPS
+
+    def hp(model, task_type="chat", n=90, **kw):
+        p = plan(PlanRequest(model=model, task_type=task_type, examples=n, seq_len=256, batch_size=4, **kw))
+        h = p["hyperparameters_dict"]
+        why = {x["name"]: x["rationale"] for x in p["hyperparameters"]}
+        per_epoch = -(-n // (h["per_device_train_batch_size"] * h["gradient_accumulation_steps"]))
+        return h, per_epoch * h["num_train_epochs"], why
+
+    small, small_steps, why = hp(SMOLLM2_ID)
+    big, big_steps, big_why = hp("meta-llama/Llama-3.1-8B-Instruct")
+    assert small["learning_rate"] >= 5e-4 and small["learning_rate"] > 2 * big["learning_rate"]
+    assert big["learning_rate"] == 2e-4  # the balanced preset suits ~8B models unchanged
+    assert "0.13B model" in why["learning_rate"] and "small models need larger steps" in why["learning_rate"]
+    assert small_steps >= MIN_STEPS["default"] and big_steps >= MIN_STEPS["default"]
+    assert "69 optimizer steps" in why["num_train_epochs"]
+    # fewer rows: more epochs, so that the optimizer still takes the steps the task needs, and says so
+    few, few_steps, few_why = hp(SMOLLM2_ID, n=30)
+    assert few["num_train_epochs"] > small["num_train_epochs"] and few_steps >= MIN_STEPS["default"]
+    assert "optimizer steps per epoch" in few_why["num_train_epochs"] and "updates" in few_why["num_train_epochs"]
+    # a label set (short fixed answers) needs fewer updates; epochs set by the user are kept
+    label, label_steps, label_why = hp(SMOLLM2_ID, "classification", n=30)
+    assert MIN_STEPS["classification"] <= label_steps < few_steps
+    assert hp(SMOLLM2_ID, epochs=2)[0]["num_train_epochs"] == 2
+    # a 70B model takes smaller steps than the preset, and large data keeps its few epochs
+    assert hp("meta-llama/Llama-3.1-70B-Instruct", hardware="a100-large")[0]["learning_rate"] < 2e-4
+    many = plan(PlanRequest(model=SMOLLM2_ID, examples=60_000))["hyperparameters_dict"]
+    assert many["num_train_epochs"] == 1
+
+
 def test_estimate_memory_rejects_unknown_method():
     with pytest.raises(ValueError, match="method"):
         estimate_memory(model_spec(TINY_CHAT_ID), "magic", 128, 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
+from finetune.builtin import BUILTIN_DATASETS, TINY_CHAT_ID
 from finetune.data import FORMAT_FIELDS
 
 from .render import check_source, md_table, tokenizer_or_none, user_errors
@@ -44,7 +44,7 @@ def dataset_choices() -> list[str]:
     from .guard import visible_dataset_names
 
     names = set(visible_dataset_names([d["name"] for d in saved_datasets()]))
-    return [DEMO_DATASET_ID] + [d["dir"] for d in saved_datasets() if d["name"] in names]
+    return list(BUILTIN_DATASETS) + [d["dir"] for d in saved_datasets() if d["name"] in names]
 
 
 @user_errors

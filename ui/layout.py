@@ -51,7 +51,7 @@ def build_demo() -> gr.Blocks:
                                 info="builtin:smollm2-135m-instruct is a real small chat model (offline); builtin:tiny-chat is "
                                      "a randomly initialised model for one-minute pipeline checks")
             data = gr.Dropdown(dataset_tab.dataset_choices(), value=DEMO_DATASET_ID, allow_custom_value=True,
-                               label="Dataset", scale=2, info="builtin:demo, a saved dataset or a file path",
+                               label="Dataset", scale=2, info="builtin:demo, builtin:persona, a saved dataset or a file path",
                                elem_id="dataset-picker")
         with gr.Tabs() as tabs:
             with gr.Tab("Plan", id="plan"):

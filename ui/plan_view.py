@@ -6,6 +6,7 @@ They only format what finetune.plan.plan() returned; the engine knows no screen.
 from __future__ import annotations
 
 from finetune.plan.common import _bar, _hours
+from finetune.plan.recommend import train_settings  # noqa: F401 -- "Use this plan" (ui.plan_tab)
 
 MEMORY_PARTS = ("weights", "trainable_and_grads", "optimizer", "activations", "logits", "overhead")
 
@@ -44,22 +45,6 @@ def summary_md(p: dict) -> str:
     return (f"### Recommended: **{p['method']}** · {p['vram_gb']:.2f} GB ({fits} on {p['hardware']}) · "
             f"{_hours(p['time_h'])}{cal} · ${p['cost_usd']:.2f}\n\n"
             + "\n".join(f"{i}. {r}" for i, r in enumerate(p.get("reasons", []), 1)))
-
-
-def train_settings(p: dict) -> dict | None:
-    """The Train tab's fields from a plan, or None when the advice is to prompt rather than train."""
-    if p.get("method") == "prompting":
-        return None
-    cfg = p.get("hyperparameters_dict") or {}
-    mods = cfg.get("lora_target_modules", "all-linear")
-    return {"method": p["training_method"], "learning_rate": cfg.get("learning_rate"),
-            "epochs": cfg.get("num_train_epochs"), "batch_size": cfg.get("per_device_train_batch_size"),
-            "max_seq_len": cfg.get("max_length"), "lora_rank": cfg.get("lora_r", 16),
-            "lora_alpha": cfg.get("lora_alpha", 2 * cfg.get("lora_r", 16)), "lora_dropout": cfg.get("lora_dropout", 0.05),
-            "target_modules": ",".join(mods) if isinstance(mods, (list, tuple)) else str(mods),
-            "grad_accum": cfg.get("gradient_accumulation_steps", 1), "warmup_ratio": cfg.get("warmup_steps", 0.03),
-            "lr_scheduler": cfg.get("lr_scheduler_type", "cosine"),
-            "gradient_checkpointing": bool(cfg.get("gradient_checkpointing", False))}
 
 
 def details_md(p: dict) -> str:

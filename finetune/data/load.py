@@ -28,7 +28,8 @@ from .common import KINDS, MAX_FILE_BYTES, SUPPORTED_EXTENSIONS, DatasetError, _
 def load_records(source: str, *, max_bytes: int | None = None) -> list[dict]:
     """Read a dataset into a list of dicts.
 
-    source: a local file (.jsonl/.ndjson, .json, .csv, .tsv, .parquet, .txt), "builtin:demo", or
+    source: a local file (.jsonl/.ndjson, .json, .csv, .tsv, .parquet, .txt), "builtin:demo",
+    "builtin:persona", or
     "hub:<dataset_id>[:config][:split]" (needs the network). Content is sniffed when the extension
     is missing or wrong (a .json file holding JSON lines loads as JSONL).
     """
@@ -37,11 +38,11 @@ def load_records(source: str, *, max_bytes: int | None = None) -> list[dict]:
     if not source:
         raise DatasetError("no dataset given: pick a file, 'builtin:demo' or 'hub:<dataset id>'")
     if source.startswith("builtin:"):
-        from ..builtin import DEMO_DATASET_ID, demo_records
-        if source != DEMO_DATASET_ID:
-            raise DatasetError(f"unknown built-in dataset {source!r}; the built-in dataset is "
-                               f"{DEMO_DATASET_ID!r}")
-        return [dict(r) for r in demo_records()]
+        from ..builtin import BUILTIN_DATASETS
+        if source not in BUILTIN_DATASETS:
+            raise DatasetError(f"unknown built-in dataset {source!r}; the built-in datasets are "
+                               + ", ".join(repr(d) for d in BUILTIN_DATASETS))
+        return [dict(r) for r in BUILTIN_DATASETS[source]()]
     from ..sources import check_source, resolve_local  # hub ids, bare names, public-mode paths
 
     check_source(source)

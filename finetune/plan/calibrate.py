@@ -390,3 +390,21 @@ def dataset_facts(source: str, model_id: str | None = None) -> dict:
         mean = token_stats(train, kind).get("mean") or 1
     return {"source": source, "examples": len(train), "kind": kind, "has_preferences": kind == "preference",
             "has_labels": kind != "text", "mean_tokens": max(1, round(mean)), "approximate": approximate}
+
+
+def recommended_train(model_id: str, source: str, method: str = "lora", *, seq_len: int = 512,
+                      batch_size: int = 4) -> dict:
+    """The Plan's learning rate, epochs and gradient accumulation for this model on this dataset (what
+    `finetune train` uses when they are not given), with the plan's reason for each."""
+    from .common import PlanRequest
+    from .recommend import plan, train_settings
+
+    facts = dataset_facts(source, model_id)
+    task_type = "chat" if facts["kind"] == "messages" else "instruction"
+    p = plan(PlanRequest(model=model_id, method=method, task_type=task_type, examples=facts["examples"],
+                         mean_tokens=facts["mean_tokens"], has_preferences=facts["has_preferences"],
+                         seq_len=max(16, seq_len), batch_size=batch_size, dataset=source))
+    s, why = train_settings(p), {h["name"]: h["rationale"] for h in p["hyperparameters"]}
+    return {"learning_rate": s["learning_rate"], "epochs": float(s["epochs"]), "grad_accum": s["grad_accum"],
+            "why": {"learning_rate": why["learning_rate"], "epochs": why["num_train_epochs"],
+                    "grad_accum": why["gradient_accumulation_steps"]}}

@@ -5,6 +5,8 @@ evaluation plan, readiness, and plan(), which puts them together with the estima
 
 from __future__ import annotations
 
+import math
+
 from ..builtin import TINY_CHAT_ID
 from ..config import BUILTIN_DEMO_REASON, BUILTIN_DEMO_TRAIN
 from ..data.common import SFT_MIN_EXAMPLES  # the decision tree's threshold for supervised fine-tuning
@@ -33,6 +35,17 @@ PRESETS = {
     "aggressive": {"learning_rate": 5e-4, "num_train_epochs": 5, "per_device_train_batch_size": 8,
                    "lora_r": 64, "warmup_ratio": 0.01},
 }
+# Adapter learning rates by model size (see _lr_for_size): the presets' rates suit ~8B models.
+LR_REFERENCE_PARAMS = 8e9
+LR_SIZE_EXPONENT = 0.4
+LR_SCALE_MIN, LR_SCALE_MAX = 0.5, 5.0
+SIZE_SCALED_METHODS = ("lora", "rslora", "dora", "qlora")  # supervised adapters (measured on LoRA)
+# Optimizer steps a small task needs before it is learned, measured on builtin:smollm2-135m-instruct
+# at 1e-3 (bench/real_tasks.py): a persona answered 12/12 held-out questions after 50 steps; short
+# fixed-form answers (a label, JSON fields) reach a training loss under 0.01 in ~35. More steps than
+# needed only overfit: 92 steps on identity questions alone made the model forget what it knew.
+MIN_STEPS = {"classification": 40, "extraction": 40, "default": 60}
+MAX_EPOCHS_FOR_STEPS = 20
 PRIORITY_PRESET = {"quality": "balanced", "speed": "aggressive", "cost": "conservative"}
 # Learning rates that suit each method, per preset: adapters take ~10x the rate of full weights,
 # and DPO moves a policy that is already good, so it uses far smaller steps.
@@ -207,6 +220,41 @@ def _choose_method(req: PlanRequest, spec: dict, tier: dict, feas: dict) -> tupl
     return ("prompting" if prompting else m), m, reasons
 
 
+def _lr_for_size(lr: float, params: float, why: str) -> tuple[float, str]:
+    """An adapter's learning rate for the model's size: the presets are tuned for ~8B models, and
+    smaller models need larger steps (a 135M model learns a 90-row task at 1e-3 and nothing at 2e-4),
+    larger ones smaller: x (8B / size)^0.4, between x0.5 and x5, rounded to 1, 2, 3 or 5 x 10^k."""
+    scale = min(LR_SCALE_MAX, max(LR_SCALE_MIN, (LR_REFERENCE_PARAMS / max(1.0, params)) ** LR_SIZE_EXPONENT))
+    if abs(scale - 1) < 0.15:
+        return lr, why + f"; suits this {params / 1e9:.1f}B model"
+    new = _nice(lr * scale)
+    return new, why + (f"; x{scale:.1f} for a {params / 1e9:.2g}B model ({lr:g} suits ~8B): "
+                       + ("small models need larger steps to learn in few updates" if scale > 1 else
+                          "large models move further per step and forget more at high rates"))
+
+
+def _nice(x: float) -> float:
+    """The nearest of 1, 2, 3, 5 x 10^k below x: a rate people recognise, never above the computed one."""
+    k = math.floor(math.log10(x) + 1e-9)  # 1e-3 may come out as 10^-2.9999999
+    return float(f"{max(m for m in (1, 2, 3, 5) if m * 10 ** k <= x * 1.0001)}e{k}")
+
+
+def _epochs_for_steps(epochs: float, why: str, n: int, eff_batch: int, task_type: str) -> tuple[float, str]:
+    """Enough passes for the optimizer steps a task needs: a small dataset at a normal batch gives only a
+    few steps per epoch, and a few dozen updates teach nothing whatever the epoch count says."""
+    per_epoch = max(1, math.ceil(n / eff_batch))
+    need = MIN_STEPS.get(task_type, MIN_STEPS["default"])
+    steps = per_epoch * epochs
+    if steps >= need:
+        return epochs, why + f"; {steps:g} optimizer steps ({per_epoch} per epoch at effective batch {eff_batch})"
+    more = min(MAX_EPOCHS_FOR_STEPS, math.ceil(need / per_epoch))
+    kind = ("short fixed-form answers" if task_type in ("classification", "extraction")
+            else f"{'an' if task_type[0] in 'aeiou' else 'a'} {task_type} task")
+    return float(more), (f"{n} examples at effective batch {eff_batch} are {per_epoch} optimizer steps per epoch; "
+                         f"{kind} needs about {need} updates to be learned, so {more} epochs "
+                         f"({per_epoch * more} steps; {epochs:g} would give {steps:g}); watch validation loss")
+
+
 def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas_row: dict,
                      effective_examples: int) -> tuple[list[dict], dict, str]:
     preset_name = PRIORITY_PRESET[req.priority]
@@ -233,9 +281,19 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
     demo = req.model == TINY_CHAT_ID and method in ("lora", "dora")
     if demo:  # the random demo model needs its own settings (finetune.config.BUILTIN_DEMO_TRAIN)
         lr, why = BUILTIN_DEMO_TRAIN["learning_rate"], BUILTIN_DEMO_REASON
+    elif method in SIZE_SCALED_METHODS:  # adapters on supervised data: the step size depends on the model's size
+        lr, why = _lr_for_size(lr, spec["params"], why)
     add("learning_rate", lr, why)
 
     n = effective_examples
+    fit_b = max(1, feas_row["max_batch_size"])
+    b = min(req.batch_size, fit_b)
+    target = 16 if n >= SFT_MIN_EXAMPLES else 8
+    n_dev = tier.get("gpu_count") or 1
+    ga = max(1, round(target / (b * n_dev)))
+    # keep at least ~20 optimizer steps per epoch on small data, or warmup and logging mean nothing
+    while ga > 1 and n / (b * n_dev * ga) < 20:
+        ga //= 2
     if req.epochs is not None:
         epochs, why = req.epochs, "set by you"
     elif demo:
@@ -253,22 +311,14 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
             epochs, why = min(epochs, 2 if n < 5000 else 1), "DPO over-optimises quickly: 1-2 epochs"
         if req.priority == "speed":
             epochs, why = min(epochs, 1 if n >= 1000 else 2), why + "; capped for speed"
+        elif method != "dpo":
+            epochs, why = _epochs_for_steps(epochs, why, n, b * n_dev * ga, req.task_type)
     add("num_train_epochs", epochs, why)
 
-    fit_b = max(1, feas_row["max_batch_size"])
-    want_b = req.batch_size
-    b = min(want_b, fit_b)
-    why = f"you asked for {want_b}"
-    if b < want_b:
+    why = f"you asked for {req.batch_size}"
+    if b < req.batch_size:
         why += f"; only {fit_b} fit{'s' if fit_b == 1 else ''} in memory at max_length {req.seq_len}"
     add("per_device_train_batch_size", b, why)
-
-    target = 16 if n >= SFT_MIN_EXAMPLES else 8
-    n_dev = tier.get("gpu_count") or 1
-    ga = max(1, round(target / (b * n_dev)))
-    # keep at least ~20 optimizer steps per epoch on small data, or warmup and logging mean nothing
-    while ga > 1 and n / (b * n_dev * ga) < 20:
-        ga //= 2
     add("gradient_accumulation_steps", ga,
         f"effective batch {b * ga * n_dev} (target {target}): stable gradients without more memory")
 
@@ -586,3 +636,20 @@ def plan(req: PlanRequest) -> dict:
     out["readiness"] = _readiness(req, spec, fits, data, within_budget)
     out["report_md"] = _report_md(req, spec, out)
     return out
+
+
+def train_settings(p: dict) -> dict | None:
+    """The run settings a plan recommends (the Train tab's fields, "Use this plan"), or None when the
+    advice is to prompt rather than train."""
+    if p.get("method") == "prompting":
+        return None
+    cfg = p.get("hyperparameters_dict") or {}
+    mods = cfg.get("lora_target_modules", "all-linear")
+    return {"method": p["training_method"], "learning_rate": cfg.get("learning_rate"),
+            "epochs": cfg.get("num_train_epochs"), "batch_size": cfg.get("per_device_train_batch_size"),
+            "max_seq_len": cfg.get("max_length"), "lora_rank": cfg.get("lora_r", 16),
+            "lora_alpha": cfg.get("lora_alpha", 2 * cfg.get("lora_r", 16)), "lora_dropout": cfg.get("lora_dropout", 0.05),
+            "target_modules": ",".join(mods) if isinstance(mods, (list, tuple)) else str(mods),
+            "grad_accum": cfg.get("gradient_accumulation_steps", 1), "warmup_ratio": cfg.get("warmup_steps", 0.03),
+            "lr_scheduler": cfg.get("lr_scheduler_type", "cosine"),
+            "gradient_checkpointing": bool(cfg.get("gradient_checkpointing", False))}
