@@ -206,7 +206,7 @@ def submit(cfg: RunConfig, *, flavor: str, timeout: str | int | None = "2h", tok
 
 def start_follower(run_id: str, token: str) -> int:
     """The follower child: like a training child, it outlives the page and dies with nothing else."""
-    from .runs import _PROCS, run_dir, update_status
+    from .runs import CHILDREN, run_dir, update_status
 
     d = run_dir(run_id)
     env = dict(os.environ, PYTHONUNBUFFERED="1", FINETUNE_HOME=str(runs_dir().parent), HF_TOKEN=token)
@@ -216,7 +216,7 @@ def start_follower(run_id: str, token: str) -> int:
         proc = subprocess.Popen([sys.executable, "-m", "finetune.jobs", "follow", str(d)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, cwd=pkg_root)
-    _PROCS[run_id] = proc
+    CHILDREN[run_id] = proc
     update_status(d, pid=proc.pid)
     return proc.pid
 
@@ -490,11 +490,11 @@ def _cancel(st: dict, token: str) -> None:
 
 def ensure_follower(run_id: str, token: str | None = None) -> bool:
     """Reattach: restart the follower of an active Jobs run whose follower is gone (app restarted)."""
-    from .runs import ACTIVE, _cmdline_has, _pid_alive, run_dir
+    from .runs import ACTIVE, cmdline_has, pid_alive, run_dir
 
     st = read_json(run_dir(run_id) / "status.json", {}) or {}
     pid = st.get("pid")
-    if st.get("state") not in ACTIVE or (pid and _pid_alive(int(pid)) and _cmdline_has(int(pid), run_id)):
+    if st.get("state") not in ACTIVE or (pid and pid_alive(int(pid)) and cmdline_has(int(pid), run_id)):
         return False
     token = _token(token)
     if not token:
@@ -589,7 +589,7 @@ def run_in_job(config_json: str, hub_repo: str, hub_data: str | None = None, pus
     last = 0.0
     while True:
         st = runs.read_status(run_id)
-        proc = runs._PROCS.get(run_id)
+        proc = runs.CHILDREN.get(run_id)
         done = st.get("state") not in runs.ACTIVE and (proc is None or proc.poll() is not None)
         if done:
             break

@@ -47,7 +47,7 @@ from .paths import atomic_write_json, is_safe_name, read_json, runs_dir, slug
 
 STATES = ("queued", "running", "stopping", "stopped", "failed", "completed")
 ACTIVE = ("queued", "running", "stopping")
-_PROCS: dict[str, subprocess.Popen] = {}  # children started by this process
+CHILDREN: dict[str, subprocess.Popen] = {}  # children started by this process
 _PENDING_ENV: dict[str, dict] = {}  # secrets for queued runs: in memory only, never on disk
 _TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "FINETUNE_HF_TOKEN")
 ENV_WAIT_S = 120  # how long a queued run that brought secrets waits for the process that holds them
@@ -213,7 +213,7 @@ def append_event(d: Path, event: dict) -> None:
         f.flush()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -230,7 +230,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _alive(st: dict, d: Path) -> bool:
     run_id = st.get("run_id")
-    proc = _PROCS.get(run_id)
+    proc = CHILDREN.get(run_id)
     pid = st.get("pid")
     if proc is not None and (not pid or proc.pid == int(pid)):
         return proc.poll() is None
@@ -239,12 +239,12 @@ def _alive(st: dict, d: Path) -> bool:
     if not pid:
         # Queued, child not started yet: give the launcher a minute before calling it lost.
         return time.time() - os.path.getmtime(d / "status.json") < 60
-    if not _pid_alive(int(pid)):
+    if not pid_alive(int(pid)):
         return False
-    return _cmdline_has(int(pid), str(run_id))
+    return cmdline_has(int(pid), str(run_id))
 
 
-def _cmdline_has(pid: int, run_id: str) -> bool:
+def cmdline_has(pid: int, run_id: str) -> bool:
     """Whether process `pid` still runs this run (a pid may have been reused by something else)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -312,7 +312,7 @@ def _launch(run_id: str, *, resume: bool, env: dict | None) -> int | None:
                                 cwd=str(Path(__file__).resolve().parent.parent))
     finally:
         log.close()
-    _PROCS[run_id] = proc
+    CHILDREN[run_id] = proc
     _PENDING_ENV.pop(run_id, None)
     update_status(d, state="queued", waiting=False, queue_position=None, pid=proc.pid, launched=now_iso(),
                   rank_pids=None, **({"launch": launch} if launch else {}))
@@ -428,13 +428,13 @@ def stop_run(run_id: str, *, force: bool = False) -> dict:
                 os.killpg(int(pid), signal.SIGKILL)
             except OSError:
                 pass
-            proc = _PROCS.get(run_id)
+            proc = CHILDREN.get(run_id)
             if proc is not None:
                 proc.wait(timeout=10)
         # Ranks of a multi-process run live in sessions of their own (torchrun): they die with the
         # launcher (PDEATHSIG), and are killed here too in case that did not reach them.
         for rpid in st.get("rank_pids") or []:
-            if _pid_alive(int(rpid)) and _cmdline_has(int(rpid), run_id):
+            if pid_alive(int(rpid)) and cmdline_has(int(rpid), run_id):
                 try:
                     os.kill(int(rpid), signal.SIGKILL)
                 except OSError:
@@ -457,7 +457,7 @@ def delete_run(run_id: str) -> dict:
         trash = runs_dir() / f".deleting-{run_id}-{secrets.token_hex(3)}"
         os.rename(d, trash)
     shutil.rmtree(trash, ignore_errors=True)
-    _PROCS.pop(run_id, None)
+    CHILDREN.pop(run_id, None)
     return {"run_id": run_id, "deleted": True}
 
 
@@ -482,7 +482,7 @@ def wait(run_id: str, timeout_s: float = 600, poll_s: float = 0.5) -> dict:
         st = read_status(run_id)
         if st.get("waiting"):
             dispatch()  # in case the run holding the device died without handing over
-        proc = _PROCS.get(run_id)
+        proc = CHILDREN.get(run_id)
         if st.get("state") not in ACTIVE and (proc is None or proc.poll() is not None):
             return st
         if time.time() > deadline:

@@ -83,7 +83,7 @@ def _no_orphan_training():
 
     from finetune import runs
 
-    for run_id, proc in list(runs._PROCS.items()):
+    for run_id, proc in list(runs.CHILDREN.items()):
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -29,11 +29,11 @@ def _cfg(**train):
 
 
 def _gone(pids, timeout_s=30.0) -> bool:
-    from finetune.runs import _pid_alive
+    from finetune.runs import pid_alive
 
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        if not any(_pid_alive(int(p)) for p in pids):
+        if not any(pid_alive(int(p)) for p in pids):
             return True
         time.sleep(0.2)
     return False

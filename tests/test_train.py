@@ -173,14 +173,14 @@ def test_killed_child_is_marked_failed_and_resumable(tiny_model_dir):
     import time
 
     from finetune.config import default_run_config
-    from finetune.runs import _PROCS, last_checkpoint, list_runs, read_status, start_training, wait
+    from finetune.runs import CHILDREN, last_checkpoint, list_runs, read_status, start_training, wait
 
     run_id = start_training(default_run_config(max_steps=400, save_steps=2, eval_steps=0))
     deadline = time.time() + 120
     while time.time() < deadline and last_checkpoint(run_id) is None:
         time.sleep(0.3)
     assert last_checkpoint(run_id) is not None
-    os.killpg(_PROCS[run_id].pid, signal.SIGKILL)  # as the OOM killer would
+    os.killpg(CHILDREN[run_id].pid, signal.SIGKILL)  # as the OOM killer would
     st = wait(run_id, timeout_s=30)
     assert st["state"] == "failed" and "unexpectedly" in st["error"] and st["resumable"]
     assert [r for r in list_runs() if r["run_id"] == run_id][0]["resumable"]
@@ -218,10 +218,10 @@ def test_token_never_reaches_the_run_folder(tiny_model_dir):
 def test_second_plain_stop_does_not_kill_and_force_stop_does(tiny_model_dir):
     import time
 
-    from finetune.runs import _PROCS, read_status, start_training, stop_run, wait
+    from finetune.runs import CHILDREN, read_status, start_training, stop_run, wait
 
     run_id = start_training(_cfg(max_steps=100000, eval_steps=0, save_steps=100000))
-    proc = _PROCS[run_id]
+    proc = CHILDREN[run_id]
     assert stop_run(run_id)["state"] == "stopping"
     assert stop_run(run_id)["state"] == "stopping"  # a double click only asks again
     time.sleep(0.5)
@@ -293,11 +293,11 @@ def _wait_for(pred, timeout=180, every=0.3):
 def test_kill_9_then_resume_reaches_the_same_final_step(tiny_model_dir):
     import signal
 
-    from finetune.runs import _PROCS, last_checkpoint, read_status, run_dir, start_run, start_training, wait
+    from finetune.runs import CHILDREN, last_checkpoint, read_status, run_dir, start_run, start_training, wait
 
     run_id = start_training(_cfg(max_steps=16, save_steps=3, eval_steps=0, logging_steps=1))
     assert _wait_for(lambda: (read_status(run_id).get("step") or 0) >= 5)
-    os.killpg(_PROCS[run_id].pid, signal.SIGKILL)
+    os.killpg(CHILDREN[run_id].pid, signal.SIGKILL)
     st = wait(run_id, timeout_s=30)
     assert st["state"] == "failed" and st["resumable"]
     ck_step = int(last_checkpoint(run_id).rsplit("-", 1)[1])
@@ -323,7 +323,7 @@ def test_queue_runs_one_at_a_time_and_survives_a_restart(tiny_model_dir):
     second = runs.start_training(_cfg(max_steps=2, save_steps=2, eval_steps=0))
     st2 = runs.status_summary(second)
     assert st2["state"] == "queued" and st2["queue_position"] == 1 and st2["pid"] is None
-    assert runs.read_status(first)["pid"] and second not in runs._PROCS
+    assert runs.read_status(first)["pid"] and second not in runs.CHILDREN
     with pytest.raises(runs.RunError, match="queue"):
         runs.start_run(second)  # already waiting
     runs._PENDING_ENV.clear()  # as after an app restart: only what is on disk remains

@@ -66,7 +66,7 @@ SERVE_MFU = 0.4
 # Memory
 
 
-def _default_optimizer(method: str, device: str = "cuda") -> str:
+def default_optimizer(method: str, device: str = "cuda") -> str:
     # QLoRA's recipe pairs 4-bit weights with a paged 8-bit optimizer; bitsandbytes optimizers need CUDA.
     return "paged_adamw_8bit" if method == "qlora" and device == "cuda" else "adamw_torch"
 
@@ -104,7 +104,7 @@ def _memory_parts(spec: dict, method: str, lora_rank: int, gradient_checkpointin
     unsloth = backend == "unsloth" and device == "cuda"
     if load_in_4bit is None:
         load_in_4bit = method == "qlora" or (spec.get("prequantized_4bit", False) and method != "full")
-    optimizer = optimizer or _default_optimizer(method, device)
+    optimizer = optimizer or default_optimizer(method, device)
     opt_bytes = 2 if "8bit" in optimizer else 8
     n_lin, n_rest = spec["params_linear"], spec["params_embedding"] + spec["params_norm"]
     if method == "full":
@@ -187,7 +187,7 @@ def estimate_memory(spec: dict, method: str, seq_len: int, batch_size: int, lora
     }
 
 
-def _max_fit(static_b: float, per_token_b: float, capacity_b: float, other: int, limit: int) -> int:
+def max_fit(static_b: float, per_token_b: float, capacity_b: float, other: int, limit: int) -> int:
     """Largest x with static + per_token*x*other <= capacity (memory is linear in b*s)."""
     if capacity_b <= static_b:
         return 0
@@ -304,7 +304,7 @@ def inference_cost_per_1m(spec: dict, tier: dict) -> float | None:
     return round(float(tier.get("price_usd_per_h") or 0.0) / (tps * 3600) * 1e6, 4)
 
 
-def _shards(spec: dict, method: str, seq_len: int, batch_size: int, lora_rank: int, gc: bool, tier: dict,
+def plan_shards(spec: dict, method: str, seq_len: int, batch_size: int, lora_rank: int, gc: bool, tier: dict,
             optimizer: str | None = None, load_in_4bit: bool | None = None) -> int:
     """GPUs to shard the model over: 1 (plain data parallel) when a full copy fits on each GPU, else
     all of them (FSDP). Full fine-tuning on several GPUs is always sharded: replicas waste memory."""
@@ -333,8 +333,8 @@ def estimate_run_memory(model: str, method: str, seq_len: int, batch_size: int, 
     # ORPO and KTO put two completions per row through the model, as LoRA-DPO does.
     method = RUN_METHOD_AS.get(method, method)
     four_bit = method == "qlora" or (spec.get("prequantized_4bit", False) and method != "full")
-    optimizer = _default_optimizer("qlora" if four_bit else method, tier["device"])
-    shards = _shards(spec, method, seq_len, batch_size, lora_rank, gradient_checkpointing, tier, optimizer,
+    optimizer = default_optimizer("qlora" if four_bit else method, tier["device"])
+    shards = plan_shards(spec, method, seq_len, batch_size, lora_rank, gradient_checkpointing, tier, optimizer,
                      four_bit)
     est = estimate_memory(spec, method, seq_len, batch_size, lora_rank, gradient_checkpointing,
                           load_in_4bit=four_bit, optimizer=optimizer, device=tier["device"], shards=shards,

@@ -13,16 +13,16 @@ from ..data.common import SFT_MIN_EXAMPLES  # the decision tree's threshold for 
 from ..hardware import get_tier, list_tiers, tiers_meta, usable_memory_gb
 from .common import GB, METHODS, PREFIX_VIRTUAL_TOKENS, PlanRequest, _hours, _slug
 from .estimate import (
-    _default_optimizer,
-    _max_fit,
-    _shards,
+    default_optimizer,
+    max_fit,
+    plan_shards,
     calibrated_time,
     estimate_memory,
     estimate_time,
     planned_backend,
     inference_cost_per_1m,
 )
-from .export import _python_script, _report_md, _trl_config, _yaml
+from .export import render_python_script, render_report_md, render_trl_config, render_yaml
 from .specs import model_spec
 
 FULL_FT_MIN_EXAMPLES = 10000  # below this, full fine-tuning rarely beats LoRA and forgets more
@@ -63,9 +63,9 @@ def _method_row(spec: dict, tier: dict, req: PlanRequest, m: str, lora_rank: int
     capacity = usable_memory_gb(tier) * GB
     four_bit = load_in_4bit if load_in_4bit is not None else (
         m == "qlora" or (spec.get("prequantized_4bit", False) and m != "full"))
-    optimizer = _default_optimizer("qlora" if four_bit else m, device)
+    optimizer = default_optimizer("qlora" if four_bit else m, device)
     kw = dict(device=device, load_in_4bit=four_bit, optimizer=optimizer)
-    shards = _shards(spec, m, req.seq_len, req.batch_size, lora_rank, req.gradient_checkpointing, tier,
+    shards = plan_shards(spec, m, req.seq_len, req.batch_size, lora_rank, req.gradient_checkpointing, tier,
                      optimizer, four_bit)
     kw["backend"] = planned_backend("qlora" if four_bit else m, tier, shards)
     est = estimate_memory(spec, m, req.seq_len, req.batch_size, lora_rank, req.gradient_checkpointing,
@@ -98,8 +98,8 @@ def _method_row(spec: dict, tier: dict, req: PlanRequest, m: str, lora_rank: int
         "breakdown": est["breakdown"],
         "trainable_params": est["trainable_params"],
         "fits": bool(fits),
-        "max_batch_size": _max_fit(static_b, per_tok, capacity, req.seq_len, 4096) if applicable else 0,
-        "max_seq_len": _max_fit(static_b, per_tok, capacity, req.batch_size, spec["context"]) if applicable else 0,
+        "max_batch_size": max_fit(static_b, per_tok, capacity, req.seq_len, 4096) if applicable else 0,
+        "max_seq_len": max_fit(static_b, per_tok, capacity, req.batch_size, spec["context"]) if applicable else 0,
         "fits_without_gc": bool(applicable and no_gc * GB <= capacity),
         "sharded_over": shards,
         "load_in_4bit": bool(four_bit),
@@ -495,7 +495,7 @@ def plan(req: PlanRequest) -> dict:
     hp, cfg, preset_name = _hyperparameters(req, spec, tier, tm, row, n)
     # Memory with the settings actually chosen (batch may have shrunk, rank may differ, 4-bit DPO).
     load_4bit = bool(cfg.get("load_in_4bit")) or None
-    shards = _shards(spec, tm, req.seq_len, cfg["per_device_train_batch_size"], cfg.get("lora_r", 16),
+    shards = plan_shards(spec, tm, req.seq_len, cfg["per_device_train_batch_size"], cfg.get("lora_r", 16),
                      cfg["gradient_checkpointing"], tier, cfg["optim"], load_4bit)
     backend = planned_backend("qlora" if load_4bit else tm, tier, shards)
     mem = estimate_memory(spec, tm, req.seq_len, cfg["per_device_train_batch_size"], cfg.get("lora_r", 16),
@@ -528,11 +528,11 @@ def plan(req: PlanRequest) -> dict:
     for t in list_tiers(include_local=True):
         # the chosen tier's checkpointing choice applies to tiers of its kind (CPU vs GPU)
         gc = cfg["gradient_checkpointing"] if t["device"] == tier["device"] else req.gradient_checkpointing
-        sh = _shards(spec, tm, req.seq_len, cfg["per_device_train_batch_size"], cfg.get("lora_r", 16),
-                     gc, t, _default_optimizer(opt_method, t["device"]), load_4bit)
+        sh = plan_shards(spec, tm, req.seq_len, cfg["per_device_train_batch_size"], cfg.get("lora_r", 16),
+                     gc, t, default_optimizer(opt_method, t["device"]), load_4bit)
         e = estimate_memory(spec, tm, req.seq_len, cfg["per_device_train_batch_size"], cfg.get("lora_r", 16),
                             gc, load_in_4bit=load_4bit,
-                            optimizer=_default_optimizer(opt_method, t["device"]), device=t["device"], shards=sh,
+                            optimizer=default_optimizer(opt_method, t["device"]), device=t["device"], shards=sh,
                             backend=planned_backend(opt_method, t, sh))
         tt = estimate_time(spec, tm, tokens, t, req.seq_len, cfg.get("lora_r", 16), gc,
                            mean_tokens=mean_tokens, batch_size=cfg["per_device_train_batch_size"],
@@ -581,7 +581,7 @@ def plan(req: PlanRequest) -> dict:
     data = _dataset_requirements(req, tm, mean_tokens)
     risks = _risks(req, tm, cfg, row, n)
     output_dir = f"runs/{_slug(req.model)}-{tm}"
-    trl_cfg, notes = _trl_config(req, spec, tm, cfg, output_dir)
+    trl_cfg, notes = render_trl_config(req, spec, tm, cfg, output_dir)
     n_gpu = tier.get("gpu_count") or 0
     launch = ""
     if n_gpu > 1:
@@ -592,8 +592,8 @@ def plan(req: PlanRequest) -> dict:
                f"trl {'dpo' if tm == 'dpo' else 'sft'} --config plan.yaml{launch}")
     header = [f"Fine-Tune Studio plan: {req.model}, {tm}. Run: {command}"]
     header += notes
-    yaml_text = _yaml(trl_cfg, header)
-    script = _python_script(req, spec, tm, cfg, output_dir)
+    yaml_text = render_yaml(trl_cfg, header)
+    script = render_python_script(req, spec, tm, cfg, output_dir)
 
     out = {
         "model": req.model,
@@ -634,7 +634,7 @@ def plan(req: PlanRequest) -> dict:
         "python_script": script,
     }
     out["readiness"] = _readiness(req, spec, fits, data, within_budget)
-    out["report_md"] = _report_md(req, spec, out)
+    out["report_md"] = render_report_md(req, spec, out)
     return out
 
 
