@@ -319,6 +319,10 @@ def main() -> None:
         trl_worker(model, data, float(epochs), float(lr), out)
         return
     workloads = a.workloads.split(",")
+    # Built-in models are built once and shared (the real one takes minutes to dequantize); runs go
+    # to a fresh home folder.
+    os.environ.setdefault("FINETUNE_MODELS_DIR", str(Path(os.environ.get("FINETUNE_HOME", ROOT / "finetune_home"))
+                                                     / "models"))
     home = Path(tempfile.mkdtemp(prefix="fts-throughput-"))
     os.environ["FINETUNE_HOME"] = str(home)
     peak = {d: measured_peak_tflops(d) for d in ("float32", "bfloat16")}

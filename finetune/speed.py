@@ -107,7 +107,7 @@ class ThreadTuner:
         torch.set_num_threads(self.chosen)
         figures = ", ".join(f"{best[c] * 1e6:.0f} µs/token at {c}" for c in sorted(best, reverse=True))
         why = (f"{self.chosen} of {self.cores} cores: the fastest in the first steps ({figures})"
-               if best else f"{self.cores} cores")
+               if best else f"{self.cores} cores (too few steps to compare thread counts)")
         if self.on_decision:
             self.on_decision(self.chosen, why)
         return self.chosen, why

@@ -589,6 +589,8 @@ def _train_run(d: Path, resume: bool, own_process: bool = False) -> int:
         gc.freeze()
         result = trainer.train(resume_from_checkpoint=ckpt)
         phases.mark("train")
+        if tuner is not None and not tuner.done:  # fewer steps than the measuring takes: decide anyway
+            tuner.decide()
         nonfinite = trainer.fts_nonfinite or cb.nonfinite
         if nonfinite:
             bad = trainer.state.global_step

@@ -44,10 +44,20 @@ def test_tuner_keeps_the_count_with_the_fastest_step_per_token(fast):
         torch.set_num_threads(before)
 
 
-def test_one_core_needs_no_measuring():
+def test_one_core_needs_no_measuring_and_a_short_run_still_decides():
+    import torch
+
     from finetune.speed import ThreadTuner
 
     assert ThreadTuner(1).done
+    before = torch.get_num_threads()
+    try:
+        tuner = ThreadTuner(2)
+        tuner.before_step()
+        tuner.after_step(0.1, {"input_ids": torch.zeros(2, 8, dtype=torch.long)})  # only the warm-up ran
+        assert tuner.decide() == (2, "2 cores (too few steps to compare thread counts)") and tuner.done
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_flops_per_token_counts_frozen_and_trained_weights(tiny_model_dir):
