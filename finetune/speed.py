@@ -2,7 +2,7 @@
 
 - `ThreadTuner` + `ThreadTuning` (mixed into the trainer class): on a CPU the first micro-steps of
   the run are timed at several thread counts (all cores, half, ..., one), interleaved, and the
-  fastest per token is kept for the rest of the run. These are real training steps, so measuring
+  fastest per token is kept, measured again every RECHECK_STEPS micro-steps. These are real training steps, so measuring
   costs no extra work; the best count depends on the model's matrix sizes (a tiny model can be
   faster on one thread) and on what else keeps the cores busy now. status.json gets `threads` and
   `threads_why` with the figures.
@@ -23,6 +23,7 @@ from pathlib import Path
 
 WARMUP_STEPS = 1  # the first micro-step allocates buffers: not a fair sample
 ROUNDS = 2  # samples per candidate; the fastest sample counts (interference only slows steps down)
+RECHECK_STEPS = 300  # measure again after this many micro-steps: other work may have started or ended
 
 
 def process_age_s() -> float | None:
@@ -69,23 +70,35 @@ def _tokens(inputs) -> int:
 
 class ThreadTuner:
     """Runs the schedule: a warm-up step on all cores, then every candidate ROUNDS times, interleaved;
-    then keeps the count with the lowest seconds per token and calls on_decision(threads, why)."""
+    then keeps the count with the lowest seconds per token and calls on_decision(threads, why).
+    Every RECHECK_STEPS micro-steps after a decision it measures again (without the warm-up)."""
 
     def __init__(self, cores: int, on_decision=None):
         import torch
 
         self.cores = cores
         self.candidates = thread_candidates(cores)
-        self.schedule = [cores] * WARMUP_STEPS + self.candidates * ROUNDS
-        self.samples: dict[int, list[float]] = {c: [] for c in self.candidates}
-        self.i = 0
         self.on_decision = on_decision
         self.chosen: int | None = None if len(self.candidates) > 1 else cores
+        self.since_decision = 0
+        self._start([cores] * WARMUP_STEPS)
         torch.set_num_threads(cores)
+
+    def _start(self, warmup: list[int]) -> None:
+        self.schedule = warmup + self.candidates * ROUNDS
+        self.samples: dict[int, list[float]] = {c: [] for c in self.candidates}
+        self.i, self.skip = 0, len(warmup)
 
     @property
     def done(self) -> bool:
         return self.chosen is not None
+
+    def tick(self) -> None:
+        """A micro-step ran on the chosen count; after RECHECK_STEPS of them, measure again."""
+        self.since_decision += 1
+        if self.since_decision >= RECHECK_STEPS and len(self.candidates) > 1:
+            self.chosen = None
+            self._start([])
 
     def before_step(self) -> None:
         import torch
@@ -93,7 +106,7 @@ class ThreadTuner:
         torch.set_num_threads(self.schedule[self.i])
 
     def after_step(self, seconds: float, inputs) -> None:
-        if self.i >= WARMUP_STEPS:
+        if self.i >= self.skip:
             self.samples[self.schedule[self.i]].append(seconds / _tokens(inputs))
         self.i += 1
         if self.i >= len(self.schedule):
@@ -104,9 +117,10 @@ class ThreadTuner:
 
         best = {c: min(s) for c, s in self.samples.items() if s}
         self.chosen = min(best, key=best.get) if best else self.cores
+        self.since_decision = 0
         torch.set_num_threads(self.chosen)
         figures = ", ".join(f"{best[c] * 1e6:.0f} µs/token at {c}" for c in sorted(best, reverse=True))
-        why = (f"{self.chosen} of {self.cores} cores: the fastest in the first steps ({figures})"
+        why = (f"{self.chosen} of {self.cores} cores: the fastest in the last measured steps ({figures})"
                if best else f"{self.cores} cores (too few steps to compare thread counts)")
         if self.on_decision:
             self.on_decision(self.chosen, why)
@@ -121,7 +135,10 @@ class ThreadTuning:
     def training_step(self, model, inputs, *args, **kwargs):
         tuner = self.fts_tuner
         if tuner is None or tuner.done:
-            return super().training_step(model, inputs, *args, **kwargs)
+            loss = super().training_step(model, inputs, *args, **kwargs)
+            if tuner is not None:
+                tuner.tick()
+            return loss
         tuner.before_step()
         t = time.perf_counter()
         loss = super().training_step(model, inputs, *args, **kwargs)

@@ -364,7 +364,9 @@ def _use_trackio_dir(folder: Path) -> None:
 
 
 def _mfu_of(model, train_ds, cfg: RunConfig, plan: dict):
+    """The callback's tokens/s -> MFU function for this model, precision and machine."""
     from .hardware import detect_hardware
+    from .modeling import process_cores
     from .paths import home
     from .speed import mfu_function
 
@@ -373,8 +375,6 @@ def _mfu_of(model, train_ds, cfg: RunConfig, plan: dict):
         mean_len = sum(lengths) / len(lengths)
     else:  # preference rows are tokenized by the trainer
         mean_len = cfg.data.max_seq_len / 2
-    from .modeling import process_cores
-
     return mfu_function(model, mean_len, detect_hardware(), plan["precision"], process_cores()[0], home() / "cache")
 
 

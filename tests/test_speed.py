@@ -107,3 +107,29 @@ def test_busy_cores_now_reads_proc_stat():
 
     busy = busy_cores_now(0.05)
     assert busy is None or 0 <= busy <= (os.cpu_count() or 1) + 0.01
+
+
+def test_tuner_measures_again_after_recheck_steps(monkeypatch):
+    import torch
+
+    from finetune import speed
+
+    monkeypatch.setattr(speed, "RECHECK_STEPS", 3)
+    decided = []
+    before = torch.get_num_threads()
+    ids = {"input_ids": torch.zeros(1, 10, dtype=torch.long)}
+    try:
+        tuner = speed.ThreadTuner(2, on_decision=lambda n, why: decided.append(n))
+        fast = 1
+        for step in range(40):
+            if tuner.done:
+                tuner.tick()
+                continue
+            tuner.before_step()
+            n = torch.get_num_threads()
+            tuner.after_step((1e-3 if n == fast else 3e-3), ids)
+            if len(decided) == 1:
+                fast = 2  # other work ended: all cores pay now
+        assert decided[:2] == [1, 2] and torch.get_num_threads() == decided[-1]
+    finally:
+        torch.set_num_threads(before)
