@@ -127,3 +127,14 @@ def test_a_template_that_renders_tools_and_reasoning_trains_them(tiny_tokenizer)
     _, rows, _, _ = _read("openai_tools.jsonl")
     text = "".join(t for t, _ in render_trained_tokens(tok, rows[0], "messages", 256))
     assert "Tools:" in text and '"name": "add"' in text
+
+
+@pytest.mark.parametrize("prompt_col,answer_col", [("input", "output"), ("query", "response"), ("user", "assistant")])
+def test_plain_question_answer_columns_users_write(prompt_col, answer_col):
+    from finetune.data import detect_format, to_canonical
+
+    recs = [{prompt_col: "Capital of Peru?", answer_col: "Lima"}, {prompt_col: "2 + 2?", answer_col: "4"}]
+    det = detect_format(recs)
+    assert det.format == "prompt_completion" and det.confidence == 1.0
+    rows, kind = to_canonical(recs)
+    assert kind == "prompt_completion" and rows[0] == {"prompt": "Capital of Peru?", "completion": "Lima"}
