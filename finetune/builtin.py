@@ -286,21 +286,29 @@ def ensure_tiny_chat() -> Path:
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
 
-    import tempfile
-
-    # A private temp folder: the app and a training child may build at the same moment.
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "builtin.json").write_text(json.dumps({
+    return _publish(out, model, tokenizer, {
         "id": TINY_CHAT_ID, "builder_version": BUILDER_VERSION, "seed": TINY_CHAT_SEED,
         "note": "Randomly initialised demo model built by Fine-Tune Studio. It knows nothing "
                 "until you train it.",
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }, indent=2))
+    })
+
+
+def _publish(out: Path, model, tokenizer, meta: dict) -> Path:
+    """Save a built model into a private temp folder, then rename it into place: the app and a training
+    child may build at the same moment, and a reader only ever sees a complete folder (builtin.json last)."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {**meta, "parameters": sum(p.numel() for p in model.parameters())}
+        (tmp / "builtin.json").write_text(json.dumps(meta, indent=2))
         tmp.rename(out)
-    except OSError:  # another process built it at the same time: keep theirs
+    except OSError:
+        if not (out / "builtin.json").exists():  # unless another process built it at the same time
+            raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -333,8 +341,6 @@ def ensure_smollm2() -> Path:
     if (out / "builtin.json").exists():
         return out
     gguf = smollm2_gguf()
-    import tempfile
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -343,12 +349,6 @@ def ensure_smollm2() -> Path:
     # The GGUF loader marks the model as quantized; the weights are plain dequantized tensors now, and a
     # marked model refuses save_pretrained. Detach the quantizer so it saves as an ordinary model.
     model.hf_quantizer = None
-    for attr in ("is_quantized", "quantization_method"):
-        if hasattr(model, attr):
-            try:
-                setattr(model, attr, False if attr == "is_quantized" else None)
-            except AttributeError:
-                pass
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
     # The GGUF's metadata names <|im_start|> as end of sequence; SmolLM2's own tokenizer ends a turn,
@@ -358,24 +358,11 @@ def ensure_smollm2() -> Path:
     for cfg in (model.config, model.generation_config):
         cfg.bos_token_id, cfg.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         cfg.pad_token_id = tokenizer.pad_token_id
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "builtin.json").write_text(json.dumps({
-            "id": SMOLLM2_ID, "builder_version": SMOLLM2_BUILDER_VERSION, "hub_id": SMOLLM2_HUB_ID,
-            "source": f"{SMOLLM2_PACKAGE} ({SMOLLM2_GGUF}, dequantized to float32)",
-            "licence": "apache-2.0",
-            "note": "SmolLM2-135M-Instruct, a real pretrained chat model, built offline from a GGUF.",
-            "parameters": sum(p.numel() for p in model.parameters()),
-        }, indent=2))
-        tmp.rename(out)
-    except OSError:
-        if not (out / "builtin.json").exists():  # not another process that built it at the same time
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return _publish(out, model, tokenizer, {
+        "id": SMOLLM2_ID, "builder_version": SMOLLM2_BUILDER_VERSION, "hub_id": SMOLLM2_HUB_ID,
+        "source": f"{SMOLLM2_PACKAGE} ({SMOLLM2_GGUF}, dequantized to float32)", "licence": "apache-2.0",
+        "note": "SmolLM2-135M-Instruct, a real pretrained chat model, built offline from a GGUF.",
+    })
 
 
 def smollm2_available() -> bool:
