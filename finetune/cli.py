@@ -222,14 +222,13 @@ def cmd_train(a) -> dict:
         runs.start_run(a.resume_id, resume=True)
         return {"run_id": a.resume_id, "state": "queued", "resumed": True}
     where = _where(a)
-    cfg = config_from_args(a)
+    cfg = _plan_defaults(config_from_args(a), a)  # a run on Hugging Face Jobs learns with the same settings
     if where == "hf-jobs":
         from .jobs import submit
 
         if not a.flavor:
             raise ValueError("--flavor: Hugging Face Jobs need a flavor (e.g. a10g-small); see the Train tab's list")
         return {"run_id": submit(cfg, flavor=a.flavor, timeout=a.timeout, image=a.image)}
-    cfg = _plan_defaults(cfg, a)
     _warn_memory(cfg)
     run_id = runs.start_training(cfg)
     if a.wait:

@@ -149,9 +149,36 @@ def will_train(model: str, data: str) -> str:
             f"**{d['format']}** ({d['kind']}){err}")
 
 
+DEMO_NOTE = (f"Defaults suit the built-in demo model. Why: {BUILTIN_DEMO_REASON}. It is **randomly "
+             "initialised**, so a run shows the pipeline working, not a useful model.")
+
+
+def settings_for(model: str, data: str):
+    """The learning rate, epochs and gradient accumulation for the picked model and dataset, as
+    `finetune train` takes them when unset: the demo's own for builtin:tiny-chat, else the Plan's (model
+    size, optimizer steps on this data), so a real model picked here learns without a trip to the Plan."""
+    from finetune.plan import model_spec
+    from finetune.plan.calibrate import recommended_train
+    from finetune.sources import check_source as allowed
+
+    from .forms import fmt_lr
+
+    model = (model or TINY_CHAT_ID).strip()
+    if model == TINY_CHAT_ID:
+        t = _D.train
+        return fmt_lr(t.learning_rate), t.epochs, t.grad_accum, DEMO_NOTE
+    try:
+        model_spec(model)  # offline look-ups only: an unknown model is said at once, not fetched
+        rec = recommended_train(model, allowed((data or DEMO_DATASET_ID).strip()), "lora")
+    except Exception as exc:  # noqa: BLE001 -- an unknown model or unreadable data: preflight says what at Start
+        return gr.skip(), gr.skip(), gr.skip(), f"The Plan could not advise settings for `{model}` ({str(exc)[:160]})."
+    return (fmt_lr(rec["learning_rate"]), rec["epochs"], rec["grad_accum"],
+            f"Settings from the Plan for `{model}` on this dataset: learning rate {rec['learning_rate']:g} "
+            f"({rec['why']['learning_rate']}); {rec['epochs']:g} epochs ({rec['why']['epochs']}).")
+
+
 def build(model_box, data_box, run_state) -> dict:
-    gr.Markdown(f"Defaults suit the built-in demo model. Why: {BUILTIN_DEMO_REASON}. It is **randomly "
-                "initialised**, so a run shows the pipeline working, not a useful model.", elem_classes="fts-note")
+    note = gr.Markdown(DEMO_NOTE, elem_classes="fts-note")
     summary = gr.Markdown(will_train(TINY_CHAT_ID, DEMO_DATASET_ID), elem_id="train-will-train")
     t, lo = _D.train, _D.lora
     with gr.Row():
@@ -205,6 +232,9 @@ def build(model_box, data_box, run_state) -> dict:
     order = main_keys + [param(k) for k in MORE]
     live = [progress, metrics, plot, log, download, timer, shown, table]
     gr.on([model_box.change, data_box.change], will_train, [model_box, data_box], summary, api_visibility="private",
+          show_progress="hidden")
+    gr.on([model_box.change, data_box.change], settings_for, [model_box, data_box],
+          [c["learning_rate"], c["epochs"], c[param(("train", "grad_accum"))], note], api_visibility="private",
           show_progress="hidden")
     start.click(train_api, [model_box, data_box] + [c[k] for k in order], run_id, api_name="train").success(
         lambda r: (r, gr.Dropdown(choices=run_choices(), value=r), train_live.runs_frame()), run_id,
