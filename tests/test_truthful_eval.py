@@ -121,3 +121,16 @@ def test_real_model_run_that_learned_nothing_fails_the_gate_and_is_diagnosed(smo
     assert "did not learn the task" in md and "Knowledge:" in md
     flags = {f["issue"]: f for f in diagnose_run(run_id)["flags"]}
     assert "task_not_learned" in flags and "held-out rows" in flags["task_not_learned"]["evidence"]
+
+
+def test_converging_grad_norms_are_not_called_unstable():
+    """Seen on the real model: norms fall from ~9 to ~0.01 as a small task is learnt; only a norm far above
+    the ones just before it is a spike."""
+    from finetune.eval.diagnose import diagnose_events
+
+    norms = [9.45, 2.31, 3.31, 0.95, 1.16, 1.31, 0.22, 0.22, 0.12, 0.04, 0.01, 0.01, 0.03]
+    events = [{"step": 1 + 5 * i, "loss": 2.0 / (1 + i), "grad_norm": g} for i, g in enumerate(norms)]
+    assert not [f for f in diagnose_events(events, {"state": "completed"}, {}, None) if f["issue"] == "unstable_training"]
+    events.append({"step": 70, "loss": 0.2, "grad_norm": 40.0})
+    flag = next(f for f in diagnose_events(events, {"state": "completed"}, {}, None) if f["issue"] == "unstable_training")
+    assert "step 70" in flag["evidence"] and "step 1:" not in flag["evidence"]

@@ -21,7 +21,7 @@ OVERFIT_RISE = 0.05          # validation loss 5% above its best while training 
 UNDERFIT_DROP = 0.10         # training loss fell by less than 10% over the run...
 UNDERFIT_HIGH = 1.0          # ...and is still above 1 nat per token
 SPIKE_FACTOR = 2.0           # a logged loss over twice the median of the 5 before it
-GRAD_FACTOR = 10.0           # a grad norm over ten times the run's median
+GRAD_FACTOR = 10.0           # a grad norm over ten times the median of the 5 logged before it
 COLLAPSE_DISTINCT2 = 0.25    # under a quarter of answer bigrams distinct
 COLLAPSE_IDENTICAL = 0.5     # half the answers the same
 
@@ -87,10 +87,13 @@ def diagnose_events(events: list[dict], status: dict, cfg: dict, report: dict | 
         s, v = losses[i]
         if not _finite(v) or (prev > 0 and v > SPIKE_FACTOR * prev):
             spikes.append(f"step {s}: loss {v:.3f} after a median {prev:.3f}")
-    finite_g = [g for _, g in grads if _finite(g)]
-    gmed = statistics.median(finite_g) if finite_g else None
-    big = [f"step {s}: grad norm {g:.3g}" for s, g in grads
-           if not _finite(g) or (gmed and g > GRAD_FACTOR * gmed and g > 1.0)]
+    # A grad norm is a spike against the ones just before it, not the run's median: norms fall by orders of
+    # magnitude as a small task converges, and the first steps' large norms are not instability.
+    big = []
+    for i, (s, g) in enumerate(grads):
+        prev = [v for _, v in grads[max(0, i - 5):i] if _finite(v)]
+        if not _finite(g) or (len(prev) >= 3 and g > GRAD_FACTOR * statistics.median(prev) and g > 1.0):
+            big.append(f"step {s}: grad norm {g:.3g}")
     nonfinite = "non-finite" if "became nan" in err.lower() or "became inf" in err.lower() else None
     if spikes or big or nonfinite:
         ev = "; ".join((spikes + big)[:4] + ([err[:120]] if nonfinite else []))
