@@ -73,6 +73,15 @@ def test_lora_family_trains(method, tiny_model_dir, monkeypatch):
     d = _check_common(run_id, st, events, moved)
     ac = json.loads((d / "adapter" / "adapter_config.json").read_text())
     assert ac["use_rslora"] is (method == "rslora") and ac["use_dora"] is (method == "dora")
+    import torch
+
+    # The adapter learns in fp32 whatever the frozen base is stored in (bf16 where autocast runs in bf16);
+    # QLoRA's adapters follow TRL's choice for 4-bit models (bf16 with bf16 autocast), as on a GPU.
+    if method != "qlora":
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
+    if st["precision"] == "bf16" and method != "qlora":
+        base = [p for n, p in trainer.model.named_parameters() if "lora_" not in n and p.dim() == 2]
+        assert base and all(p.dtype == torch.bfloat16 for p in base)
     assert any("lora_B" in n for n in moved)
     if method == "dora":
         assert any("lora_magnitude_vector" in n for n in moved)
@@ -223,9 +232,10 @@ def test_precision_and_backend_choices():
     p = precision_plan(full, t4)
     assert p["fp16"] and p["weights_dtype"] == "float32" and "master" in p["why"]
     assert precision_plan(lora, a100)["weights_dtype"] == "bfloat16" and precision_plan(full, a100)["bf16"]
-    assert precision_plan(lora, amx_cpu) == {"precision": "bf16", "weights_dtype": "float32", "bf16": True,
+    assert precision_plan(lora, amx_cpu) == {"precision": "bf16", "weights_dtype": "bfloat16", "bf16": True,
                                              "fp16": False, "why": "the CPU has AMX or avx512_bf16"}
-    assert precision_plan(lora, old_cpu)["precision"] == "fp32"
+    assert precision_plan(full, amx_cpu)["weights_dtype"] == "float32"  # fp32 master weights
+    assert precision_plan(lora, old_cpu)["precision"] == "fp32" and precision_plan(lora, old_cpu)["weights_dtype"] == "float32"
     with pytest.raises(ConfigError, match="train.precision"):
         precision_plan(RunConfig(train=TrainConfig(precision="fp16")), old_cpu)
     assert choose_backend(lora, a100, True)[0] == "unsloth"
