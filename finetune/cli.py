@@ -203,14 +203,14 @@ def _tokenizer_for(model: str | None):
 def cmd_train(a) -> dict:
     from . import runs
 
-    if a.run:  # the child process
+    if a.run or a.spare:  # the child process (a spare one learns its run from stdin)
         from .paths import read_json
-        from .train import train_run
+        from .train import serve_spare, train_run
 
-        code = train_run(a.run, resume=a.resume, own_process=True)
+        code = serve_spare(a.spare) if a.spare else train_run(a.run, resume=a.resume, own_process=True)
         if code:
             raise SystemExit(code)
-        return read_json(f"{a.run}/status.json", {})
+        return read_json(f"{a.run}/status.json", {}) if a.run else {}
     if getattr(a, "in_job", False):  # inside a Hugging Face Job (see jobs.py)
         from .jobs import run_in_job
 
@@ -222,7 +222,10 @@ def cmd_train(a) -> dict:
         runs.start_run(a.resume_id, resume=True)
         return {"run_id": a.resume_id, "state": "queued", "resumed": True}
     where = _where(a)
-    cfg = _plan_defaults(config_from_args(a), a)  # a run on Hugging Face Jobs learns with the same settings
+    cfg = config_from_args(a)
+    if where == "local" and cfg.train.num_processes <= 1:
+        runs.warm_spare()  # the training child's imports overlap the checks below
+    cfg = _plan_defaults(cfg, a)  # a run on Hugging Face Jobs learns with the same settings
     if where == "hf-jobs":
         from .jobs import submit
 
@@ -491,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hub-repo", default=None, help=argparse.SUPPRESS)
     s.add_argument("--hub-data", default=None, help=argparse.SUPPRESS)
     s.add_argument("--run", default=None, help=argparse.SUPPRESS)  # the child process
+    s.add_argument("--spare", default=None, help=argparse.SUPPRESS)  # a child waiting for its run (runs.warm_spare)
     s.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     add_config_options(s)
     _add_where_to_backend(s)

@@ -37,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -289,6 +290,44 @@ def child_process_env(extra: dict | None) -> dict:
     return env
 
 
+# A training child started before its run exists (warm_spare): it imports the training libraries
+# while this process checks the run (preflight), then takes the run from its stdin.
+SPARES: list[subprocess.Popen] = []
+
+
+def warm_spare() -> None:
+    """Start a spare training child now. `finetune train` calls this before its checks: the child's
+    imports (~5 s of torch, transformers, peft, trl) then overlap the checks' own (the tokenizer) on
+    the other core instead of following them. Not on a machine with a GPU device (Unsloth must be
+    imported before transformers, and which backend a run takes is decided later); a spare nobody
+    takes exits when this process does (its stdin closes)."""
+    if SPARES or Path("/dev/nvidiactl").exists():
+        return
+    fd, wait_log = tempfile.mkstemp(prefix="fts-spare-", suffix=".log")  # its output until it has a run
+    try:
+        SPARES.append(subprocess.Popen(
+            [sys.executable, "-m", "finetune", "train", "--spare", wait_log], stdin=subprocess.PIPE, stdout=fd,
+            stderr=subprocess.STDOUT, env=child_process_env(None), start_new_session=True,
+            cwd=str(Path(__file__).resolve().parent.parent)))
+    finally:
+        os.close(fd)
+
+
+def _take_spare(d: Path, resume: bool) -> subprocess.Popen | None:
+    """Hand run folder `d` to a live spare child; None when there is none (or it died)."""
+    while SPARES:
+        proc = SPARES.pop()
+        if proc.poll() is not None:
+            continue
+        try:
+            proc.stdin.write((json.dumps({"run": str(d), "resume": resume}) + "\n").encode())
+            proc.stdin.close()
+            return proc
+        except OSError:  # it died between the check and the write
+            continue
+    return None
+
+
 def _launch(run_id: str, *, resume: bool, env: dict | None) -> int | None:
     """Start the training child now (the caller holds the queue lock and has checked the slot)."""
     d = runs_dir() / run_id
@@ -305,13 +344,15 @@ def _launch(run_id: str, *, resume: bool, env: dict | None) -> int | None:
         cmd = [sys.executable, "-m", "finetune", "train", "--run", str(d)]
         if resume:
             cmd.append("--resume")
-    log = open(d / "train.log", "ab")
-    try:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=child_process_env(env), start_new_session=True,
-                                cwd=str(Path(__file__).resolve().parent.parent))
-    finally:
-        log.close()
+    proc = None if launch or env else _take_spare(d, resume)  # a spare has this process's environment
+    if proc is None:
+        log = open(d / "train.log", "ab")
+        try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=child_process_env(env), start_new_session=True,
+                                    cwd=str(Path(__file__).resolve().parent.parent))
+        finally:
+            log.close()
     CHILDREN[run_id] = proc
     _PENDING_ENV.pop(run_id, None)
     update_status(d, state="queued", waiting=False, queue_position=None, pid=proc.pid, launched=now_iso(),

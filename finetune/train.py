@@ -498,12 +498,45 @@ def _add_rank_pid(d: Path, pid: int) -> None:
         os.close(lock)
 
 
-def train_run(run_path: str | os.PathLike, resume: bool = False, own_process: bool = False) -> int:
+def serve_spare(wait_log: str) -> int:
+    """The spare training child (runs.warm_spare): import the training libraries, then read one line
+    {"run": folder, "resume": bool} from stdin and train that run, its output going to the run's
+    train.log (what the imports printed first included). End of input: no run came; exit."""
+    from .speed import import_training_stack
+
+    phases = Phases()
+    import_training_stack("lora", "transformers")
+    phases.mark("imports")
+    line = sys.stdin.readline()
+    phases.mark("waiting_for_run")  # the parent checks the run meanwhile (preflight)
+    wait = Path(wait_log)
+    if not line.strip():
+        wait.unlink(missing_ok=True)
+        return 0
+    job = json.loads(line)
+    d = Path(job["run"])
+    fd = os.open(d / "train.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, wait.read_bytes())
+    except OSError:
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    wait.unlink(missing_ok=True)
+    return train_run(d, resume=bool(job.get("resume")), own_process=True, phases=phases)
+
+
+def train_run(run_path: str | os.PathLike, resume: bool = False, own_process: bool = False,
+              phases=None) -> int:
     """own_process: this process exists only for this run (`finetune train --run`), so it may skip
-    loading what the run does not need for good (finetune.speed.import_training_stack)."""
+    loading what the run does not need for good (finetune.speed.import_training_stack). phases: the
+    time already spent (a spare child's imports and wait), continued in status.json's phases_s."""
     d = Path(run_path).resolve()
     try:
-        return _train_run(d, resume, own_process)
+        return _train_run(d, resume, own_process, phases)
     finally:
         try:
             if parallel.rank() != 0:
@@ -518,8 +551,8 @@ def train_run(run_path: str | os.PathLike, resume: bool = False, own_process: bo
             sys.stderr.write(f"queue dispatch failed: {redact(str(exc))}\n")
 
 
-def _train_run(d: Path, resume: bool, own_process: bool = False) -> int:
-    phases = Phases()
+def _train_run(d: Path, resume: bool, own_process: bool = False, phases=None) -> int:
+    phases = phases or Phases()
     cfg = RunConfig.from_dict(read_json(d / "config.json"))
     t_start = time.time()
     world, main = parallel.world_size(), parallel.rank() == 0
