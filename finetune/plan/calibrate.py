@@ -364,7 +364,7 @@ def latest_finished_run() -> str | None:
     from ..runs import list_runs
 
     for r in list_runs():
-        if r["state"] == "completed":
+        if r["state"] == "completed" and not r.get("merged_from"):  # a merge trained nothing to check
             return r["run_id"]
     return None
 
