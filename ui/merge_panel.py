@@ -43,7 +43,10 @@ def merge_api(runs, method: str = "ties", weights: str = "", density: float = 0.
                "density": float(density) if method in DENSITY_METHODS and density is not None else None,
                "name": str(name or "")[:60], "owner": current().owner}
     # The route (ui/traffic.py HEAVY_APIS) already holds a heavy slot for this call: run the child directly.
-    return run_child("finetune.merge", payload, env=access.child_env(current()))
+    res = run_child("finetune.merge", payload, env=access.child_env(current()))
+    if current().public:
+        res.pop("run_dir", None)  # a visitor never sees a server folder
+    return res
 
 
 def default_weights(runs, method: str) -> str:
