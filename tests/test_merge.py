@@ -218,3 +218,38 @@ def test_public_visitors_merge_only_their_own_runs(two_runs, public_app):  # noq
     assert "Log in" in _error(_client(public_app).predict, *args, api_name="/merge")
     # alice may merge (she owns the Space) but these runs are not hers: they read as missing
     assert "no run" in _error(_client(public_app, "hf_alice_write").predict, *args, api_name="/merge")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+                    reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_merge_panel_in_chromium(two_runs, app_url, home):
+    """Compare tab, "Merge runs": pick the two runs (the weights field fills with TIES's defaults), merge,
+    read the summary, and find the new run selected in the Evaluate tab. Screenshot: FINETUNE_HOME/screenshots
+    (and FINETUNE_SHOTS_DIR when set)."""
+    from playwright.sync_api import expect
+
+    from conftest import chromium_page
+
+    a, b = two_runs
+    with chromium_page(app_url, height=1400) as page:
+        page.get_by_role("tab", name="Compare").click()
+        page.get_by_text("Merge runs: combine finished LoRA adapters").click()
+        runs = page.locator("input[aria-label='Runs to merge (in order)']")
+        for r in (a, b):
+            runs.click()
+            runs.fill(r)
+            runs.press("Enter")
+        expect(page.get_by_label("Weights, one per run (comma-separated)")).to_have_value("1, 1", timeout=30_000)
+        page.get_by_label("Name (optional)").fill("ui-ties")
+        page.get_by_role("button", name="Merge", exact=True).click()
+        summary = page.locator("#merge-summary")
+        expect(summary).to_contain_text("New run", timeout=300_000)
+        text = summary.inner_text()
+        assert "TIES" in text and "ui-ties" in text and a in text and b in text
+        new_id = text.split("New run", 1)[1].split(":", 1)[0].strip(" `")
+        summary.scroll_into_view_if_needed()
+        for folder in (home / "screenshots", Path(os.environ.get("FINETUNE_SHOTS_DIR") or home / "screenshots")):
+            folder.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(folder / "x20c-merge.png"), full_page=True)
+        page.get_by_role("tab", name="Evaluate").click()
+        expect(page.locator("input[aria-label='Run']").last).to_have_value(new_id, timeout=30_000)
