@@ -517,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .hub_cli import add_commands  # push, deploy, data push
 
     add_commands(sub, js)
+    from . import merge_cli  # merge RUN_ID RUN_ID ... (adapter merging)
+
+    merge_cli.add_commands(sub, js)
     return p
 
 

@@ -142,6 +142,8 @@ def human(args, r: Any) -> str:
         return compare_text(r)
     if cmd == "diagnose":
         return diagnose_text(r)
+    if cmd == "merge":
+        return f"{r.get('summary')}\nrun folder: {r.get('run_dir')}"
     if cmd in ("status", "stop") or (cmd == "train" and "step" in r):
         return status_text(r)
     return _lines(r, [k for k, v in r.items() if not isinstance(v, (list, dict))])

@@ -178,3 +178,6 @@ def build(run_box) -> None:
     export.click(_export, None, [ab_note, export_file], api_visibility="private")
     gr.api(vote_api, api_name="vote")
     gr.api(export_votes_api, api_name="export_votes")
+    from . import merge_panel  # Merge runs: a new run from finished LoRA runs (the `merge` API)
+
+    merge_panel.build(run_box)

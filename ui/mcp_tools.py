@@ -63,6 +63,12 @@ TOOLS = {
                     "object: path, rows.",
     "push": "Push a run's adapter (or merged weights, or a GGUF file) to the Hugging Face Hub as OWNER/NAME in one "
             "commit; new repos are private unless public is true. Returns a JSON object: url, commit, files.",
+    "merge": "Merge two or more completed LoRA runs on the same base model into a new run (PEFT add_weighted_adapter). "
+             "method: linear, ties (TIES), dare (DARE-TIES), dare_linear or cat; weights: one number per run, "
+             "comma-separated (empty: 1/n each for linear/dare_linear/cat, 1 each for ties/dare); density: share of "
+             "each update kept, 0-1 (ties and dare only). Full fine-tunes, DoRA and runs on other bases are refused. "
+             "Returns a JSON object: run_id (evaluate, compare or push it like any run), method, combination_type, "
+             "weights, density, rank, sources, notes, summary.",
 }
 
 

@@ -266,7 +266,9 @@ def plan_request_for_run(cfg, status: dict, calibration: dict | None = None):
         raise ValueError("the run did not complete a step")
     steps_per_epoch = max(1, math.ceil(rows / t.batch_size) // t.grad_accum)
     epochs = min(100.0, steps / steps_per_epoch)
-    fields = dict(model=cfg.model.model_id, method=t.method if t.method in METHODS else "lora", examples=rows,
+    # rsLoRA and continued pretraining compute as LoRA, ORPO and KTO as DPO: the planner's tables know only those
+    method = {"rslora": "lora", "cpt": "lora", "orpo": "dpo", "kto": "dpo"}.get(t.method, t.method)
+    fields = dict(model=cfg.model.model_id, method=method if method in METHODS else "lora", examples=rows,
                   mean_tokens=mean_tokens, seq_len=max(16, int(cfg.data.max_seq_len)), batch_size=int(t.batch_size),
                   epochs=epochs, lora_rank=int(cfg.lora.r), gradient_checkpointing=bool(t.gradient_checkpointing),
                   hardware="local", dataset=cfg.data.source)
@@ -364,7 +366,7 @@ def latest_finished_run() -> str | None:
     from ..runs import list_runs
 
     for r in list_runs():
-        if r["state"] == "completed":
+        if r["state"] == "completed" and not r.get("merged_from"):  # a merge trained nothing to check
             return r["run_id"]
     return None
 
