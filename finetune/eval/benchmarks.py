@@ -64,6 +64,9 @@ def check_benchmark(spec: str, *, public: bool | None = None) -> str:
         public = public_mode()
     if public:
         p = Path(s).expanduser()
+        if p.suffix.lower() in (".yaml", ".yml"):  # a task YAML may name server files and Python functions
+            raise BenchmarkError(f"benchmark {p.name!r}: on a public Space upload a .jsonl benchmark; lm-eval task "
+                                 "YAML files run only on a private app")
         try:
             rp = p.resolve()
         except (OSError, RuntimeError):
