@@ -167,6 +167,8 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
         raise RunError(f"run {run_id} has no trained adapter or model yet; wait until it completes or stops")
     if not isinstance(max_examples, int) or max_examples < 1:
         raise RunError(f"max_examples must be a whole number of at least 1, got {max_examples!r}")
+    if benchmark_limit is not None and (not isinstance(benchmark_limit, int) or benchmark_limit < 1):
+        raise RunError(f"benchmark_limit must be a whole number of at least 1, got {benchmark_limit!r}")
     benches = load_benchmarks(benchmarks)  # read and checked before any model loads
     judge = check_judge_model(judge) if judge else None
     _progress(d, 0.0, "waiting for the device")

@@ -33,6 +33,7 @@ BUILTIN_BENCHMARKS = {
     "builtin:opposites-parity-gen": "opposites-parity-gen.jsonl",  # generation: antonyms and even/odd
 }
 MAX_ROWS_READ = 20000
+LM_EVAL_DEFAULT_LIMIT = 500  # rows of a standard lm-eval task when no limit is given (hellaswag has 10042)
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
@@ -214,6 +215,8 @@ def score_generation(model, tok, rows: list[dict], *, max_new_tokens: int = 32, 
 def score_benchmark(model, tok, bench: Benchmark, *, limit: int | None = None, max_new_tokens: int = 32,
                     stops=None, seed: int = 0) -> dict:
     """One model's result on one benchmark: {metric, value, n, ...}."""
+    if bench.kind == "lm_eval_task":
+        limit = limit or LM_EVAL_DEFAULT_LIMIT
     rows = bench.rows[:limit] if limit else bench.rows
     if bench.kind == "multiple_choice":
         return score_multiple_choice(model, tok, rows)

@@ -71,9 +71,9 @@ def prefer_a(model, tok, texts: list[str], batch_size: int = 4) -> list[float]:
     ia, ib = letter_ids(tok, "A"), letter_ids(tok, "B")
     if not ia or not ib or set(ia) & set(ib):
         raise JudgeError("judge: its tokenizer has no distinct tokens for the letters A and B")
-    side, pad = tok.padding_side, tok.pad_token
+    side = tok.padding_side
     tok.padding_side = "left"
-    if tok.pad_token is None:
+    if tok.pad_token is None:  # the judge's own tokenizer, loaded for this pass only
         tok.pad_token = tok.eos_token
     device = next(model.parameters()).device
     out = []
@@ -86,7 +86,7 @@ def prefer_a(model, tok, texts: list[str], batch_size: int = 4) -> list[float]:
             lb = torch.logsumexp(logits[:, ib], dim=-1)
             out += torch.sigmoid(la - lb).tolist()
     finally:
-        tok.padding_side, tok.pad_token = side, pad
+        tok.padding_side = side
     return out
 
 
