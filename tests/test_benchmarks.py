@@ -32,7 +32,7 @@ def _yaml_task(tmp: Path) -> str:
     p = tmp / "capitals_yaml.yaml"
     p.write_text("task: capitals_yaml\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
                  f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
-                 "doc_to_text: \"Question: {{question}}\\nAnswer:\"\ndoc_to_choice: \"{{choices}}\"\n"
+                 "doc_to_text: \"Question: {{question}}\\nAnswer:\"\ndoc_to_choice: choices\n"
                  "doc_to_target: answer\nmetric_list:\n  - metric: acc\n")
     return str(p)
 

@@ -29,8 +29,8 @@ def build():
         with gr.Row():
             tasks = gr.Textbox(label="lm-eval tasks (comma-separated; their data comes from the Hub)",
                                placeholder="arc_easy, hellaswag", visible=not public, scale=2)
-            judge = gr.Dropdown([""] + JUDGES, value="", allow_custom_value=not public, scale=2,
-                                label="Judge model", info="compares base and fine-tuned answers pairwise, both orders"
+            judge = gr.Dropdown([("no judge", "")] + [(j, j) for j in JUDGES], value="", allow_custom_value=not public,
+                                scale=2, label="Judge model", info="compares base and fine-tuned answers pairwise, both orders"
                                 + ("" if public else "; any local folder or Hub id works too"))
         table = gr.Dataframe(headers=COLUMNS, value=None, label="Benchmarks and judge: base vs fine-tuned",
                              interactive=False, elem_id="eval-bench-table", wrap=True)
