@@ -99,13 +99,20 @@ def test_public_space_reads_only_builtin_or_uploaded_benchmarks_and_allowed_judg
 
 def test_a_verdict_counts_only_when_both_orders_agree():
     from finetune.eval.bench_report import extra_gates
-    from finetune.eval.judge import verdict_of
+    from finetune.eval.judge import calibrate, verdict_of
 
     # P(A) with base first, P(A) with fine-tuned first
     assert verdict_of(0.2, 0.8, False) == "win"
     assert verdict_of(0.8, 0.2, False) == "loss"
     assert verdict_of(0.9, 0.9, False) == "tie"  # always "A": position bias, cancelled
     assert verdict_of(0.1, 0.9, True) == "tie"  # identical answers
+    assert verdict_of(0.5, 0.5, False) == "tie"
+    # a judge that says "A" to everything gives no verdict once its position preference is taken out
+    probs, bias = calibrate([0.99] * 4)
+    assert bias > 4 and probs == [pytest.approx(0.5)] * 4 and verdict_of(*probs[:2], False) == "tie"
+    # one that reads the answers keeps its ordering: fine-tuned preferred in both orders, under a bias to A
+    probs, _ = calibrate([0.9, 0.999, 0.9, 0.999])
+    assert verdict_of(probs[0], probs[1], False) == "win"
     g = extra_gates({"benchmarks": {"a": {"delta": 0.1}, "b": {"delta": -0.2}}, "judge": {"win_rate": 0.4}})
     assert not g["benchmark_regression"]["passed"] and g["benchmark_regression"]["task"] == "b"
     assert not g["judge_win_rate"]["passed"]

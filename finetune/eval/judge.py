@@ -2,9 +2,9 @@
 
 Each held-out prompt is judged twice with the answers' positions swapped (base as A, then fine-tuned
 as A), with the fixed RUBRIC. The verdict is read from the judge's next-token logits for the letters
-"A" and "B" (so a tiny judge that cannot write a sentence still gives a verdict): a pair counts as a
-win or a loss only when both orders agree, otherwise as a tie, which cancels a judge's position
-bias. Identical answers are a tie. win_rate = (wins + ties / 2) / n.
+"A" and "B" (so a tiny judge that cannot write a sentence still gives a verdict), less the judge's
+mean preference for position A over all its calls (small judges say "A" to nearly everything): a
+pair counts as a win or a loss only when both orders agree, otherwise as a tie. Identical answers are a tie. win_rate = (wins + ties / 2) / n.
 
 On a public Space the judge is a built-in model or one the owner lists in FINETUNE_JUDGE_MODELS.
 """
@@ -47,12 +47,16 @@ def check_judge_model(model_id: str, *, public: bool | None = None) -> str:
 
 
 def letter_ids(tok, letter: str) -> list[int]:
-    """The token ids a judge may start its verdict with: "A" and " A" (first token of each)."""
+    """The token ids a judge may give its verdict with: "A" and " A" where each is one token (a
+    byte-level tokenizer may split " A" into a space and "A": the space says nothing, so it is left out)."""
     ids = []
     for text in (letter, " " + letter):
         enc = tok(text, add_special_tokens=False)["input_ids"]
-        if enc and enc[0] not in ids:
+        if len(enc) == 1 and enc[0] not in ids:
             ids.append(enc[0])
+    if not ids:  # no single token: the letter's own last token
+        enc = tok(letter, add_special_tokens=False)["input_ids"]
+        ids = enc[-1:]
     return ids
 
 
@@ -90,17 +94,32 @@ def prefer_a(model, tok, texts: list[str], batch_size: int = 4) -> list[float]:
     return out
 
 
+def calibrate(probs: list[float]) -> tuple[list[float], float]:
+    """P(A) with the judge's mean preference for position A taken out (its mean log-odds over every
+    call, both orders of every pair, is moved to 0: "calibrate before use", Zhao et al. 2021). A
+    judge that answers "A" whatever it reads gives no verdict either way; one that reads the answers
+    keeps its ordering of them."""
+    eps = 1e-6
+    logits = [math.log(max(p, eps) / max(1 - p, eps)) for p in probs]
+    bias = sum(logits) / len(logits) if logits else 0.0
+    return [1 / (1 + math.exp(-(x - bias))) for x in logits], bias
+
+
 def verdict_of(p_base_first: float, p_tuned_first: float, identical: bool) -> str:
-    """win/loss/tie for the fine-tuned model from the two orders' P(A)."""
+    """win/loss/tie for the fine-tuned model from the two orders' (calibrated) P(A)."""
     if identical:
         return "tie"
-    tuned_1 = p_base_first < 0.5  # order 1: A = base, B = fine-tuned
-    tuned_2 = p_tuned_first > 0.5  # order 2: A = fine-tuned, B = base
-    if tuned_1 and tuned_2:
+    first, second = _side(p_base_first, "base", "finetuned"), _side(p_tuned_first, "finetuned", "base")
+    if first == second == "finetuned":
         return "win"
-    if not tuned_1 and not tuned_2:
+    if first == second == "base":
         return "loss"
     return "tie"
+
+
+def _side(p_a: float, a: str, b: str) -> str:
+    """Which answer one order prefers: A's, B's, or neither (P(A) exactly one half)."""
+    return a if p_a > 0.5 else b if p_a < 0.5 else "neither"
 
 
 def judge_pairs(judge_model: str, prompts: list[str], base: list[str], tuned: list[str], *,
@@ -116,21 +135,24 @@ def judge_pairs(judge_model: str, prompts: list[str], base: list[str], tuned: li
     texts = []
     for p, b, t in zip(prompts, base, tuned):
         texts += [judge_texts(tok, p, b, t), judge_texts(tok, p, t, b)]
-    probs = prefer_a(model, tok, texts)
+    raw = prefer_a(model, tok, texts)
+    probs, bias = calibrate(raw)
     pairs, counts = [], {"win": 0, "loss": 0, "tie": 0}
     for i, (p, b, t) in enumerate(zip(prompts, base, tuned)):
         p1, p2 = probs[2 * i], probs[2 * i + 1]
         v = verdict_of(p1, p2, normalize_answer(b) == normalize_answer(t))
         counts[v] += 1
         pairs.append({"prompt": p, "base": b, "finetuned": t, "verdict": v, "orders": [
-            {"a": "base", "b": "finetuned", "p_a": round(p1, 4), "prefers": "base" if p1 >= 0.5 else "finetuned"},
-            {"a": "finetuned", "b": "base", "p_a": round(p2, 4), "prefers": "finetuned" if p2 > 0.5 else "base"}]})
+            {"a": "base", "b": "finetuned", "p_a_raw": round(raw[2 * i], 4), "p_a": round(p1, 4),
+             "prefers": _side(p1, "base", "finetuned")},
+            {"a": "finetuned", "b": "base", "p_a_raw": round(raw[2 * i + 1], 4), "p_a": round(p2, 4),
+             "prefers": _side(p2, "finetuned", "base")}]})
     n = len(pairs)
-    a_share = sum(x >= 0.5 for x in probs) / len(probs)
+    a_share = sum(x >= 0.5 for x in raw) / len(raw)
     return {"win_rate": (counts["win"] + counts["tie"] / 2) / n, "wins": counts["win"], "losses": counts["loss"],
             "ties": counts["tie"], "n": n, "judge_model": jm, "rubric": RUBRIC,
-            "position_bias": {"prefers_a": round(a_share, 4),
+            "position_bias": {"prefers_a": round(a_share, 4), "mean_log_odds_a": round(bias, 4),
                               "consistent": sum(v["verdict"] != "tie" for v in pairs)},
-            "method": "pairwise, both orders, verdict from the logits of 'A' and 'B'",
-            "pairs": pairs, "mean_p_tuned": round(sum((1 - probs[2 * i]) + probs[2 * i + 1]
-                                                      for i in range(n)) / (2 * n), 4) if n else math.nan}
+            "method": "pairwise, both orders, verdict from the logits of 'A' and 'B' with the judge's mean "
+                      "position preference taken out; a win or loss only when both orders agree",
+            "pairs": pairs}
