@@ -36,7 +36,9 @@ def test_evaluate_api_takes_benchmarks_and_a_judge(app_url, lora_run):
     r = client.predict(lora_run, 3, ["builtin:capitals-mc"], None, "", "builtin:tiny-chat", api_name="/evaluate")
     assert r["benchmarks"]["capitals-mc"]["metric"] == "acc" and r["benchmarks"]["capitals-mc"]["n"] == 16
     assert r["judge"]["n"] == 3 and {"benchmark_regression", "judge_win_rate"} <= set(r["gates"])
-    with pytest.raises(Exception, match="unknown built-in"):
+    with pytest.raises(Exception, match="not a file, a built-in or an lm-eval task name"):
+        client.predict(lora_run, 3, [], None, "no such task!", "", api_name="/evaluate")
+    with pytest.raises(Exception, match="not in the list of choices"):  # Gradio checks the built-in names
         client.predict(lora_run, 3, ["builtin:nope"], None, "", "", api_name="/evaluate")
 
 
@@ -64,9 +66,10 @@ def test_evaluate_tab_runs_a_benchmark_and_a_judge(app_url, lora_run):
         page.keyboard.press("Escape")
         page.get_by_role("button", name="Evaluate", exact=True).click()
         table = page.locator("#eval-bench-table")
-        expect(table.get_by_text("judge: builtin:tiny-chat")).to_be_visible(timeout=300_000)
-        expect(table.get_by_text("capitals-mc")).to_be_visible()
-        expect(page.get_by_role("heading", name="Benchmarks")).to_be_visible()
+        expect(page.get_by_role("heading", name="Judge", exact=True)).to_be_visible(timeout=300_000)
+        expect(page.get_by_role("heading", name="Benchmarks", exact=True)).to_be_visible()
+        expect(table).to_contain_text("judge: builtin:tiny-chat", timeout=30_000)
+        expect(table).to_contain_text("capitals-mc")
         Path("/tmp/shots").mkdir(exist_ok=True)
         page.locator("#eval-bench").scroll_into_view_if_needed()
         page.screenshot(path="/tmp/shots/x20d-evaluate-benchmarks.png", full_page=True)
