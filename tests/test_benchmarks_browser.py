@@ -14,19 +14,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
+    from conftest import untrained_lora_run
 
-    from finetune.config import default_run_config
-    from finetune.modeling import load_for_inference
-    from finetune.runs import create_run, run_dir, update_status
-
-    run_id = create_run(default_run_config(max_steps=10))
-    d = run_dir(run_id)
-    model, tok = load_for_inference("builtin:tiny-chat")
-    get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")).save_pretrained(d / "adapter")
-    tok.save_pretrained(d / "adapter")
-    update_status(d, state="completed", step=10, total_steps=10)
-    return run_id
+    return untrained_lora_run(10)
 
 
 def test_evaluate_api_takes_benchmarks_and_a_judge(app_url, lora_run):
