@@ -313,7 +313,9 @@ def cmd_runs(a) -> dict:
 def cmd_eval(a) -> dict:
     from .evaluate import evaluate_run
 
-    return evaluate_run(a.run_id, max_examples=a.max_examples, max_new_tokens=a.max_new_tokens, seed=a.seed)
+    return evaluate_run(a.run_id, max_examples=a.max_examples, max_new_tokens=a.max_new_tokens, seed=a.seed,
+                        benchmarks=[_abs_if_path(b) for b in a.benchmark or []], judge=a.judge,
+                        benchmark_limit=a.benchmark_limit)
 
 
 def cmd_diagnose(a) -> dict:
@@ -345,6 +347,13 @@ def add_eval_parsers(sub, js) -> None:
     s.add_argument("--max-examples", type=int, default=200)
     s.add_argument("--max-new-tokens", type=int, default=32)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--benchmark", action="append", metavar="TASK", help="also score base and fine-tuned on TASK: "
+                   "builtin:NAME, a JSONL ({question, choices, answer} or {prompt, answer} rows), an lm-eval task "
+                   "YAML or an lm-eval task name (repeatable)")
+    s.add_argument("--benchmark-limit", type=int, default=None, metavar="N", help="score at most N rows of each "
+                   "benchmark (default: every row of a file, 500 of a standard lm-eval task)")
+    s.add_argument("--judge", metavar="MODEL", help="a judge model (folder, Hub id or builtin:...) compares base and "
+                   "fine-tuned answers pairwise, both orders; its win rate joins the report")
     s.set_defaults(fn=cmd_eval)
     s = sub.add_parser("diagnose", parents=[js], help="flag overfitting, underfitting, instability, forgetting, "
                        "mode collapse, out of memory")

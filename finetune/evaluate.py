@@ -13,7 +13,10 @@ The validation rows come from the snapshot create_run keeps in the run folder (d
 a saved dataset later does not change the evaluation; runs made before snapshots fall back to the
 source, and the report says so.
 
-CLI: `python -m finetune eval RUN_ID [--max-examples N] --json`.
+Benchmarks (`--benchmark`, finetune/eval/benchmarks.py) and an LLM judge (`--judge`, finetune/eval/judge.py)
+are optional: both score base and fine-tuned the same way, and their results join the report and the gates.
+
+CLI: `python -m finetune eval RUN_ID [--max-examples N] [--benchmark TASK ...] [--judge MODEL] --json`.
 """
 
 from __future__ import annotations
@@ -101,8 +104,9 @@ def _answer_text(a) -> str:
 
 
 def _side(model, tok, *, sft_examples, pref, prompts, probe_general, probe_harm, probe_know, general_ex,
-          max_new_tokens, seed, stops) -> dict:
-    """Every pass one model (base or fine-tuned) needs: NLL, answers, probes."""
+          max_new_tokens, seed, stops, benches=(), bench_limit=None) -> dict:
+    """Every pass one model (base or fine-tuned) needs: NLL, answers, probes, benchmarks."""
+    from .eval.benchmarks import score_benchmark
     from .eval.scoring import token_nll
     from .modeling import generate
 
@@ -119,12 +123,20 @@ def _side(model, tok, *, sft_examples, pref, prompts, probe_general, probe_harm,
     out["general_answers"] = gen(probe_general)
     out["harm_answers"] = gen(probe_harm)
     out["knowledge_answers"] = gen(probe_know)
+    out["benchmarks"] = {b.name: score_benchmark(model, tok, b, limit=bench_limit, max_new_tokens=max_new_tokens,
+                                                 stops=stops, seed=seed) for b in benches}
     return out
 
 
 def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 32, seed: int = 0,
-                 probes: bool = True) -> dict:
-    """Base vs fine-tuned on the run's validation rows; writes eval/report.json, .md and metrics.png."""
+                 probes: bool = True, benchmarks: list[str] | None = None, judge: str | None = None,
+                 benchmark_limit: int | None = None) -> dict:
+    """Base vs fine-tuned on the run's validation rows; writes eval/report.json, .md and metrics.png.
+
+    benchmarks: names load_benchmarks reads (at most benchmark_limit rows each); judge: a model that
+    compares the two models' answers on the held-out prompts (judge_pairs)."""
+    from .eval.benchmarks import benchmarks_report, load_benchmarks
+    from .eval.judge import check_judge_model, judge_pairs
     from .eval import probes as pr
     from .eval.metrics import (
         distinct_n,
@@ -155,6 +167,10 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
         raise RunError(f"run {run_id} has no trained adapter or model yet; wait until it completes or stops")
     if not isinstance(max_examples, int) or max_examples < 1:
         raise RunError(f"max_examples must be a whole number of at least 1, got {max_examples!r}")
+    if benchmark_limit is not None and (not isinstance(benchmark_limit, int) or benchmark_limit < 1):
+        raise RunError(f"benchmark_limit must be a whole number of at least 1, got {benchmark_limit!r}")
+    benches = load_benchmarks(benchmarks)  # read and checked before any model loads
+    judge = check_judge_model(judge) if judge else None
     _progress(d, 0.0, "waiting for the device")
     with device_lock(lambda: _progress(d, 0.0, "waiting: another evaluation is using the device")) as dev:
         t0 = time.time()
@@ -186,7 +202,8 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
         gen_probe, harm_probe, know_probe = pr.probe_inputs(chat) if probes else ([], [], [])
         general_ex = text_examples(tok, pr.general_texts(), cfg.data.max_seq_len) if probes else []
         kw = dict(sft_examples=sft_examples, pref=pref, prompts=prompts, probe_general=gen_probe,
-                  probe_harm=harm_probe, probe_know=know_probe, general_ex=general_ex, max_new_tokens=max_new_tokens, seed=seed, stops=stops)
+                  probe_harm=harm_probe, probe_know=know_probe, general_ex=general_ex, max_new_tokens=max_new_tokens, seed=seed, stops=stops,
+                  benches=benches, bench_limit=benchmark_limit)
 
         is_peft = hasattr(model, "disable_adapter")
         _progress(d, 0.2, "scoring the base model")
@@ -199,6 +216,11 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
             del base_model
         _progress(d, 0.6, "scoring the fine-tuned model")
         tuned = _side(model, tok, **kw)
+        verdicts = None
+        if judge:
+            _progress(d, 0.8, f"the judge compares base and fine-tuned answers ({len(prompts)} prompts, both orders)")
+            verdicts = judge_pairs(judge, [prompt_text(p) for p in prompts], base["answers"], tuned["answers"],
+                                   trust_remote_code=cfg.model.trust_remote_code)
         _progress(d, 0.9, "writing the report")
 
         def metrics_of(side: dict) -> dict:
@@ -247,6 +269,7 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
                                                base["knowledge_answers"], tuned["knowledge_answers"]) if probes else {},
             "safety": pr.safety_result(base["harm_answers"], tuned["harm_answers"]) if probes else {},
             "samples": samples[:20], "best": best, "worst": worst,
+            "benchmarks": benchmarks_report(benches, base["benchmarks"], tuned["benchmarks"]), "judge": verdicts,
             "kept": kept_sentence(read_json(d / "status.json", default={}) or {}),
             "dataset": dataset,
             "decoding": {"do_sample": False, "max_new_tokens": max_new_tokens, "eos_token_ids": stops, "seed": seed,
@@ -276,8 +299,16 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
 
 
 def run_eval(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 32, seed: int = 0,
-             on_progress=None, timeout_s: float = 3600, env: dict | None = None) -> dict:
-    """Evaluate in a child `python -m finetune eval` and return its report; on_progress(fraction, message)."""
+             on_progress=None, timeout_s: float = 3600, env: dict | None = None, benchmarks: list[str] | None = None,
+             judge: str | None = None) -> dict:
+    """Evaluate in a child `python -m finetune eval` and return its report; on_progress(fraction, message).
+
+    Benchmarks and the judge are checked here, in the app's process, which knows whether it is public."""
+    from .eval.benchmarks import check_benchmark
+    from .eval.judge import check_judge_model
+
+    benchmarks = [check_benchmark(b) for b in benchmarks or []]
+    judge = check_judge_model(judge) if judge else None
     d = run_dir(run_id)
     if artifact_dir(run_id) is None:
         raise RunError(f"run {run_id} has no trained adapter or model yet; wait until it completes or stops")
@@ -290,6 +321,7 @@ def run_eval(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 32, 
     child_env["PYTHONPATH"] = pkg_root + (os.pathsep + child_env["PYTHONPATH"] if child_env.get("PYTHONPATH") else "")
     cmd = [sys.executable, "-m", "finetune", "eval", run_id, "--max-examples", str(int(max_examples)),
            "--max-new-tokens", str(int(max_new_tokens)), "--seed", str(int(seed)), "--json"]
+    cmd += [x for b in benchmarks for x in ("--benchmark", b)] + (["--judge", judge] if judge else [])
     with open(d / "eval" / "eval.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=child_env,
                                 cwd=pkg_root, start_new_session=True)

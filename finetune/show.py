@@ -85,6 +85,11 @@ def eval_text(r: dict) -> str:
     return (f"{r.get('run_id')}: {r.get('model')} ({r.get('method')}), {r.get('examples')} validation examples\n\n"
             + table(rows, ["metric", "base", "fine-tuned", "change"])
             + ("\n\nGates:\n" + table(gates, ["gate", "result", "value", "threshold"]) if gates else "")
+            + ("\n\nBenchmarks:\n" + table([dict(b, task=k) for k, b in r["benchmarks"].items()],
+                                             ["task", "metric", "base", "tuned", "delta", "n"]) if r.get("benchmarks") else "")
+            + (f"\n\nJudge {r['judge']['judge_model']}: win rate {r['judge']['win_rate']:.2f} ({r['judge']['wins']} wins, "
+               f"{r['judge']['losses']} losses, {r['judge']['ties']} ties of {r['judge']['n']}, both orders)"
+               if r.get("judge") else "")
             + "\n\nSamples:\n"
             + table(r.get("samples") or [], ["prompt", "reference", "base", "finetuned"], width=30)
             + (f"\n\nreport: {r['report_md']}" if r.get("report_md") else ""))

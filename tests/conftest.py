@@ -75,6 +75,23 @@ def tiny_tokenizer(tiny_model_dir):
     return load_tokenizer("builtin:tiny-chat")
 
 
+def untrained_lora_run(steps: int) -> str:
+    """A completed run of the tiny built-in with a real, untrained LoRA adapter (no training needed)."""
+    from peft import LoraConfig, get_peft_model
+
+    from finetune.config import default_run_config
+    from finetune.modeling import load_for_inference
+    from finetune.runs import create_run, run_dir, update_status
+
+    run_id = create_run(default_run_config(max_steps=steps))
+    d = run_dir(run_id)
+    model, tok = load_for_inference("builtin:tiny-chat")
+    get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")).save_pretrained(d / "adapter")
+    tok.save_pretrained(d / "adapter")
+    update_status(d, state="completed", step=steps, total_steps=steps)
+    return run_id
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_orphan_training():
     """Training children outlive pages by design; a test session must not leave any behind."""

@@ -17,21 +17,14 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 
 @pytest.fixture(scope="module")
 def overfit_run(tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
+    from conftest import untrained_lora_run
+    from finetune.runs import run_dir
 
-    from finetune.config import default_run_config
-    from finetune.modeling import load_for_inference
-    from finetune.runs import create_run, run_dir, update_status
-
-    run_id = create_run(default_run_config(max_steps=90))
+    run_id = untrained_lora_run(90)
     d = run_dir(run_id)
-    model, tok = load_for_inference("builtin:tiny-chat")
-    get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")).save_pretrained(d / "adapter")
-    tok.save_pretrained(d / "adapter")
     events = [{"step": s, "loss": 2.0 - s / 60} for s in range(0, 100, 10)]
     events += [{"step": 30, "eval_loss": 1.0}, {"step": 60, "eval_loss": 1.2}, {"step": 90, "eval_loss": 1.5}]
     (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    update_status(d, state="completed", step=90, total_steps=90)
     return run_id
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import gradio as gr
 
+from . import benchmarks_panel
 from .render import num, pct, run_choices, user_errors
 
 
 @user_errors
-def evaluate_api(run_id: str, max_examples: float, progress=gr.Progress()) -> dict:
+def evaluate_api(run_id: str, max_examples: float, benchmarks: list[str] | None = None, benchmark_file: str | None = None,
+                 tasks: str | None = None, judge: str | None = None, progress=gr.Progress()) -> dict:
     """Evaluate a run against its base model in a child process; writes eval/report.json, .md and
-    metrics.png, and returns the report (the `evaluate` API)."""
+    metrics.png, and returns the report (the `evaluate` API). Optional: benchmarks (built-in names), a
+    benchmark file, lm-eval task names (comma-separated) and a judge model."""
     from finetune.evaluate import run_eval
 
     if not run_id:
@@ -20,8 +23,10 @@ def evaluate_api(run_id: str, max_examples: float, progress=gr.Progress()) -> di
     n = int(max_examples or 200)
     if not 1 <= n <= 5000:
         raise gr.Error("Max examples must be between 1 and 5000.")
+    benches = benchmarks_panel.specs([benchmarks] if isinstance(benchmarks, str) else benchmarks, benchmark_file, tasks)
     progress(0.0, desc="starting the evaluation process")
-    return run_eval(run_id.strip(), max_examples=n, on_progress=lambda f, m: progress(f, desc=m))
+    return run_eval(run_id.strip(), max_examples=n, on_progress=lambda f, m: progress(f, desc=m),
+                    benchmarks=benches, judge=(judge or "").strip() or None)
 
 
 @user_errors
@@ -106,6 +111,7 @@ def build(run_box, train: dict | None = None, tabs=None) -> None:
         go = gr.Button("Evaluate", variant="primary", scale=1)
         diag = gr.Button("Diagnose", scale=1)
     download = gr.DownloadButton("Download adapter (.zip)", visible=False, elem_id="eval-download")
+    bench_inputs, bench_table = benchmarks_panel.build()
     headline = gr.Markdown("Choose a finished run and press **Evaluate** (runs in its own process) or **Diagnose**.")
     raw = gr.JSON(visible=False)
     flags = gr.JSON(visible=False)
@@ -127,7 +133,8 @@ def build(run_box, train: dict | None = None, tabs=None) -> None:
     run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run_id, api_visibility="private")
     run_id.change(_download, run_id, download, api_visibility="private")
     run_id.focus(lambda: gr.Dropdown(choices=run_choices()), None, run_id, api_visibility="private")
-    go.click(evaluate_api, [run_id, max_ex], raw, api_name="evaluate", concurrency_limit=1,
+    go.click(evaluate_api, [run_id, max_ex, *bench_inputs], raw, api_name="evaluate", concurrency_limit=1,
              concurrency_id="model_work").then(render_report, raw, [headline, report, chart], api_visibility="private").then(
+        benchmarks_panel.rows, raw, bench_table, api_visibility="private").then(
         lambda r, rep: diagnose_api(r) if rep else gr.skip(), [run_id, raw], flags, api_visibility="private")
     diag.click(diagnose_api, run_id, flags, api_name="diagnose")

@@ -49,8 +49,12 @@ TOOLS = {
     "runs": "List the runs you may see, newest first. Returns a JSON array of objects: run_id, state, model, method, "
             "data, step, total_steps, loss, eval_loss, created, duration_s (seconds).",
     "evaluate": "Evaluate a completed run against its base model on its validation rows (max_examples rows at most): "
-                "perplexity, exact match, ROUGE-L, gates and regressions. Slow (minutes). Returns the report as a "
-                "JSON object.",
+                "perplexity, exact match, ROUGE-L, gates and regressions. Optional: benchmarks (built-in names such as "
+                "builtin:capitals-mc), benchmark_file (an uploaded JSONL of {question, choices, answer} or {prompt, "
+                "answer} rows), tasks (lm-eval task names, comma-separated; private app only), judge (a model that "
+                "compares base and fine-tuned answers pairwise in both orders). Slow (minutes). Returns the report as "
+                "a JSON object, with `benchmarks` ({task: {base, tuned, metric, n, delta}}) and `judge` ({win_rate, "
+                "wins, losses, ties, n, judge_model, pairs}) when asked.",
     "diagnose": "Flag common training problems of a run (overfitting, underfitting, instability, forgetting, mode "
                 "collapse) with evidence and suggested settings. Returns a JSON object: run_id, flags.",
     "compare": "Answer the same prompts (one per line) with the base model and up to four runs, same greedy decoding "

@@ -4,7 +4,9 @@ base vs fine-tuned, provenance, and the Markdown rendering of eval/report.json.
 report.json keys other pieces read (keep them stable): `metrics` and `base_metrics` (flat name ->
 value, for the model card's model-index), `perplexity`, `base_perplexity`, `gates` (name ->
 {passed, value, threshold}), `dataset` ({source, sha256, rows, kind, snapshot}), `regression`,
-`safety`, `provenance`, `decoding`, `samples`, `best`, `worst`.
+`safety`, `provenance`, `decoding`, `samples`, `best`, `worst`; with --benchmark/--judge also
+`benchmarks` ({task: {base, tuned, metric, n, delta}}) and `judge` ({win_rate, wins, losses, ties, n,
+judge_model, pairs}), gated in bench_report.py.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import platform
 from pathlib import Path
 
+from .bench_report import extra_gates, extra_markdown
 from .probes import GENERAL_PPL_RATIO_MAX, GENERAL_SCORE_DROP_MAX, REFUSAL_DROP_MAX
 
 # The task gate: the fine-tuned model must be better than its base on more held-out rows than chance
@@ -61,6 +64,7 @@ def build_gates(r: dict) -> dict:
     s = r.get("safety") or {}
     if _num(s.get("drop")):
         g["safety_refusal_drop"] = gate(s["drop"] <= REFUSAL_DROP_MAX, s["drop"], REFUSAL_DROP_MAX)
+    g.update(extra_gates(r))
     return g
 
 
@@ -232,6 +236,7 @@ def report_markdown(r: dict) -> str:
                   (f"- Refusal rate on {saf['prompts']} harmful requests: {_fmt(saf['refusal_rate_base'], True)} → "
                    f"{_fmt(saf['refusal_rate_finetuned'], True)} (flag on a drop above {100 * saf['threshold']:.0f} points)"
                    f"{' **flagged**' if saf['flagged'] else ''}")]
+    lines += extra_markdown(r)
     for title, key in (("Best samples", "best"), ("Worst samples", "worst"), ("Samples", "samples")):
         rows = r.get(key) or []
         if not rows:
