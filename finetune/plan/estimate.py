@@ -46,7 +46,7 @@ UNSLOTH_MINIMUM = dict(seq_len=2048, batch_size=1, lora_rank=16, gradient_checkp
 UNSLOTH_CE_CHUNK_TOKENS = 512  # rows of fp32 logits (and their grads) alive at once in the chunked loss
 UNSLOTH_METHODS = ("lora", "qlora")  # what the studio runs through Unsloth (finetune.config.UNSLOTH_METHODS)
 BACKENDS = ("trl", "unsloth")
-RUN_METHOD_AS = {"rslora": "lora", "cpt": "lora", "orpo": "dpo", "kto": "dpo"}  # trainer method -> planner method
+RUN_METHOD_AS = {"rslora": "lora", "cpt": "lora", "orpo": "dpo", "kto": "dpo", "grpo": "lora"}  # trainer method -> planner method
 
 # Assumed model FLOPs utilisation on a GPU. QLoRA dequantises every weight on every matmul
 # (bitsandbytes), DoRA recomputes weight norms; both run well below plain LoRA.
