@@ -141,7 +141,7 @@ class TrainConfig:
     seed: int = _help("Training seed.", default=42)
     dpo_beta: float = _help("DPO, ORPO and KTO: beta. DPO/KTO: how far the model may move from the reference "
                             "(higher = closer); ORPO: weight of the preference term.", default=0.1)
-    init_from_run: str = _help("DPO, ORPO or KTO: the id of a finished LoRA run whose adapter this run continues "
+    init_from_run: str = _help("DPO, ORPO, KTO or GRPO: the id of a finished LoRA run whose adapter this run continues "
                                "(its copy is the reference); empty = start from the base model.", default="")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
         "Numeric precision. auto: bf16 autocast where the hardware has it (GPUs from Ampere, CPUs with AMX or "
@@ -197,8 +197,8 @@ class TrainConfig:
         if not isinstance(self.init_from_run, str):
             raise ConfigError("train.init_from_run", "must be a run id")
         self.init_from_run = self.init_from_run.strip()
-        if self.init_from_run and self.method not in PREFERENCE_METHODS:
-            raise ConfigError("train.init_from_run", f"only DPO, ORPO and KTO continue a finished run's adapter, "
+        if self.init_from_run and self.method not in PREFERENCE_METHODS + ("grpo",):
+            raise ConfigError("train.init_from_run", f"only DPO, ORPO, KTO and GRPO continue a finished run's adapter, "
                                                      f"not {self.method}")
         _check_range("train.num_processes", self.num_processes, 1, 64, integer=True)
         if self.accelerate_preset not in ACCELERATE_PRESETS:
