@@ -117,3 +117,27 @@ def test_preflight_of_a_grpo_run(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("SPACE_ID", "someone/space")
     with pytest.raises(PreflightError, match="grpo.reward_file: custom reward code is not allowed"):
         preflight(cfg)
+
+
+def test_plan_knows_grpo_memory_time_and_fit():
+    from finetune.plan import PlanRequest, plan
+
+    base = dict(model="HuggingFaceTB/SmolLM2-135M-Instruct", method="grpo", examples=200, seq_len=256, hardware="t4-small",
+                grpo_generations=8, grpo_completion_len=128)
+    p = plan(PlanRequest(**base))
+    g = p["grpo"]["estimate"]
+    assert p["training_method"] == "grpo" and p["time_s"] == g["seconds"] and g["generation_s"] > 0
+    assert g["completions"] == 200 * 8  # one epoch of 200 prompts, 8 answers each
+    assert "finetune train" in p["trl_command"] and "--method grpo" in p["trl_command"]
+    more = plan(PlanRequest(**{**base, "grpo_generations": 16}))
+    longer = plan(PlanRequest(**{**base, "grpo_completion_len": 512}))
+    kl = plan(PlanRequest(**{**base, "grpo_beta": 0.04}))
+    assert more["time_s"] > p["time_s"] and longer["time_s"] > p["time_s"] and longer["vram_gb"] > p["vram_gb"]
+    assert kl["time_s"] > p["time_s"] and kl["vram_gb"] == p["vram_gb"]  # LoRA: the reference is the adapter off
+    assert "reference model: none (beta = 0)" in " ".join(p["reasons"])
+    math_task = plan(PlanRequest(model="HuggingFaceTB/SmolLM2-135M-Instruct", examples=2000,
+                                 task="Solve grade-school math word problems; the answer is a number"))
+    assert math_task["grpo"]["recommended"] and math_task["training_method"] != "grpo"  # SFT first
+    assert any("GRPO fits" in r and "SFT (LoRA) first" in r for r in math_task["reasons"])
+    chat = plan(PlanRequest(model="HuggingFaceTB/SmolLM2-135M-Instruct", task="Chat in a warm persona", task_type="chat"))
+    assert not chat["grpo"]["recommended"] and not any("GRPO fits" in r for r in chat["reasons"])

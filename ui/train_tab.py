@@ -190,7 +190,7 @@ def build(model_box, data_box, run_state) -> dict:
     t, lo = _D.train, _D.lora
     with gr.Row():
         with gr.Column(scale=1):
-            c = {"method": field_input(TrainConfig, "method", t.method),
+            c = {"method": field_input(TrainConfig, "method", t.method, elem_id="train-method"),
                  "learning_rate": field_input(TrainConfig, "learning_rate", t.learning_rate),
                  "epochs": field_input(TrainConfig, "epochs", t.epochs, minimum=0, step=1),
                  "batch_size": gr.Slider(1, 64, value=t.batch_size, step=1, label="Batch size",
