@@ -447,7 +447,11 @@ def write_model_card(d: Path, cfg: RunConfig, status: dict) -> None:
     if cfg.train.method not in ("full", "prefix"):
         lines += [f"| LoRA rank / alpha / dropout | {cfg.lora.r} / {cfg.lora.alpha} / {cfg.lora.dropout} |",
                   f"| target modules | {cfg.lora.target_modules} |"]
+    if cfg.train.method == "grpo":
+        lines.append(f"| GRPO rewards | {cfg.grpo.reward}{' + ' + Path(cfg.grpo.reward_file).name if cfg.grpo.reward_file else ''}"
+                     f", {cfg.grpo.num_generations} answers per prompt, beta {cfg.grpo.beta} |")
     lines += ["", "## Results", "", f"- final training loss: {status.get('loss')}",
+              *([f"- final mean reward: {status.get('reward')}"] if status.get("reward") is not None else []),
               f"- final validation loss: {status.get('final_eval_loss', status.get('eval_loss'))}",
               f"- steps: {status.get('step')}", f"- {kept_sentence(status)}",
               *([f"- stopped early: {status.get('early_stop_reason')}"] if status.get("early_stopped") else []),
