@@ -5,8 +5,8 @@ Built in: `exact` (matches the reference answer after normalising case, spaces a
 formatting: 1,234 / $1234.00 / 1.234e3), `format` (a regular expression is found), `json` (the
 completion is JSON, optionally checked against a small JSON schema: type, required, properties,
 enum, items; partial credit for the share of checks that pass) and `length` (characters within
-bounds, falling off linearly outside). `build_rewards(cfg.grpo)` returns them as named functions in
-TRL's reward-function form, `f(prompts, completions, **columns) -> list[float | None]`: TRL passes
+bounds; outside, the ratio to the nearest bound, so long answers still rank). `build_rewards(cfg.grpo)`
+returns them as named functions in TRL's reward-function form, `f(prompts, completions, **columns) -> list[float | None]`: TRL passes
 the dataset's other columns (the reference `answer`) as keyword arguments, and the function's
 name becomes its metric (`rewards/<name>/mean`). None means "cannot score" (no reference).
 
@@ -257,7 +257,7 @@ def length_reward(min_chars: int, max_chars: int) -> Callable:
             if n < min_chars:
                 out.append(n / min_chars)
             elif max_chars and n > max_chars:
-                out.append(max(0.0, 1.0 - (n - max_chars) / max_chars))
+                out.append(max_chars / n)  # never flat 0: a group of long answers still ranks by length
             else:
                 out.append(1.0)
         return out
