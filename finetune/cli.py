@@ -33,7 +33,8 @@ from typing import Any, Literal
 MAIN_SECTION = "train"
 SHORT_NAMES = {("model", "model_id"): "--model", ("data", "source"): "--data",
                ("train", "learning_rate"): "--lr", ("data", "max_seq_len"): "--max-seq-len",
-               ("grpo", "reward"): "--reward", ("grpo", "reward_file"): "--reward-file"}
+               ("grpo", "reward"): "--reward", ("grpo", "reward_file"): "--reward-file",
+               ("grpo", "reward_weights"): "--reward-weights"}
 _CFG = "cfg__"  # argparse dest prefix of generated options: cfg__<section>__<field>
 
 
