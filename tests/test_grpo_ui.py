@@ -35,9 +35,9 @@ def grpo_run(app_url, tmp_path_factory):
     data.write_text("".join(json.dumps({"question": f"{a}+{b}=?", "answer": str(a + b)}) + "\n"
                             for a in range(4) for b in range(4)))
     client = Client(app_url, verbose=False)
-    with pytest.raises(Exception, match="grpo.reward: unknown reward 'bleu'"):
-        client.predict(model="builtin:tiny-chat", data=str(data), method="grpo", grpo_reward="bleu",
-                       api_name="/train")
+    with pytest.raises(Exception, match="grpo.json_schema: is not valid JSON"):
+        client.predict(model="builtin:tiny-chat", data=str(data), method="grpo", grpo_reward=["json"],
+                       grpo_json_schema="{type: object", api_name="/train")
     run_id = client.predict(model="builtin:tiny-chat", data=str(data), method="grpo", learning_rate="2e-3",
                             epochs=1, batch_size=4, max_seq_len=64, lora_r=8, max_steps=3, logging_steps=1,
                             grpo_reward=["numeric", "format", "length"], grpo_reward_weights="1,0.5,0.5",
@@ -71,19 +71,25 @@ def test_train_tab_shows_the_picker_and_reward_curves(grpo_run, app_url, home):
     run_id, _ = grpo_run
     with chromium_page(app_url, height=1400) as page:
         page.get_by_role("tab", name="Train").click()
-        picker = page.locator("#train-grpo")
+        picker = page.locator("#train-grpo").first
         expect(picker).to_be_hidden(timeout=30_000)  # lora: no reward settings
         method = page.locator("#train-method input")
         method.click()
         method.fill("grpo")
         page.get_by_role("option", name="grpo", exact=True).click()
         expect(picker).to_be_visible(timeout=10_000)
-        expect(picker.get_by_label("length")).to_be_visible()
-        page.locator("#runs-table").get_by_text(run_id, exact=True).first.click()
+        expect(picker.get_by_role("checkbox", name="length")).to_be_visible()
+        run_box = page.locator("input[aria-label='Run']:visible").first
+        run_box.click()
+        run_box.fill(run_id)
+        run_box.press("Enter")
         metrics = page.locator("#train-metrics")
         expect(metrics).to_contain_text("mean reward", timeout=30_000)
         expect(metrics).to_contain_text("completion length")
         expect(metrics).to_contain_text(re.compile(r"numeric \d"))
-        expect(page.locator("#loss-plot")).to_contain_text("mean reward", timeout=30_000)
+        rewards = page.locator("#reward-plot")
+        expect(rewards).to_contain_text("mean reward", timeout=30_000)
+        expect(rewards).to_contain_text("reward: numeric")
+        expect(rewards.locator(".mark-line path").first).to_be_visible()
         page.wait_for_timeout(1000)
         _shot(page, home, "train")

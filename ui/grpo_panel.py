@@ -2,13 +2,16 @@
 bounds), answers per prompt, answer length, temperature and KL; shown only when the method is grpo.
 
 `build()` returns the components in API order (PARAMS: the `train` API's last parameters);
-`settings(...)` turns their values into the run config's `grpo` section. A reward file (the owner's
+`settings(...)` turns their values into the run config's `grpo` section; `reward_plot()` and
+`wire_curve()` add the live chart of mean reward, reward per function and KL under the loss chart. A reward file (the owner's
 Python code) is offered only on a local app: on a public one the engine refuses it anyway.
 """
 
 from __future__ import annotations
 
 import gradio as gr
+
+import pandas as pd
 
 from finetune.config import GrpoConfig
 from finetune.rewards import REWARD_HELP, REWARDS
@@ -31,6 +34,53 @@ def settings(values: dict) -> dict:
             v = ",".join([r for r in REWARDS if r in picked] + [r for r in picked if r not in REWARDS])
         out[f] = coerce(GrpoConfig, f, v if v is not None else getattr(GrpoConfig(), f))
     return out
+
+
+# The reward chart's series, all present from its first draw (Gradio 6.31 fixes a plot's colour domain
+# from the first value it draws; a reward-file function's series shows uncoloured).
+SERIES = ("mean reward", "KL") + tuple(f"reward: {r}" for r in REWARDS)
+COLORS = dict(zip(SERIES, ("#54a24b", "#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#ff9da6", "#9d755d")))
+
+
+def reward_frame(events: list[dict]) -> pd.DataFrame:
+    """Mean reward, KL and each reward function's mean per logged step (GRPO events only)."""
+    rows = []
+    for e in events:
+        if e.get("reward") is None:
+            continue
+        rows.append({"step": e["step"], "value": e["reward"], "series": "mean reward"})
+        if e.get("kl") is not None:
+            rows.append({"step": e["step"], "value": e["kl"], "series": "KL"})
+        rows += [{"step": e["step"], "value": v, "series": f"reward: {k}"}
+                 for k, v in (e.get("rewards") or {}).items() if v is not None]
+    first = rows[0]["step"] if rows else 0
+    rows += [{"step": first, "value": None, "series": s} for s in SERIES if not any(r["series"] == s for r in rows)]
+    return pd.DataFrame(rows).astype({"step": "int64", "value": "float64"})
+
+
+def reward_curve(run_id: str | None):
+    """The reward chart for the followed run: shown only when its events carry rewards (GRPO)."""
+    from finetune.runs import read_events
+
+    try:
+        events = read_events(run_id.strip())[0] if run_id else []
+    except (ValueError, OSError):
+        events = []
+    if not any(e.get("reward") is not None for e in events):
+        return gr.LinePlot(visible=False)
+    return gr.LinePlot(reward_frame(events), visible=True)
+
+
+def reward_plot():
+    return gr.LinePlot(reward_frame([]), x="step", y="value", color="series", label="GRPO rewards and KL",
+                       x_title="step", y_title="reward", color_title="", x_axis_format="d", color_map=COLORS,
+                       visible=False, elem_id="reward-plot")
+
+
+def wire_curve(timer, run_id, plot) -> None:
+    """Redraw the reward chart with the live view (each timer tick and when the run changes)."""
+    for event in (timer.tick, run_id.change):
+        event(reward_curve, run_id, plot, api_visibility="private", show_progress="hidden")
 
 
 def build(method_box) -> list:

@@ -16,9 +16,7 @@ import pandas as pd
 from .render import fmt_duration, num, user_errors
 
 SERIES = ("training loss", "validation loss")
-COLORS = {"training loss": "#4c78a8", "validation loss": "#f58518", "mean reward": "#54a24b", "KL": "#b279a2",
-          "reward: exact": "#e45756", "reward: numeric": "#72b7b2", "reward: format": "#eeca3b",
-          "reward: json": "#ff9da6", "reward: length": "#9d755d"}
+COLORS = {"training loss": "#4c78a8", "validation loss": "#f58518"}
 RUN_COLUMNS = ["run", "state", "method", "model", "dataset", "created", "duration", "final loss",
                "best val loss (step)", "final val loss"]
 MAX_POINTS = 400
@@ -38,27 +36,11 @@ def curve(events: list[dict]) -> pd.DataFrame:
     rows = [{"step": e["step"], "value": e[key], "series": series}
             for e in events for key, series in (("loss", SERIES[0]), ("eval_loss", SERIES[1]))
             if e.get(key) is not None]
-    rows += grpo_points(events)
     first = rows[0]["step"] if rows else 0
     for series in SERIES:
         if not any(r["series"] == series for r in rows):
             rows.append({"step": first, "value": None, "series": series})
     return pd.DataFrame(rows).astype({"step": "int64", "value": "float64"})
-
-
-def grpo_points(events: list[dict]) -> list[dict]:
-    """GRPO runs: mean reward, each reward function's mean and KL on the same axes as the loss (all
-    about 0 to 1); nothing for other methods, whose chart keeps its two series."""
-    rows = []
-    for e in events:
-        if e.get("reward") is None:
-            continue
-        rows.append({"step": e["step"], "value": e["reward"], "series": "mean reward"})
-        if e.get("kl") is not None:
-            rows.append({"step": e["step"], "value": e["kl"], "series": "KL"})
-        rows += [{"step": e["step"], "value": v, "series": f"reward: {k}"} for k, v in (e.get("rewards") or {}).items()
-                 if v is not None]
-    return rows
 
 
 def progress_html(snap: dict | None) -> str:

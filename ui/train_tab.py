@@ -223,6 +223,7 @@ def build(model_box, data_box, run_state) -> dict:
             plot = gr.LinePlot(train_live.empty_curve(), x="step", y="value", color="series", label="Loss",
                                x_title="step", y_title="loss", color_title="", x_axis_format="d",
                                color_map=train_live.COLORS, elem_id="loss-plot")
+            reward_plot = grpo_panel.reward_plot()  # GRPO runs only
             download = gr.DownloadButton("Download adapter (.zip)", visible=False, elem_id="train-download")
             log = gr.Textbox(label="Log (last lines)", lines=6, max_lines=12, interactive=False, autoscroll=True,
                              elem_id="train-log")
@@ -248,6 +249,7 @@ def build(model_box, data_box, run_state) -> dict:
         lambda r: (r, gr.Dropdown(choices=run_choices(), value=r), train_live.runs_frame()), run_id,
         [run_state, run_id, table], api_visibility="private")
     timer.tick(train_live.poll, [run_id, shown], live, api_visibility="private", show_progress="hidden")
+    grpo_panel.wire_curve(timer, run_id, reward_plot)
     run_id.change(lambda r: (r, {}), run_id, [run_state, shown], api_visibility="private").then(
         train_live.poll, [run_id, shown], live, api_visibility="private", show_progress="hidden")
     stop.click(stop_api, run_id, raw, api_name="stop").then(train_live.poll, [run_id, shown], live,
