@@ -2,14 +2,15 @@
 child, TRL's GRPOTrainer sampling answers from the real SmolLM2-135M-Instruct and the tiny model.
 
 - A toy verifiable task the real model improves on within a few steps: "answer in a few words", scored
-  by the length reward (full reward up to 40 characters). SmolLM2 answers at length, so the first
+  by the length reward (full reward up to 30 characters). SmolLM2 answers at length, so the first
   steps score low; seeded, the mean reward of the last steps is clearly above the first steps'.
 - The reference answer reaches the reward functions (numeric and exact are scored, not None), the
   events carry reward, reward per function, completion length and KL next to the loss, and the
   adapter is saved.
 - A reward file is refused in public mode before anything runs; bad rewards are one line naming the setting.
 
-Run: `python -m pytest tests/test_grpo.py -q` (about two minutes on 2 CPU cores).
+Run: `python -m pytest tests/test_grpo.py -q` (about five minutes on 2 busy CPU cores). Measured: the mean
+reward per step went 0.43, 0.45, 0.56, 0.84, 0.86, 0.98 (answers 25 -> 8 tokens).
 """
 
 import json
@@ -43,16 +44,16 @@ def test_grpo_reward_rises_on_the_real_model(tmp_path, smollm2_dir):
     data = tmp_path / "short.jsonl"
     data.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in QUESTIONS))
     out = _cli("train", "--model", "builtin:smollm2-135m-instruct", "--data", str(data), "--method", "grpo",
-               "--reward", "length", "--grpo-length-max-chars", "40", "--grpo-num-generations", "4",
-               "--grpo-max-completion-len", "48", "--grpo-beta", "0.02", "--batch-size", "8", "--lr", "3e-4",
-               "--lora-r", "16", "--max-steps", "10", "--logging-steps", "1", "--save-steps", "100",
+               "--reward", "length", "--grpo-length-max-chars", "30", "--grpo-num-generations", "4",
+               "--grpo-max-completion-len", "32", "--grpo-beta", "0.02", "--batch-size", "8", "--lr", "1e-3",
+               "--lora-r", "16", "--max-steps", "6", "--logging-steps", "1", "--save-steps", "100",
                "--warmup-ratio", "0", "--lr-scheduler", "constant", "--seed", "3", "--data-val-ratio", "0",
                "--wait", "--timeout-s", "850", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout)
     assert res["state"] == "completed", res.get("error")
     ev = [e for e in _events(res["run_dir"]) if e.get("reward") is not None]
-    assert len(ev) == 10
+    assert len(ev) == 6
     for e in ev:  # the live view's numbers, next to the loss
         assert e["loss"] is not None and set(e["rewards"]) == {"length"} and e["completion_len"] > 0
         assert e["kl"] is not None
