@@ -104,3 +104,21 @@ def test_cli_refusals_are_one_line(tmp_path):
     assert out.returncode == 2 and "grpo.reward: exact compare with a reference answer" in json.loads(out.stdout)["error"]
     out = _cli("train", "--method", "grpo", "--reward", "bleu", "--json")
     assert out.returncode == 2 and "unknown reward 'bleu'" in json.loads(out.stdout)["error"]
+
+
+def test_grpo_continues_a_finished_sft_run(tmp_path, tiny_model_dir):
+    """GRPO after SFT: the SFT run's adapter trains on, its frozen copy is the KL reference."""
+    sft = json.loads(_cli("train", "--max-steps", "2", "--save-steps", "100", "--eval-steps", "0", "--max-seq-len", "64",
+                          "--lora-r", "4", "--wait", "--timeout-s", "500", "--json").stdout)
+    assert sft["state"] == "completed", sft.get("error")
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Say {w}."}) + "\n" for w in ("hi", "yes", "no", "ok")))
+    out = _cli("train", "--data", str(data), "--method", "grpo", "--init-from-run", sft["run_id"], "--reward", "length",
+               "--grpo-beta", "0.1", "--grpo-num-generations", "2", "--grpo-max-completion-len", "6", "--batch-size",
+               "4", "--max-steps", "1", "--logging-steps", "1", "--lora-r", "4", "--wait", "--timeout-s", "500", "--json")
+    res = json.loads(out.stdout)
+    assert res["state"] == "completed", res.get("error") or out.stderr[-2000:]
+    adapter = Path(res["run_dir"]) / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4  # the SFT run's adapter, trained on
+    assert not (adapter / "ref").exists()  # only the trained adapter is saved, not the frozen reference
+    assert [e for e in _events(res["run_dir"]) if e.get("kl") is not None]
