@@ -32,7 +32,9 @@ from typing import Any, Literal
 # The config section whose fields need no prefix, and short names kept for the most used fields.
 MAIN_SECTION = "train"
 SHORT_NAMES = {("model", "model_id"): "--model", ("data", "source"): "--data",
-               ("train", "learning_rate"): "--lr", ("data", "max_seq_len"): "--max-seq-len"}
+               ("train", "learning_rate"): "--lr", ("data", "max_seq_len"): "--max-seq-len",
+               ("grpo", "reward"): "--reward", ("grpo", "reward_file"): "--reward-file",
+               ("grpo", "reward_weights"): "--reward-weights"}
 _CFG = "cfg__"  # argparse dest prefix of generated options: cfg__<section>__<field>
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 from .builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 
-Method = Literal["lora", "rslora", "dora", "qlora", "full", "prefix", "cpt", "dpo", "orpo", "kto"]
+Method = Literal["lora", "rslora", "dora", "qlora", "full", "prefix", "cpt", "dpo", "orpo", "kto", "grpo"]
 METHODS: tuple[str, ...] = get_args(Method)
 # Accelerate presets shipped under finetune/assets/accelerate/ (see finetune/parallel.py).
 AcceleratePreset = Literal["auto", "ddp", "zero2", "zero3", "zero3-offload", "fsdp"]
@@ -32,10 +32,11 @@ METHOD_HELP: dict[str, str] = {
     "dpo": "DPO: preference pairs (prompt, chosen, rejected); on the base or on a finished SFT run's adapter.",
     "orpo": "ORPO: preference pairs, SFT and preference in one loss, no reference model.",
     "kto": "KTO: single answers labelled good or bad (prompt, completion, label).",
+    "grpo": "GRPO: reinforcement learning on prompts (with reference answers) scored by verifiable rewards.",
 }
 SFT_METHODS = ("lora", "rslora", "dora", "qlora", "full", "prefix", "cpt")
 PREFERENCE_METHODS = ("dpo", "orpo", "kto")
-LORA_METHODS = ("lora", "rslora", "dora", "qlora", "cpt", "dpo", "orpo", "kto")  # methods that train LoRA adapters
+LORA_METHODS = ("lora", "rslora", "dora", "qlora", "cpt", "dpo", "orpo", "kto", "grpo")  # methods that train LoRA adapters
 
 
 class ConfigError(ValueError):
@@ -140,7 +141,7 @@ class TrainConfig:
     seed: int = _help("Training seed.", default=42)
     dpo_beta: float = _help("DPO, ORPO and KTO: beta. DPO/KTO: how far the model may move from the reference "
                             "(higher = closer); ORPO: weight of the preference term.", default=0.1)
-    init_from_run: str = _help("DPO, ORPO or KTO: the id of a finished LoRA run whose adapter this run continues "
+    init_from_run: str = _help("DPO, ORPO, KTO or GRPO: the id of a finished LoRA run whose adapter this run continues "
                                "(its copy is the reference); empty = start from the base model.", default="")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
         "Numeric precision. auto: bf16 autocast where the hardware has it (GPUs from Ampere, CPUs with AMX or "
@@ -196,8 +197,8 @@ class TrainConfig:
         if not isinstance(self.init_from_run, str):
             raise ConfigError("train.init_from_run", "must be a run id")
         self.init_from_run = self.init_from_run.strip()
-        if self.init_from_run and self.method not in PREFERENCE_METHODS:
-            raise ConfigError("train.init_from_run", f"only DPO, ORPO and KTO continue a finished run's adapter, "
+        if self.init_from_run and self.method not in PREFERENCE_METHODS + ("grpo",):
+            raise ConfigError("train.init_from_run", f"only DPO, ORPO, KTO and GRPO continue a finished run's adapter, "
                                                      f"not {self.method}")
         _check_range("train.num_processes", self.num_processes, 1, 64, integer=True)
         if self.accelerate_preset not in ACCELERATE_PRESETS:
@@ -210,11 +211,67 @@ class TrainConfig:
 
 
 @dataclass
+class GrpoConfig:
+    """GRPO only (method grpo): which rewards score the sampled answers, and how many are sampled."""
+
+    reward: str = _help("Reward functions, comma-separated: exact, numeric (both against the reference answer), "
+                        "format (regex), json (valid JSON, optionally against a schema), length (bounds).",
+                        default="exact")
+    reward_weights: str = _help("Weights of the reward functions, comma-separated in the same order (reward-file "
+                                "functions last); empty = all 1.", default="")
+    format_regex: str = _help("format reward: the regular expression a good answer contains.",
+                              default=r"<answer>[\s\S]*?</answer>")
+    json_schema: str = _help("json reward: a JSON schema the answer must fit (type, required, properties, enum, "
+                             "items); empty = any valid JSON.", default="")
+    length_min_chars: int = _help("length reward: fewest characters for full reward.", default=0)
+    length_max_chars: int = _help("length reward: most characters for full reward (0 = no upper bound).",
+                                  default=200)
+    reward_file: str = _help("A Python file whose functions named reward* score answers too (local/private app "
+                             "only: refused on a public Space).", default="")
+    num_generations: int = _help("Answers sampled per prompt; rewards are compared within each group. The batch "
+                                 "(batch x accumulation) counts answers, so it must be a multiple of this.",
+                                 default=4)
+    max_completion_len: int = _help("Longest sampled answer in tokens.", default=64)
+    temperature: float = _help("Sampling temperature of the answers (higher = more varied groups).", default=1.0)
+    beta: float = _help("KL coefficient against the starting model (0 = none: no reference model, less memory "
+                        "and time).", default=0.0)
+
+    def __post_init__(self):
+        from .rewards import RewardError, compile_regex, parse_reward_names, parse_schema, parse_weights
+
+        for name in ("reward", "reward_weights", "format_regex", "json_schema", "reward_file"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"grpo.{name}", f"must be text, got {getattr(self, name)!r}")
+        self.reward_file = self.reward_file.strip()
+        try:
+            names = parse_reward_names(self.reward)
+            self.reward = ",".join(names)
+            if not names and not self.reward_file:
+                raise ConfigError("grpo.reward", "no reward: pick at least one of exact, numeric, format, json, "
+                                                 "length (or a reward file)")
+            parse_weights(self.reward_weights, 0 if self.reward_file else len(names))
+            if "format" in names:
+                compile_regex(self.format_regex)
+            parse_schema(self.json_schema)
+        except RewardError as exc:
+            raise ConfigError(exc.field, str(exc).split(": ", 1)[1]) from None
+        _check_range("grpo.length_min_chars", self.length_min_chars, 0, 100_000, integer=True)
+        _check_range("grpo.length_max_chars", self.length_max_chars, 0, 100_000, integer=True)
+        if self.length_max_chars and self.length_max_chars < self.length_min_chars:
+            raise ConfigError("grpo.length_max_chars", "is below length_min_chars")
+        _check_range("grpo.num_generations", self.num_generations, 2, 256, integer=True)
+        _check_range("grpo.max_completion_len", self.max_completion_len, 1, 32768, integer=True)
+        _check_range("grpo.temperature", self.temperature, 0.01, 10.0)
+        _check_range("grpo.beta", self.beta, 0.0, 10.0)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
     name: str = ""
     owner: str = ""  # who started it (HF username on a Space); empty locally
 
@@ -243,7 +300,7 @@ class RunConfig:
 
         return cls(model=build(ModelConfig, "model"), data=build(DataConfig, "data"),
                    lora=build(LoraConfig, "lora"), train=build(TrainConfig, "train"),
-                   name=str(d.get("name") or ""), owner=str(d.get("owner") or ""))
+                   grpo=build(GrpoConfig, "grpo"), name=str(d.get("name") or ""), owner=str(d.get("owner") or ""))
 
 
 # The balanced preset suits real pretrained models. The built-in demo model is random and tiny: it
@@ -483,8 +540,39 @@ def to_kto_config(cfg: RunConfig, output_dir: str, *, cuda: bool = False, prec: 
                      train_sampling_strategy="sequential", max_length=cfg.data.max_seq_len, beta=cfg.train.dpo_beta)
 
 
+def check_grpo_batch(cfg: RunConfig) -> None:
+    t, g = cfg.train, cfg.grpo
+    if (t.batch_size * t.grad_accum) % g.num_generations:
+        raise ConfigError("train.batch_size", f"GRPO's batch counts sampled answers: batch size x accumulation "
+                                              f"({t.batch_size} x {t.grad_accum}) must be a multiple of "
+                                              f"grpo.num_generations ({g.num_generations})")
+
+
+def to_grpo_config(cfg: RunConfig, output_dir: str, *, cuda: bool = False, prec: dict | None = None,
+                   has_eval: bool = False):
+    """GRPO: no evaluation loop (it would sample answers for every validation prompt); the batch
+    counts sampled answers, so batch x accumulation must hold whole groups of num_generations."""
+    from trl import GRPOConfig
+
+    from .rewards import parse_weights
+
+    check_grpo_batch(cfg)
+    g = cfg.grpo
+    prec = prec or {"bf16": False, "fp16": False}
+    args = _common_args(cfg, output_dir, cuda=cuda, prec=prec, has_eval=False)
+    args["include_num_input_tokens_seen"] = "no"  # GRPO counts prompt + answer tokens itself
+    return GRPOConfig(**args, num_generations=g.num_generations, max_completion_length=g.max_completion_len,
+                      temperature=g.temperature, beta=g.beta, use_vllm=False, log_completions=False,
+                      reward_weights=None if g.reward_file else parse_weights(g.reward_weights, 0),
+                      disable_dropout=True)
+
+
 def trainer_class(method: str):
     """The TRL trainer class and the config builder for a method."""
+    if method == "grpo":
+        from trl import GRPOTrainer
+
+        return GRPOTrainer, to_grpo_config
     if method == "dpo":
         from trl import DPOTrainer
 

@@ -109,6 +109,14 @@ def check_data(cfg: RunConfig, tokenizer) -> dict:
     from .data import load_prepared
     from .tokenize import TokenizeError, tokenize_rows
 
+    if cfg.train.method == "grpo":  # prompts (and reference answers) scored by rewards: finetune/grpo.py
+        from .grpo import check_grpo
+
+        try:
+            return check_grpo(cfg)
+        except (ValueError, OSError) as exc:
+            field = getattr(exc, "field", None) or "data.source"
+            raise PreflightError(field, str(exc).removeprefix(field + ": ")) from None
     try:
         train_rows, val_rows, kind = load_prepared(cfg.data.source, val_ratio=cfg.data.val_ratio, seed=cfg.data.seed)
     except (ValueError, OSError) as exc:

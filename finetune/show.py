@@ -118,8 +118,8 @@ def runs_text(r: dict) -> str:
 def status_text(r: dict) -> str:
     return _lines(dict(r, steps=f"{r.get('step') or 0}/{r.get('total_steps') or '?'}",
                        progress=f"{r.get('progress') or 0}%"),
-                  ["run_id", "state", "steps", "progress", "eta_s", "loss", "eval_loss", "tokens_per_s",
-                   "queue_position", "error", "artifact", "run_dir"])
+                  ["run_id", "state", "steps", "progress", "eta_s", "loss", "eval_loss", "reward", "rewards",
+                   "completion_len", "kl", "tokens_per_s", "queue_position", "error", "artifact", "run_dir"])
 
 
 def human(args, r: Any) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from . import parallel
 from .config import (LORA_METHODS, PREFERENCE_METHODS, ConfigError, RunConfig, choose_backend, precision_plan,
                      to_peft_config, to_unsloth_peft_kwargs, trainer_class)
+from .grpo import grpo_fields
 from .paths import atomic_write_text, read_json
 from .monitor import kept_sentence
 from .runs import append_event, last_checkpoint, now_iso, update_status
@@ -138,13 +139,15 @@ def _make_callback(d: Path):
                   "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
                   "tokens_per_s": round(tps, 1) if tps else None, "mfu": mfu, "elapsed_s": round(now - self.t0, 3),
                   "memory_gb": mem,
-                  "mean_token_accuracy": logs.get("mean_token_accuracy", logs.get("eval_mean_token_accuracy"))}
+                  "mean_token_accuracy": logs.get("mean_token_accuracy", logs.get("eval_mean_token_accuracy")),
+                  **grpo_fields(logs)}
             append_event(d, ev)
             fields = {"step": state.global_step, "eta_s": self._eta(state), "memory_gb": mem}
             if ev["loss"] is not None:
                 fields["loss"] = ev["loss"]
             if ev["eval_loss"] is not None:
                 fields["eval_loss"] = ev["eval_loss"]
+            fields.update({k: ev[k] for k in ("reward", "rewards", "completion_len", "kl") if k in ev})
             if tps:
                 fields["tokens_per_s"] = round(tps, 1)
                 fields["mfu"] = mfu
@@ -241,6 +244,10 @@ def load_data(cfg: RunConfig, tokenizer):
     from .tokenize import tokenize_rows
 
     method = cfg.train.method
+    if method == "grpo":  # prompt rows, not tokenized here: the trainer samples the answers
+        from .grpo import load_grpo_data
+
+        return load_grpo_data(cfg, tokenizer)
     train_rows, val_rows, kind = load_prepared(cfg.data.source, val_ratio=cfg.data.val_ratio, seed=cfg.data.seed)
 
     def ds(rows):
@@ -381,6 +388,10 @@ def _mfu_of(model, train_ds, cfg: RunConfig, plan: dict):
 def make_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, eval_ds, out_dir: str, plan: dict,
                  callbacks: list | None = None):
     """The TRL trainer for the method, with the non-finite guard mixed in."""
+    if cfg.train.method == "grpo":
+        from .grpo import make_grpo_trainer
+
+        return make_grpo_trainer(cfg, model, tok, peft_config, train_ds, out_dir, plan, (NonFiniteGuard,), callbacks)
     cls, to_args = trainer_class(cfg.train.method)
     guarded = type(f"Guarded{cls.__name__}", (NonFiniteGuard, ThreadTuning, cls), {})
     args = to_args(cfg, out_dir, cuda=plan["device"] == "cuda", prec=plan, has_eval=eval_ds is not None)
@@ -436,7 +447,11 @@ def write_model_card(d: Path, cfg: RunConfig, status: dict) -> None:
     if cfg.train.method not in ("full", "prefix"):
         lines += [f"| LoRA rank / alpha / dropout | {cfg.lora.r} / {cfg.lora.alpha} / {cfg.lora.dropout} |",
                   f"| target modules | {cfg.lora.target_modules} |"]
+    if cfg.train.method == "grpo":
+        lines.append(f"| GRPO rewards | {cfg.grpo.reward}{' + ' + Path(cfg.grpo.reward_file).name if cfg.grpo.reward_file else ''}"
+                     f", {cfg.grpo.num_generations} answers per prompt, beta {cfg.grpo.beta} |")
     lines += ["", "## Results", "", f"- final training loss: {status.get('loss')}",
+              *([f"- final mean reward: {status.get('reward')}"] if status.get("reward") is not None else []),
               f"- final validation loss: {status.get('final_eval_loss', status.get('eval_loss'))}",
               f"- steps: {status.get('step')}", f"- {kept_sentence(status)}",
               *([f"- stopped early: {status.get('early_stop_reason')}"] if status.get("early_stopped") else []),

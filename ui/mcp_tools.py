@@ -36,7 +36,9 @@ TOOLS = {
                        "prepared dataset. Returns a JSON object like prepare_dataset's.",
     "train": "Check and start a training run on this machine. Returns its run id (a JSON string) at once; follow it "
              "with `status` until state is completed, failed or stopped. `model` is any Hub id, local folder or builtin id; "
-             "`data` a dataset source as in inspect_dataset; learning_rate e.g. 2e-4; max_seq_len in tokens.",
+             "`data` a dataset source as in inspect_dataset; learning_rate e.g. 2e-4; max_seq_len in tokens. "
+             "method grpo: prompts (with reference answers) scored by grpo_reward, a list of exact, numeric, format, "
+             "json, length; grpo_reward_weights e.g. '1,0.5'; batch_size a multiple of grpo_num_generations.",
     "train_jobs": "Start a training run on Hugging Face Jobs (flavor e.g. a10g-small, timeout e.g. 2h). Returns its run id "
                   "(a JSON string) at once; follow it like a local run with `status` and `stop`.",
     "status": "A run's status: state (queued, running, stopping, stopped, failed, completed), step, total_steps, "

@@ -78,6 +78,12 @@ def metrics_html(snap: dict | None) -> str:
              ("tokens/s", f"{tps:,.0f}" if tps else "n/a"), ("MFU", f"{mfu:.1%}" if mfu else "n/a"),
              ("threads", str(st.get("threads") or "n/a")), ("memory in use", f"{mem:.2f} GB" if mem else "n/a"),
              ("elapsed", fmt_duration(st.get("elapsed_s") or st.get("duration_s")))]
+    if latest.get("reward") is not None or st.get("reward") is not None:  # GRPO
+        g = latest if latest.get("reward") is not None else st
+        per = ", ".join(f"{k} {num(v)}" for k, v in (g.get("rewards") or {}).items()) or "n/a"
+        cells += [("mean reward", num(g.get("reward"))), ("reward per function", per),
+                  ("completion length", f"{g['completion_len']:.1f} tokens" if g.get("completion_len") else "n/a"),
+                  ("KL", num(g.get("kl")))]
     grid = "".join(f"<div style='padding:4px 8px;border:1px solid var(--border-color-primary,#ddd);border-radius:6px'>"
                    f"<div style='font-size:0.8em;opacity:0.7'>{k}</div><div style='font-weight:600'>{html.escape(v)}</div></div>"
                    for k, v in cells)

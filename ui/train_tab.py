@@ -12,7 +12,7 @@ from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 from finetune.config import (BUILTIN_DEMO_REASON, DataConfig, LoraConfig, TrainConfig, build_run_config,
                              default_run_config)
 
-from . import jobs_panel, train_live
+from . import grpo_panel, jobs_panel, train_live
 from .forms import coerce, field_input
 from .render import check_source, run_choices, user_errors
 
@@ -50,9 +50,15 @@ def train_api(model: str, data: str, method: str, learning_rate: float | str, ep
               seed: float = 42, num_virtual_tokens: float = 16, dpo_beta: float = 0.1, save_total_limit: float = 2,
               early_stopping_threshold: float = 0.0, precision: str = "auto", backend: str = "auto",
               group_by_length: bool = True, report_to: str = "none", init_from_run: str = "",
-              data_seed: float = 42, num_processes: float = 1, accelerate_preset: str = "auto") -> str:
+              data_seed: float = 42, num_processes: float = 1, accelerate_preset: str = "auto",
+              grpo_reward: str | list = "exact", grpo_reward_weights: str = "",
+              grpo_format_regex: str = r"<answer>[\s\S]*?</answer>", grpo_json_schema: str = "",
+              grpo_length_min_chars: float = 0, grpo_length_max_chars: float = 200, grpo_num_generations: float = 4,
+              grpo_max_completion_len: float = 64, grpo_temperature: float = 1.0, grpo_beta: float = 0.0,
+              grpo_reward_file: str = "") -> str:
     """Check and start a training run; return its run id at once (the `train` API). lora_alpha 0 means
-    2 x rank. A run that would fail (missing data, unknown model, nothing trained, too big) is refused
+    2 x rank; the grpo_* values are method grpo's rewards (ui.grpo_panel). A run that would fail (missing
+    data, unknown model, nothing trained, too big) is refused
     before anything is created."""
     from .guard import start_as_caller  # owner, public-mode limits, the caller's token only
 
@@ -62,6 +68,7 @@ def train_api(model: str, data: str, method: str, learning_rate: float | str, ep
     for section, name in MAIN + MORE:
         sections[section][name] = coerce(_CLS[section], name, given[param((section, name))])
     sections["train"]["method"] = sections["train"]["method"] or "lora"
+    sections["grpo"] = grpo_panel.settings(given)
     if not sections["lora"]["alpha"]:
         sections["lora"]["alpha"] = 2 * sections["lora"]["r"]
     cfg = build_run_config(model or TINY_CHAT_ID, data, sections)  # validation names the field
@@ -183,7 +190,7 @@ def build(model_box, data_box, run_state) -> dict:
     t, lo = _D.train, _D.lora
     with gr.Row():
         with gr.Column(scale=1):
-            c = {"method": field_input(TrainConfig, "method", t.method),
+            c = {"method": field_input(TrainConfig, "method", t.method, elem_id="train-method"),
                  "learning_rate": field_input(TrainConfig, "learning_rate", t.learning_rate),
                  "epochs": field_input(TrainConfig, "epochs", t.epochs, minimum=0, step=1),
                  "batch_size": gr.Slider(1, 64, value=t.batch_size, step=1, label="Batch size",
@@ -199,6 +206,7 @@ def build(model_box, data_box, run_state) -> dict:
                                 _CLS[section], name, 0 if name == "alpha" else value,
                                 **({"info": "0 = 2 x rank"} if name == "alpha" else
                                    {"label": "Data split seed"} if (section, name) == ("data", "seed") else {}))
+            grpo = grpo_panel.build(c["method"])
             start = gr.Button("Start training", variant="primary")
             jobs = jobs_panel.build()
             with gr.Row():
@@ -215,6 +223,7 @@ def build(model_box, data_box, run_state) -> dict:
             plot = gr.LinePlot(train_live.empty_curve(), x="step", y="value", color="series", label="Loss",
                                x_title="step", y_title="loss", color_title="", x_axis_format="d",
                                color_map=train_live.COLORS, elem_id="loss-plot")
+            reward_plot = grpo_panel.reward_plot()  # GRPO runs only
             download = gr.DownloadButton("Download adapter (.zip)", visible=False, elem_id="train-download")
             log = gr.Textbox(label="Log (last lines)", lines=6, max_lines=12, interactive=False, autoscroll=True,
                              elem_id="train-log")
@@ -236,10 +245,11 @@ def build(model_box, data_box, run_state) -> dict:
     gr.on([model_box.change, data_box.change], settings_for, [model_box, data_box],
           [c["learning_rate"], c["epochs"], c[param(("train", "grad_accum"))], note], api_visibility="private",
           show_progress="hidden")
-    start.click(train_api, [model_box, data_box] + [c[k] for k in order], run_id, api_name="train").success(
+    start.click(train_api, [model_box, data_box] + [c[k] for k in order] + grpo, run_id, api_name="train").success(
         lambda r: (r, gr.Dropdown(choices=run_choices(), value=r), train_live.runs_frame()), run_id,
         [run_state, run_id, table], api_visibility="private")
     timer.tick(train_live.poll, [run_id, shown], live, api_visibility="private", show_progress="hidden")
+    grpo_panel.wire_curve(timer, run_id, reward_plot)
     run_id.change(lambda r: (r, {}), run_id, [run_state, shown], api_visibility="private").then(
         train_live.poll, [run_id, shown], live, api_visibility="private", show_progress="hidden")
     stop.click(stop_api, run_id, raw, api_name="stop").then(train_live.poll, [run_id, shown], live,

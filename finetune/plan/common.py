@@ -61,6 +61,9 @@ class PlanRequest:
         "replaces the assumed MFU in the local time estimate.")
     measured_overhead_s: float | None = _f(
         None, "Fixed seconds every run pays on this machine (imports, loading model and data), from a dry run.")
+    grpo_generations: int = _f(4, "GRPO: answers sampled per prompt.")
+    grpo_completion_len: int = _f(256, "GRPO: longest sampled answer in tokens.")
+    grpo_beta: float = _f(0.0, "GRPO: KL coefficient (0 = no reference model).")
 
     def __post_init__(self):
         def need(cond: bool, name: str, msg: str):
@@ -106,6 +109,11 @@ class PlanRequest:
              "measured_tokens_per_s", "must be a number > 0, or empty")
         need(self.measured_overhead_s is None or (is_num(self.measured_overhead_s) and self.measured_overhead_s >= 0),
              "measured_overhead_s", "must be a number >= 0, or empty")
+        need(is_int(self.grpo_generations) and 2 <= self.grpo_generations <= 256, "grpo_generations",
+             "must be a whole number between 2 and 256")
+        need(is_int(self.grpo_completion_len) and 1 <= self.grpo_completion_len <= 32768, "grpo_completion_len",
+             "must be a whole number of tokens between 1 and 32768")
+        need(is_num(self.grpo_beta) and 0 <= self.grpo_beta <= 10, "grpo_beta", "must be a number in [0, 10]")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,11 +46,11 @@ UNSLOTH_MINIMUM = dict(seq_len=2048, batch_size=1, lora_rank=16, gradient_checkp
 UNSLOTH_CE_CHUNK_TOKENS = 512  # rows of fp32 logits (and their grads) alive at once in the chunked loss
 UNSLOTH_METHODS = ("lora", "qlora")  # what the studio runs through Unsloth (finetune.config.UNSLOTH_METHODS)
 BACKENDS = ("trl", "unsloth")
-RUN_METHOD_AS = {"rslora": "lora", "cpt": "lora", "orpo": "dpo", "kto": "dpo"}  # trainer method -> planner method
+RUN_METHOD_AS = {"rslora": "lora", "cpt": "lora", "orpo": "dpo", "kto": "dpo", "grpo": "lora"}  # trainer method -> planner method
 
 # Assumed model FLOPs utilisation on a GPU. QLoRA dequantises every weight on every matmul
 # (bitsandbytes), DoRA recomputes weight norms; both run well below plain LoRA.
-GPU_MFU = {"full": 0.40, "lora": 0.35, "qlora": 0.25, "dora": 0.25, "prefix": 0.35, "dpo": 0.30}
+GPU_MFU = {"full": 0.40, "lora": 0.35, "qlora": 0.25, "dora": 0.25, "prefix": 0.35, "dpo": 0.30, "grpo": 0.35}
 # Fixed GPU cost per micro-batch: ~10 ms of Python/optimizer work plus ~2 ms of kernel launches
 # per layer (forward, backward, recompute). Irrelevant at 8B, decisive for builtin:tiny-chat.
 GPU_STEP_OVERHEAD_S = 0.010

@@ -178,7 +178,7 @@ def render_report_md(req: PlanRequest, spec: dict, out: dict) -> str:
     tm = out["training_method"]
     label = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA", "prefix": "Prefix tuning",
              "dpo": "DPO", "prompting": "Prompting"}
-    method_label = label[m] + (f" (fallback: {label[tm]})" if m == "prompting" else "")
+    method_label = label.get(m, m.upper()) + (f" (fallback: {label.get(tm, tm.upper())})" if m == "prompting" else "")
     if tm == "dpo" and out["hyperparameters_dict"].get("load_in_4bit"):
         method_label += " on a 4-bit base"
     status = "Config Ready" if out["fits"] else "Does not fit: see hardware"

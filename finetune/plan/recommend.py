@@ -22,6 +22,7 @@ from .estimate import (
     planned_backend,
     inference_cost_per_1m,
 )
+from . import grpo as grpo_plan
 from .export import render_python_script, render_report_md, render_trl_config, render_yaml
 from .specs import model_spec
 
@@ -633,7 +634,8 @@ def plan(req: PlanRequest) -> dict:
         "trl_config_yaml": yaml_text,
         "python_script": script,
     }
-    out["readiness"] = _readiness(req, spec, fits, data, within_budget)
+    grpo_plan.apply(req, spec, tier, out)  # GRPO's memory, time and fit (finetune/plan/grpo.py)
+    out["readiness"] = _readiness(req, spec, out["fits"], data, within_budget)
     out["report_md"] = render_report_md(req, spec, out)
     return out
 
