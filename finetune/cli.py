@@ -513,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .hub_cli import add_commands  # push, deploy, data push
 
     add_commands(sub, js)
+    from .sweep_cli import add_commands as add_sweep  # hyperparameter search
+
+    add_sweep(sub, js)
     return p
 
 

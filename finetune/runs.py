@@ -517,6 +517,7 @@ def list_runs() -> list[dict]:
             "duration_s": st.get("duration_s"), "eval_loss": st.get("eval_loss"),
             "best_eval_loss": st.get("best_eval_loss"), "best_step": st.get("best_step"),
             "resumable": st.get("state") in ("failed", "stopped") and last_checkpoint(d.name) is not None,
+            "study_id": st.get("study_id"),  # a trial of a hyperparameter search (finetune.sweep)
         })
     return out
 
