@@ -195,7 +195,7 @@ def plan_study(model: str, data: str, *, trials: int | None = None, budget_min: 
     eval_steps = max(1, shortest // EVALS_PER_TRIAL)
     notes.append(f"Validation loss every {eval_steps} steps ({steps_per_epoch} steps per epoch); a trial whose loss "
                  "is worse than the median of the finished trials at the same step is pruned (stopped and saved).")
-    startup = 2 if n >= 4 else 1
+    startup = min(5, max(2, n // 4))  # finished trials before any is pruned: Optuna's median needs a few
     return {"model": cfg.model.model_id, "data": cfg.data.source, "method": method, "objective": objective,
             "direction": OBJECTIVES[objective], "n_trials": n, "length_scale": round(scale, 3),
             "budget_s": budget_s, "budget_min": budget_min, "budget_usd": budget_usd, "hardware": hardware,
@@ -221,6 +221,17 @@ def first_trial(p: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # The study folder
+
+RESULT_KEYS = ("study_id", "state", "objective", "direction", "n_trials", "trials", "best", "importance",
+               "end_reason", "error", "elapsed_s")
+
+
+def summary(doc: dict) -> dict:
+    """A study as the CLI and the API return it: the contract keys first, then what was planned."""
+    out = {k: doc.get(k) for k in RESULT_KEYS}
+    out["plan"] = {k: doc.get(k) for k in ("model", "data", "method", "hardware", "length_scale", "budget_s",
+                                             "trial_s_estimate", "eval_steps", "space", "base", "pruner", "notes")}
+    return out
 
 
 def new_study_id(model: str) -> str:

@@ -12,18 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-RESULT_KEYS = ("study_id", "state", "objective", "direction", "n_trials", "trials", "best", "importance",
-               "end_reason", "error", "elapsed_s")
-
-
-def result(doc: dict) -> dict:
-    """A study as the CLI and the API return it: the contract keys first, then what was planned."""
-    out = {k: doc.get(k) for k in RESULT_KEYS}
-    out["plan"] = {k: doc.get(k) for k in ("model", "data", "method", "hardware", "length_scale", "budget_s",
-                                             "trial_s_estimate", "eval_steps", "space", "base", "pruner", "notes")}
-    return out
-
-
 def parse_ranges(a) -> dict:
     ranges = {}
     for key, text in (("learning_rate", a.lr_range), ("epochs", a.epochs_range), ("lora_dropout", a.dropout_range)):
@@ -61,25 +49,25 @@ def cmd_sweep(a) -> dict:
             doc = sweep.read_study(a.resume)
             if doc.get("state") in sweep.ACTIVE_STATES:
                 raise ValueError(f"study {a.resume} is {doc['state']}: it is still going")
-        return result(run_study(a.drive or a.resume))
+        return sweep.summary(run_study(a.drive or a.resume))
     if a.show:
-        return result(sweep.read_study(a.show))
+        return sweep.summary(sweep.read_study(a.show))
     if a.stop:
-        return result(sweep.stop_study(a.stop))
+        return sweep.summary(sweep.stop_study(a.stop))
     if a.list:
         return {"studies": sweep.list_studies()}
     p = sweep.plan_study(a.model, a.data, trials=a.trials, budget_min=a.budget_min,
                          budget_usd=a.budget_usd, hardware=a.hardware, objective=a.objective, method=a.method,
                          ranges=parse_ranges(a), seed=a.seed)
     if a.plan_only:
-        return result(dict(p, study_id=None, trials=[], state="planned"))
+        return sweep.summary(dict(p, study_id=None, trials=[], state="planned"))
     study_id = sweep.create_study(p, enqueue=parse_try(a.try_params))
     if a.no_wait:
         sweep.start_study(study_id)
-        return result(sweep.read_study(study_id))
+        return sweep.summary(sweep.read_study(study_id))
     from .sweep_run import run_study
 
-    return result(run_study(study_id))
+    return sweep.summary(run_study(study_id))
 
 
 def add_commands(sub, js: argparse.ArgumentParser) -> None:

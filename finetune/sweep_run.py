@@ -48,7 +48,7 @@ def trial_config(doc: dict, params: dict, number: int):
     d = dict(doc["base_config"])
     r = int(params["lora_r"])
     d["train"] = dict(d["train"], learning_rate=float(params["learning_rate"]), epochs=float(params["epochs"]),
-                      max_steps=0, eval_steps=int(doc["eval_steps"]), save_steps=10_000_000, num_processes=1,
+                      max_steps=0, eval_steps=int(doc["eval_steps"]), num_processes=1,
                       keep_best=True, early_stopping_patience=0)
     d["lora"] = dict(d["lora"], r=r, alpha=int(params["lora_alpha_x"]) * r, dropout=float(params["lora_dropout"]))
     d["name"] = f"{doc['study_id'][-9:]}-t{number}"

@@ -101,6 +101,8 @@ def trial_callbacks(run_dir: Path, studio_cb) -> list:
             loss = (metrics or {}).get("eval_loss")
             if loss is None or not math.isfinite(float(loss)) or studio_cb.stopped:
                 return  # a non-finite loss is the trainer guard's to end
+            if state.max_steps and state.global_step >= state.max_steps:
+                return  # the evaluation after the last step: nothing left to save by pruning
             trial, step = self._trial(), int(state.global_step)
             if any(t.number == number and step in t.intermediate_values
                    for t in trial.study.get_trials(deepcopy=False)):
