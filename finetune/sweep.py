@@ -297,7 +297,7 @@ def _driver_alive(study_id: str, pid) -> bool:
         return False
     from .runs import cmdline_has
 
-    return cmdline_has(int(pid), study_id)
+    return cmdline_has(int(pid), "sweep")  # the app's driver child, or `finetune sweep ...` driving in its own process
 
 
 def read_study(study_id: str) -> dict:

@@ -51,7 +51,7 @@ def trial_config(doc: dict, params: dict, number: int):
                       max_steps=0, eval_steps=int(doc["eval_steps"]), num_processes=1,
                       keep_best=True, early_stopping_patience=0)
     d["lora"] = dict(d["lora"], r=r, alpha=int(params["lora_alpha_x"]) * r, dropout=float(params["lora_dropout"]))
-    d["name"] = f"{doc['study_id'][-9:]}-t{number}"
+    d["name"] = f"sweep-{doc['study_id'][-4:]}-t{number}"
     d["owner"] = doc.get("owner") or ""
     return RunConfig.from_dict(d)
 
@@ -67,7 +67,7 @@ def objective_value(doc: dict, run_id: str, st: dict) -> float:
     """The trial's objective: the kept adapter's validation loss, or a metric of its evaluation."""
     name = doc["objective"]
     if name == "eval_loss":
-        v = st.get("best_eval_loss", st.get("final_eval_loss", st.get("eval_loss")))
+        v = next((st[k] for k in ("best_eval_loss", "final_eval_loss", "eval_loss") if st.get(k) is not None), None)
         if v is None:
             raise ValueError("the run logged no validation loss")
         return float(v)

@@ -140,3 +140,36 @@ def test_sweep_api(study, app_url):
         client.predict("builtin:tiny-chat", "builtin:demo", 3, 0, 0, "local", "nonsense", api_name="/sweep")
     with pytest.raises(Exception, match="no study"):
         client.predict("no-such-study", api_name="/sweep_status")
+
+
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="Debian's chromium is not installed")
+def test_search_panel_in_the_browser(study, app_url, home):
+    """The Train tab's Search: pick the study, see its trials (one pruned) and plots, and "Use the best"
+    fills the Train tab's fields (epochs 20 -> the best trial's 1)."""
+    from playwright.sync_api import expect
+
+    from conftest import chromium_page
+
+    shots = Path(os.environ.get("FTS_SHOTS", str(home / "screenshots")))
+    shots.mkdir(parents=True, exist_ok=True)
+    with chromium_page(app_url, height=1400) as page:
+        page.get_by_role("tab", name="Train").click()
+        epochs = page.get_by_label("Epochs", exact=True)
+        expect(epochs).to_have_value("20", timeout=30_000)
+        page.get_by_text("Search: hyperparameters within a budget").click()
+        panel = page.locator("#train-sweep")
+        box = panel.get_by_label("Study")
+        box.click()
+        box.fill(study["study_id"])
+        box.press("Enter")
+        table = page.locator("#sweep-trials")
+        expect(table).to_contain_text("pruned", timeout=60_000)
+        expect(page.locator("#sweep-summary")).to_contain_text("completed")
+        expect(panel.locator(".vega-embed").first).to_be_visible(timeout=30_000)
+        panel.scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)
+        panel.screenshot(path=str(shots / "x20b-search.png"))
+        page.get_by_role("button", name="Use the best").click()
+        expect(epochs).to_have_value("1", timeout=30_000)
+        expect(page.get_by_label("Eval steps", exact=True)).to_have_value(str(study["plan"]["eval_steps"]))
+        page.screenshot(path=str(shots / "x20b-train-filled.png"), full_page=True)
