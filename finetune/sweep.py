@@ -112,22 +112,22 @@ def choose_budget(trials: int | None, budget_s: float | None, per_epoch_s: float
     full = cost(1.0)
     if budget_s is None:
         n = trials or DEFAULT_TRIALS
-        return n, 1.0, f"{n} trials at the Plan's length (about {full / 60:.1f} min each, {n * full / 60:.0f} min in all)"
+        return n, 1.0, f"{n} trials of {epochs:g} epochs on average (about {full / 60:.1f} min each, {n * full / 60:.0f} min in all)"
     want = trials or max(MIN_TRIALS, min(MAX_TRIALS, int(budget_s // full)))
     if want * full <= budget_s:
         return want, 1.0, (f"{want} trials of about {full / 60:.1f} min fit in {budget_s / 60:.0f} min"
-                           + ("" if trials else f" (one trial is the Plan's length: {epochs:g} epochs)"))
+                           + f" ({epochs:g} epochs on average)")
     scale = (budget_s / want - overhead_s) / max(1e-9, epochs * per_epoch_s)
     if scale >= MIN_LENGTH_SCALE:
-        return want, min(1.0, scale), (f"{want} trials at the Plan's length would take {want * full / 60:.0f} min: "
-                                       f"each is shortened to {scale:.0%} of it (about {cost(scale) / 60:.1f} min) "
+        return want, min(1.0, scale), (f"{want} trials of {epochs:g} epochs would take {want * full / 60:.0f} min: "
+                                       f"each is shortened to {scale:.0%} of that (about {cost(scale) / 60:.1f} min) "
                                        f"to fit {budget_s / 60:.0f} min")
     n = int(budget_s // cost(MIN_LENGTH_SCALE))
     if n < 1:
         raise StudyError(f"budget: {budget_s / 60:.1f} min is less than one trial needs (about "
-                         f"{cost(MIN_LENGTH_SCALE) / 60:.1f} min at {MIN_LENGTH_SCALE:.0%} of the Plan's length)")
-    return n, MIN_LENGTH_SCALE, (f"{budget_s / 60:.0f} min holds {n} trial(s) at {MIN_LENGTH_SCALE:.0%} of the "
-                                 f"Plan's length (about {cost(MIN_LENGTH_SCALE) / 60:.1f} min each)")
+                         f"{cost(MIN_LENGTH_SCALE) / 60:.1f} min at {MIN_LENGTH_SCALE:.0%} of {epochs:g} epochs)")
+    return n, MIN_LENGTH_SCALE, (f"{budget_s / 60:.0f} min holds {n} trial(s) at {MIN_LENGTH_SCALE:.0%} of "
+                                 f"{epochs:g} epochs (about {cost(MIN_LENGTH_SCALE) / 60:.1f} min each)")
 
 
 def search_space(cfg, scale: float, ranges: dict | None = None) -> dict:
@@ -151,8 +151,9 @@ def search_space(cfg, scale: float, ranges: dict | None = None) -> dict:
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi or lo < 0 or (key == "learning_rate" and lo <= 0):
             raise StudyError(f"search space: {key} range {lo:g}..{hi:g} must be low <= high, above 0")
         space[key] = dict(space[key], low=lo, high=hi)
-        if key == "epochs":
-            space[key]["high"] = lo + math.floor((hi - lo) / 0.5) * 0.5
+        if key == "epochs":  # yours, shortened like the Plan's when the budget asks for it
+            lo, hi = _nice_half(lo * scale), _nice_half(hi * scale)
+            space[key].update(low=lo, high=lo + math.floor((hi - lo) / 0.5) * 0.5)
     return space
 
 
@@ -185,11 +186,14 @@ def plan_study(model: str, data: str, *, trials: int | None = None, budget_min: 
     notes: list[str] = [f"Base: the Plan's settings for {model} ({why})."]
     budget_s = _budget_s(budget_min, budget_usd, float(tier.get("price_usd_per_h") or 0.0), notes)
     per_epoch, overhead, calibrated = _seconds_per_epoch(cfg, len(train_rows), facts["mean_tokens"], hardware)
-    n, scale, why_n = choose_budget(int(trials) if trials else None, budget_s, per_epoch, overhead, cfg.train.epochs)
+    user_epochs = (ranges or {}).get("epochs")
+    length = (float(user_epochs[0]) + float(user_epochs[1])) / 2 if user_epochs else cfg.train.epochs
+    n, scale, why_n = choose_budget(int(trials) if trials else None, budget_s, per_epoch, overhead, length)
     notes.append(why_n + (" (time from a dry run on this machine)" if calibrated else
                           f" (the Plan's uncalibrated time on {hardware} plus {DEFAULT_OVERHEAD_S:.0f} s start-up; "
                           "`finetune calibrate dry-run` measures this machine)"))
     space = search_space(cfg, scale, ranges)
+    trial_s = overhead + (space["epochs"]["low"] + space["epochs"]["high"]) / 2 * per_epoch
     steps_per_epoch = max(1, math.ceil(len(train_rows) / cfg.train.batch_size) // cfg.train.grad_accum)
     shortest = max(1, int(space["epochs"]["low"] * steps_per_epoch))
     eval_steps = max(1, shortest // EVALS_PER_TRIAL)
@@ -199,7 +203,7 @@ def plan_study(model: str, data: str, *, trials: int | None = None, budget_min: 
     return {"model": cfg.model.model_id, "data": cfg.data.source, "method": method, "objective": objective,
             "direction": OBJECTIVES[objective], "n_trials": n, "length_scale": round(scale, 3),
             "budget_s": budget_s, "budget_min": budget_min, "budget_usd": budget_usd, "hardware": hardware,
-            "trial_s_estimate": round(overhead + scale * cfg.train.epochs * per_epoch, 1), "seed": int(seed),
+            "trial_s_estimate": round(trial_s, 1), "seed": int(seed),
             "space": space, "eval_steps": eval_steps, "steps_per_epoch": steps_per_epoch,
             "base": {"learning_rate": cfg.train.learning_rate, "epochs": cfg.train.epochs, "lora_r": cfg.lora.r,
                      "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout},

@@ -136,8 +136,10 @@ def test_sweep_api(study, app_url):
     got = client.predict(study["study_id"], api_name="/sweep_status")
     assert got["study_id"] == study["study_id"] and [t["state"] for t in got["trials"]] == \
         ["complete", "complete", "pruned"]
-    with pytest.raises(Exception, match="objective"):
-        client.predict("builtin:tiny-chat", "builtin:demo", 3, 0, 0, "local", "nonsense", api_name="/sweep")
+    with pytest.raises(Exception, match="at most 100"):
+        client.predict("builtin:tiny-chat", "builtin:demo", 1000, 0, 0, "local", "eval_loss", api_name="/sweep")
+    with pytest.raises(Exception, match="less than one trial"):  # 1 s cannot hold a trial: nothing starts
+        client.predict("builtin:tiny-chat", "builtin:demo", 0, 1 / 60, 0, "local", "eval_loss", api_name="/sweep")
     with pytest.raises(Exception, match="no study"):
         client.predict("no-such-study", api_name="/sweep_status")
 
@@ -171,5 +173,6 @@ def test_search_panel_in_the_browser(study, app_url, home):
         panel.screenshot(path=str(shots / "x20b-search.png"))
         page.get_by_role("button", name="Use the best").click()
         expect(epochs).to_have_value("1", timeout=30_000)
+        page.get_by_text("More settings (all applied to the run)").click()
         expect(page.get_by_label("Eval steps", exact=True)).to_have_value(str(study["plan"]["eval_steps"]))
         page.screenshot(path=str(shots / "x20b-train-filled.png"), full_page=True)
