@@ -159,7 +159,7 @@ def search_space(cfg, scale: float, ranges: dict | None = None) -> dict:
 
 def plan_study(model: str, data: str, *, trials: int | None = None, budget_min: float | None = None,
                budget_usd: float | None = None, hardware: str = "local", objective: str = "eval_loss",
-               method: str = "lora", ranges: dict | None = None, seed: int = 42) -> dict:
+               method: str = "lora", ranges: dict | None = None, seed: int = 42, prune: bool = True) -> dict:
     """Everything a study will do, decided before it starts: the Plan's base run, the space, the
     trial count and length within the budget, evaluation steps, the pruner, and the reasons."""
     from .data import load_prepared
@@ -197,8 +197,9 @@ def plan_study(model: str, data: str, *, trials: int | None = None, budget_min: 
     steps_per_epoch = max(1, math.ceil(len(train_rows) / cfg.train.batch_size) // cfg.train.grad_accum)
     shortest = max(1, int(space["epochs"]["low"] * steps_per_epoch))
     eval_steps = max(1, shortest // EVALS_PER_TRIAL)
-    notes.append(f"Validation loss every {eval_steps} steps ({steps_per_epoch} steps per epoch); a trial whose loss "
-                 "is worse than the median of the finished trials at the same step is pruned (stopped and saved).")
+    notes.append(f"Validation loss every {eval_steps} steps ({steps_per_epoch} steps per epoch); " +
+                 ("a trial whose loss is worse than the median of the finished trials at the same step is pruned "
+                  "(stopped and saved)." if prune else "no pruning: every trial runs to its end."))
     startup = min(5, max(2, n // 4))  # finished trials before any is pruned: Optuna's median needs a few
     return {"model": cfg.model.model_id, "data": cfg.data.source, "method": method, "objective": objective,
             "direction": OBJECTIVES[objective], "n_trials": n, "length_scale": round(scale, 3),
@@ -208,7 +209,7 @@ def plan_study(model: str, data: str, *, trials: int | None = None, budget_min: 
             "base": {"learning_rate": cfg.train.learning_rate, "epochs": cfg.train.epochs, "lora_r": cfg.lora.r,
                      "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout},
             "base_config": cfg.to_dict(),
-            "pruner": {"kind": "median", "n_startup_trials": startup, "n_warmup_steps": eval_steps},
+            "pruner": {"kind": "median" if prune else "none", "n_startup_trials": startup, "n_warmup_steps": eval_steps},
             "notes": notes}
 
 

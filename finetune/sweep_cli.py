@@ -58,7 +58,7 @@ def cmd_sweep(a) -> dict:
         return {"studies": sweep.list_studies()}
     p = sweep.plan_study(a.model, a.data, trials=a.trials, budget_min=a.budget_min,
                          budget_usd=a.budget_usd, hardware=a.hardware, objective=a.objective, method=a.method,
-                         ranges=parse_ranges(a), seed=a.seed)
+                         ranges=parse_ranges(a), seed=a.seed, prune=not a.no_prune)
     if a.plan_only:
         return sweep.summary(dict(p, study_id=None, trials=[], state="planned"))
     study_id = sweep.create_study(p, enqueue=parse_try(a.try_params))
@@ -95,6 +95,7 @@ def add_commands(sub, js: argparse.ArgumentParser) -> None:
                    help="a trial to run first (repeatable); names: learning_rate, epochs, lora_r, lora_alpha_x, "
                         "lora_dropout (default: the Plan's settings)")
     s.add_argument("--seed", type=int, default=42, help="the TPE sampler's seed")
+    s.add_argument("--no-prune", action="store_true", help="run every trial to its end (no median pruner)")
     s.add_argument("--no-wait", action="store_true", help="start it in the background and return its id")
     s.add_argument("--plan-only", action="store_true", help="say what the budget buys, start nothing")
     s.add_argument("--show", default=None, metavar="STUDY_ID", help="a study's trials, best and state")

@@ -81,7 +81,7 @@ def objective_value(doc: dict, run_id: str, st: dict) -> float:
     return float(v)
 
 
-def _importance(study) -> dict | None:
+def param_importance(study) -> dict | None:
     """Parameter importance (Optuna's default evaluator) once 3 trials are complete, else None."""
     import optuna
 
@@ -229,7 +229,7 @@ def run_study(study_id: str) -> dict:
                 reason = f"budget reached: {spent / 60:.1f} of {float(doc['budget_s']) / 60:.0f} min spent"
                 break
             run_trial(d, study, env)
-            write_study(d, dict(read_json(d / "study.json", default={}) or {}, importance=_importance(study),
+            write_study(d, dict(read_json(d / "study.json", default={}) or {}, importance=param_importance(study),
                                 elapsed_s=round(before + time.time() - t_start, 1)))
     except KeyboardInterrupt:
         end, reason = "stopped", "interrupted"

@@ -176,3 +176,51 @@ def test_search_panel_in_the_browser(study, app_url, home):
         page.get_by_text("More settings (all applied to the run)").click()
         expect(page.get_by_label("Eval steps", exact=True)).to_have_value(str(study["plan"]["eval_steps"]))
         page.screenshot(path=str(shots / "x20b-train-filled.png"), full_page=True)
+
+
+def test_background_search_stops_cleanly(tiny_model_dir):
+    """--no-wait: the driver runs as a child process of its own; --stop stops the running trial (saved)
+    and the study ends `stopped` with no further trial."""
+    import time
+
+    from finetune.runs import read_status, run_dir
+    from finetune.sweep import read_study
+
+    started = _cli("sweep", "--trials", "3", "--epochs-range", "2,2", "--no-prune", "--no-wait", "--json")
+    sid = started["study_id"]
+    assert started["state"] in ("queued", "running") and started["trials"] == []
+    deadline, doc = time.time() + 300, {}
+    while time.time() < deadline:  # wait until the first trial trains
+        doc = read_study(sid)
+        if doc["trials"] and (read_status(doc["trials"][0]["run_id"]).get("step") or 0) > 0:
+            break
+        time.sleep(0.5)
+    assert doc["state"] == "running", doc
+    assert _cli("sweep", "--stop", sid, "--json")["state"] == "stopping"
+    while time.time() < deadline and read_study(sid)["state"] not in ("stopped", "completed", "failed"):
+        time.sleep(0.5)
+    doc = read_study(sid)
+    assert doc["state"] == "stopped" and [t["state"] for t in doc["trials"]] == ["stopped"], doc
+    st = read_status(doc["trials"][0]["run_id"])
+    assert st["state"] == "stopped" and st["step"] < st["total_steps"]
+    assert (run_dir(st["run_id"]) / "adapter").is_dir()
+
+
+def test_importance_once_three_trials_are_complete():
+    import optuna
+
+    from finetune.sweep_run import param_importance, suggest
+
+    space = {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "epochs": {"low": 1, "high": 3, "step": 0.5},
+             "lora_r": {"choices": [8, 16]}, "lora_alpha_x": {"choices": [1, 2, 4]},
+             "lora_dropout": {"low": 0.0, "high": 0.2}}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(4):
+        t = study.ask()
+        p = suggest(t, space)
+        if i == 2:
+            assert param_importance(study) is None  # 2 complete so far
+        study.tell(t, p["learning_rate"] * 100 + p["lora_dropout"])
+    imp = param_importance(study)
+    assert set(imp) == {"learning_rate", "epochs", "lora_r", "lora_alpha", "lora_dropout"}
+    assert sum(imp.values()) == pytest.approx(1.0, abs=0.01)
