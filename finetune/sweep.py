@@ -112,7 +112,8 @@ def choose_budget(trials: int | None, budget_s: float | None, per_epoch_s: float
     full = cost(1.0)
     if budget_s is None:
         n = trials or DEFAULT_TRIALS
-        return n, 1.0, f"{n} trials of {epochs:g} epochs on average (about {full / 60:.1f} min each, {n * full / 60:.0f} min in all)"
+        return n, 1.0, (f"{n} trials of {epochs:g} epochs on average (about {full / 60:.1f} min each, "
+                        f"{n * full / 60:.0f} min in all)")
     want = trials or max(MIN_TRIALS, min(MAX_TRIALS, int(budget_s // full)))
     if want * full <= budget_s:
         return want, 1.0, (f"{want} trials of about {full / 60:.1f} min fit in {budget_s / 60:.0f} min"
@@ -209,7 +210,8 @@ def plan_study(model: str, data: str, *, trials: int | None = None, budget_min: 
             "base": {"learning_rate": cfg.train.learning_rate, "epochs": cfg.train.epochs, "lora_r": cfg.lora.r,
                      "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout},
             "base_config": cfg.to_dict(),
-            "pruner": {"kind": "median" if prune else "none", "n_startup_trials": startup, "n_warmup_steps": eval_steps},
+            "pruner": {"kind": "median" if prune else "none", "n_startup_trials": startup,
+                       "n_warmup_steps": eval_steps},
             "notes": notes}
 
 
@@ -259,6 +261,11 @@ def create_study(p: dict, *, owner: str = "", enqueue: list[dict] | None = None)
     from .preflight import preflight
     from .sweep_trial import make_pruner, storage
 
+    first = enqueue if enqueue else [first_trial(p)]
+    for params in first:
+        bad = set(params) - set(PARAMS)
+        if bad:
+            raise StudyError(f"try: unknown parameter {sorted(bad)[0]!r} (one of {', '.join(PARAMS)})")
     cfg = RunConfig.from_dict(p["base_config"])
     preflight(cfg)
     study_id = new_study_id(p["model"])
@@ -267,13 +274,10 @@ def create_study(p: dict, *, owner: str = "", enqueue: list[dict] | None = None)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=study_id, storage=storage(d), direction=p["direction"],
                                 pruner=make_pruner(p["pruner"]))
-    for params in (enqueue if enqueue else [first_trial(p)]):
-        bad = set(params) - set(PARAMS)
-        if bad:
-            raise StudyError(f"try: unknown parameter {sorted(bad)[0]!r} (one of {', '.join(PARAMS)})")
+    for params in first:
         study.enqueue_trial(params)
-    doc = dict(p, base_config=cfg.to_dict(), study_id=study_id, owner=owner, state="queued", created=now_iso(), trials=[], best=None,
-               importance=None, elapsed_s=0.0, error=None)
+    doc = dict(p, base_config=cfg.to_dict(), study_id=study_id, owner=owner, state="queued", created=now_iso(),
+               trials=[], best=None, importance=None, elapsed_s=0.0, error=None)
     write_study(d, doc)
     return study_id
 

@@ -211,7 +211,8 @@ def run_study(study_id: str) -> dict:
     write_study(d, dict(doc, state="running", driver_pid=os.getpid(), started=doc.get("started") or now_iso(),
                         error=None))
     env = {k: os.environ[k] for k in TOKEN_VARS if k in os.environ}
-    study = load_optuna_study(d, optuna.samplers.TPESampler(seed=int(doc.get("seed", 42)) + len(doc.get("trials") or [])))
+    seed = int(doc.get("seed", 42)) + len(doc.get("trials") or [])  # a resumed study draws new trials
+    study = load_optuna_study(d, optuna.samplers.TPESampler(seed=seed))
     _fail_leftovers(d, study)
     t_start, before = time.time(), float(doc.get("elapsed_s") or 0.0)
     end, reason = "completed", None

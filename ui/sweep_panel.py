@@ -116,7 +116,8 @@ def frames(doc: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                      "steps": f"{t.get('steps') or 0}/{t.get('total_steps') or '?'}", "run_id": t.get("run_id")})
     table = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
     # a pruned trial's objective is its last validation loss: where the pruner stopped it
-    pts = [{"trial": f"#{t['number']}", "value": t["value"] if t.get("value") is not None else _last(t), "state": t["state"]}
+    pts = [{"trial": f"#{t['number']}", "value": t["value"] if t.get("value") is not None else _last(t),
+            "state": t["state"]}
            for t in doc.get("trials") or [] if t.get("value") is not None or _last(t) is not None]
     values = pd.DataFrame(pts, columns=["trial", "value", "state"])
     imp = pd.DataFrame([{"parameter": k, "importance": v} for k, v in (doc.get("importance") or {}).items()],
