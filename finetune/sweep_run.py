@@ -38,6 +38,9 @@ def suggest(trial, space: dict) -> dict:
             out[name] = trial.suggest_float(name, s["low"], s["high"], step=s.get("step", 0.5))
         else:
             out[name] = trial.suggest_float(name, s["low"], s["high"], log=bool(s.get("log")))
+    # values people can read and retype: 3 significant digits (the sampler keeps its own exact draw)
+    out["learning_rate"] = float(f"{out['learning_rate']:.3g}")
+    out["lora_dropout"] = round(out["lora_dropout"], 3)
     return out
 
 
