@@ -28,7 +28,9 @@ def _num(v, name: str, whole: bool = False):
         x = float(v)
     except (TypeError, ValueError):
         raise gr.Error(f"{name}: {v!r} is not a number.") from None
-    if x <= 0 or x != x:
+    if x != x or x < 0:
+        raise gr.Error(f"{name} must be 0 (not set) or a positive number, got {v}.")
+    if x == 0:
         return None  # 0 means "not set" in the form
     if whole and x != int(x):
         raise gr.Error(f"{name} must be a whole number, got {v}.")
