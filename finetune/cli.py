@@ -531,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import merge_cli  # merge RUN_ID RUN_ID ... (adapter merging)
 
     merge_cli.add_commands(sub, js)
+    from .sweep_cli import add_commands as add_sweep  # hyperparameter search
+
+    add_sweep(sub, js)
     return p
 
 

@@ -559,6 +559,7 @@ def list_runs() -> list[dict]:
             "best_eval_loss": st.get("best_eval_loss"), "best_step": st.get("best_step"),
             "resumable": st.get("state") in ("failed", "stopped") and last_checkpoint(d.name) is not None,
             "merged_from": st.get("merged_from"),  # an adapter merge of these runs (finetune/merge.py), not trained
+            "study_id": st.get("study_id"),  # a trial of a hyperparameter search (finetune.sweep)
         })
     return out
 

@@ -122,6 +122,25 @@ def status_text(r: dict) -> str:
                    "completion_len", "kl", "tokens_per_s", "queue_position", "error", "artifact", "run_dir"])
 
 
+def sweep_text(r: dict) -> str:
+    """The plain summary (`finetune sweep` without --json): plan notes, a table of trials, the best."""
+    if "studies" in r:
+        return table(r["studies"], ["study_id", "state", "model", "objective", "done", "n_trials", "best_value"])
+    rows = [dict(t, **(t.get("params") or {}), steps=f"{t.get('steps') or 0}/{t.get('total_steps') or '?'}")
+            for t in r.get("trials") or []]
+    best = r.get("best") or {}
+    lines = [f"study {r.get('study_id')}: {r.get('state')}" + (f" ({r['end_reason']})" if r.get("end_reason") else ""),
+             *((r.get("plan") or {}).get("notes") or []), "",
+             table(rows, ["number", "state", "value", "learning_rate", "epochs", "lora_r", "lora_alpha", "lora_dropout",
+                          "steps", "run_id"], width=36)]
+    if best:
+        lines += ["", f"best: trial {best.get('number')} ({r.get('objective')} {best.get('value')}), run "
+                      f"{best.get('run_id')}: {best.get('params')}"]
+    if r.get("importance"):
+        lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in r["importance"].items()))
+    return "\n".join(lines)
+
+
 def human(args, r: Any) -> str:
     """The plain summary of one command's result."""
     if not isinstance(r, dict):
@@ -141,6 +160,8 @@ def human(args, r: Any) -> str:
         return str(r.get("message") or "") + (f"\nsaved {r['dir']}" if r.get("dir") else "")
     if cmd == "runs":
         return runs_text(r)
+    if cmd == "sweep":
+        return sweep_text(r)
     if cmd == "eval":
         return eval_text(r)
     if cmd == "compare":

@@ -617,7 +617,10 @@ def _train_run(d: Path, resume: bool, own_process: bool = False, phases=None) ->
         from transformers import set_seed
 
         set_seed(cfg.train.seed)  # adapter init draws from the global RNG: make runs reproducible
-        trainer = make_trainer(cfg, model, tok, peft_config, train_ds, eval_ds, str(d / "checkpoints"), plan, [cb, best])
+        from .sweep_trial import trial_callbacks  # a trial of a hyperparameter search reports and may be pruned
+
+        trainer = make_trainer(cfg, model, tok, peft_config, train_ds, eval_ds, str(d / "checkpoints"), plan,
+                               [cb, best, *trial_callbacks(d, cb)])
         trainer.fts_tuner = tuner
         cb.mfu_of = _mfu_of(trainer.model, train_ds, cfg, plan)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)

@@ -29,7 +29,7 @@ from finetune import access
 from finetune.sources import hide_server_paths
 
 # Anyone may plan and inspect; status/runs/runs_frame (the Train tab's table, loaded with the page) show own runs only.
-OPEN_APIS = {"plan", "inspect_dataset", "status", "runs", "runs_frame"}
+OPEN_APIS = {"plan", "inspect_dataset", "status", "runs", "runs_frame", "sweep_status"}  # sweep_status: own studies
 PRIVATE_ACTIONS = {"dry_run": "train", "resume": "resume", "delete": "train"}  # UI-only handlers that act
 _IDENT: contextvars.ContextVar[access.Identity | None] = contextvars.ContextVar("fts_identity", default=None)
 _VISITOR: contextvars.ContextVar[str] = contextvars.ContextVar("fts_visitor", default="local")

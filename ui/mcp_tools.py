@@ -67,6 +67,18 @@ TOOLS = {
             "two models.",
     "export_votes": "Write the recorded votes as a prompt/chosen/rejected preference dataset for DPO. Returns a JSON "
                     "object: path, rows.",
+    "sweep": "Start a hyperparameter search (Optuna) for a model and dataset: learning rate, epochs and LoRA "
+             "rank/alpha/dropout around the Plan's settings, each trial a normal run, bad trials pruned on validation "
+             "loss. trials, budget_min (minutes) and budget_usd (US dollars at the hardware tier's hourly price) are "
+             "optional (0 = not set); objective is eval_loss or a task metric (exact_match, rougeL...). Returns the "
+             "study id (a JSON string) at once; follow it with `sweep_status`.",
+    "sweep_status": "A hyperparameter search: state (queued, running, stopping, completed, stopped, failed, "
+                    "interrupted), trials (number, run_id, params, state complete/pruned/failed/stopped/running, value "
+                    "of the objective, steps), best ({number, run_id, value, params}), importance (per parameter, "
+                    "sums to 1, once 3 trials are complete) and plan (notes on what the budget bought). Returns a "
+                    "JSON object.",
+    "sweep_stop": "Stop a hyperparameter search: its running trial stops cleanly (saved) and no new trial starts. "
+                  "Returns the study as a JSON object.",
     "push": "Push a run's adapter (or merged weights, or a GGUF file) to the Hugging Face Hub as OWNER/NAME in one "
             "commit; new repos are private unless public is true. Returns a JSON object: url, commit, files.",
     "merge": "Merge two or more completed LoRA runs on the same base model into a new run (PEFT add_weighted_adapter). "

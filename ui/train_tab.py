@@ -12,7 +12,7 @@ from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 from finetune.config import (BUILTIN_DEMO_REASON, DataConfig, LoraConfig, TrainConfig, build_run_config,
                              default_run_config)
 
-from . import grpo_panel, jobs_panel, train_live
+from . import grpo_panel, jobs_panel, sweep_panel, train_live
 from .forms import coerce, field_input
 from .render import check_source, run_choices, user_errors
 
@@ -239,6 +239,7 @@ def build(model_box, data_box, run_state) -> dict:
     timer = gr.Timer(1.0, active=False)  # switched on by poll() while a run is active
     shown = gr.State({})  # per page: events already drawn in the chart, run state last shown
     order = main_keys + [param(k) for k in MORE]
+    sweep_panel.build(model_box, data_box, dict(zip(MAIN + MORE, [c[k] for k in order])))  # "Search" accordion
     live = [progress, metrics, plot, log, download, timer, shown, table]
     gr.on([model_box.change, data_box.change], will_train, [model_box, data_box], summary, api_visibility="private",
           show_progress="hidden")
