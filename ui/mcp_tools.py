@@ -63,6 +63,13 @@ TOOLS = {
                     "object: path, rows.",
     "push": "Push a run's adapter (or merged weights, or a GGUF file) to the Hugging Face Hub as OWNER/NAME in one "
             "commit; new repos are private unless public is true. Returns a JSON object: url, commit, files.",
+    "chat": "Chat with the base model and up to three runs of one base (`models`: \"base\" and run ids, comma-separated): "
+            "each answers `message` after its own history (`history`: JSON {model: [{role, content}]}, {} to start), "
+            "through the base's chat template; temperature 0 = greedy; streamed. Returns a JSON object: models, answers, "
+            "histories (pass back as history for the next turn), done.",
+    "chat_save_row": "Append one training row {\"messages\": [...]} (`messages`: JSON list of {role, content} ending with "
+                     "the assistant answer to keep) to the saved dataset `dataset` (NAME.jsonl, created if missing). "
+                     "Returns a JSON object: dataset, rows (the dataset's row count).",
 }
 
 
