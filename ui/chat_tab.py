@@ -72,7 +72,7 @@ def chat_save_row_api(dataset: str, messages: str, system: str = "") -> dict:
     out = save_row(name, messages or "[]", system or "")
     if ident.public:
         access.set_dataset_owner(name, ident)
-        out.pop("path", None)
+    out.pop("path", None)  # a server path: the name is what the Train tab's dataset field takes
     return out
 
 
