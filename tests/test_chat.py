@@ -99,3 +99,22 @@ def test_save_row_appends_a_messages_row_that_inspect_reads(chat_run):
     assert out.returncode == 0, out.stderr[-2000:]
     rep = json.loads(out.stdout)
     assert rep["format"] == "messages" and rep["rows"] == 2
+
+
+def test_a_streamed_chat_holds_its_heavy_slot_until_the_last_item():
+    import gradio as gr
+
+    from finetune.workgate import heavy_gate
+    from ui import traffic
+
+    def chat(message: str):
+        for i in range(3):
+            yield heavy_gate().snapshot()["running"]
+
+    with gr.Blocks() as demo:
+        gr.api(chat, api_name="chat")
+    traffic.route(demo)
+    fn = next(f for f in demo.fns.values() if f.api_name == "chat").fn
+    before = heavy_gate().snapshot()["running"]
+    assert list(fn("hi")) == [before + 1] * 3  # held while streaming (a plain wrapper would have let go at once)
+    assert heavy_gate().snapshot()["running"] == before

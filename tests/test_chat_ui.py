@@ -50,7 +50,6 @@ def test_chat_streams_in_the_browser_and_saves_a_row(app_url, chat_run, home):  
         models.fill(chat_run)
         models.press("Enter")
         expect(page.locator("#chat-col-1")).to_be_visible(timeout=30_000)
-        page.get_by_label("Max new tokens").nth(1).fill("120")
         page.evaluate("""() => {
             window.__chatLens = [];
             const col = document.querySelector('#chat-col-1');
