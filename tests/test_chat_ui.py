@@ -74,3 +74,20 @@ def test_chat_streams_in_the_browser_and_saves_a_row(app_url, chat_run, home):  
     rows = [json.loads(x) for x in (datasets_dir() / "chat-rows.jsonl").read_text().splitlines()]
     assert rows[-1]["messages"][0] == {"role": "user", "content": "Tell me a story."}
     assert rows[-1]["messages"][-1]["role"] == "assistant" and rows[-1]["messages"][-1]["content"].strip()
+
+
+def test_chat_and_save_row_as_mcp_tools(chat_run):  # noqa: F811
+    from conftest import serve_app
+    from test_mcp import _call, _json
+
+    demo, url = serve_app(mcp_server=True)
+    try:
+        mcp = url + "gradio_api/mcp/"
+        out = _json(_call(mcp, "chat", message="Hi", history="{}", models=chat_run, system="", temperature=0,
+                          top_p=1, max_new_tokens=8, seed=0))
+        assert out["done"] and out["histories"][chat_run][0] == {"role": "user", "content": "Hi"}
+        saved = _json(_call(mcp, "chat_save_row", dataset="mcp-chat", messages=json.dumps(out["histories"][chat_run]),
+                            system=""))
+        assert saved == {"dataset": "mcp-chat.jsonl", "rows": 1}
+    finally:
+        demo.close()
