@@ -88,6 +88,24 @@ def check_models(models: list[str]) -> list[str]:
     return out
 
 
+def load_run_model(run: str):
+    """(model, tokenizer) of a run for answering: its base with the adapter on (a PeftModel, whose
+    disable_adapter() gives the base), or its fully fine-tuned weights."""
+    from .modeling import load_for_inference
+
+    cfg = load_config(run)
+    return load_for_inference(cfg.model.model_id, str(artifact_dir(run)), trust_remote_code=cfg.model.trust_remote_code,
+                              load_in_4bit=cfg.train.method == "qlora")
+
+
+def load_base_model(run: str):
+    """(model, tokenizer) of a run's base model alone (for a full fine-tune, whose base is other weights)."""
+    from .modeling import load_for_inference
+
+    cfg = load_config(run)
+    return load_for_inference(cfg.model.model_id, None, trust_remote_code=cfg.model.trust_remote_code)
+
+
 class _Loader:
     """Loads each model once; "base" is the first run's base (with its adapter off when it has one)."""
 
@@ -98,22 +116,19 @@ class _Loader:
     def answers(self, model: str, prompts: list, *, max_new_tokens: int, seed: int) -> tuple[list[str], float]:
         from contextlib import nullcontext
 
-        from .modeling import generate, load_for_inference
+        from .modeling import generate
 
         run = self.first if model == "base" else model
-        cfg = load_config(run)
-        art = artifact_dir(run)
         if run not in self.cache:
             self.cache.clear()  # one fine-tuned model in memory at a time
-            self.cache[run] = load_for_inference(cfg.model.model_id, str(art), trust_remote_code=cfg.model.trust_remote_code,
-                                                 load_in_4bit=cfg.train.method == "qlora")
+            self.cache[run] = load_run_model(run)
         mdl, tok = self.cache[run]
         ctx = nullcontext()
         if model == "base":
             if hasattr(mdl, "disable_adapter"):
                 ctx = mdl.disable_adapter()
             else:  # a full fine-tune: its base is a different set of weights
-                mdl, tok = load_for_inference(cfg.model.model_id, None, trust_remote_code=cfg.model.trust_remote_code)
+                mdl, tok = load_base_model(run)
         inputs = [[{"role": "user", "content": p}] if tok.chat_template is not None else p for p in prompts]
         t0 = time.perf_counter()
         with ctx:

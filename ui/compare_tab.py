@@ -9,6 +9,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from . import chat_tab
 from .render import md_table, run_choices, user_errors
 
 
@@ -178,6 +179,8 @@ def build(run_box) -> None:
     export.click(_export, None, [ab_note, export_file], api_visibility="private")
     gr.api(vote_api, api_name="vote")
     gr.api(export_votes_api, api_name="export_votes")
+    chat_tab.build(run_box)
+
     from . import merge_panel  # Merge runs: a new run from finished LoRA runs (the `merge` API)
 
     merge_panel.build(run_box)

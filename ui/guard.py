@@ -31,6 +31,7 @@ from finetune.sources import hide_server_paths
 # Anyone may plan and inspect; status/runs/runs_frame (the Train tab's table, loaded with the page) show own runs only.
 OPEN_APIS = {"plan", "inspect_dataset", "status", "runs", "runs_frame", "sweep_status"}  # sweep_status: own studies
 PRIVATE_ACTIONS = {"dry_run": "train", "resume": "resume", "delete": "train"}  # UI-only handlers that act
+PRIVATE_ACTIONS |= {"chat_send": "chat", "chat_save": "chat"}
 _IDENT: contextvars.ContextVar[access.Identity | None] = contextvars.ContextVar("fts_identity", default=None)
 _VISITOR: contextvars.ContextVar[str] = contextvars.ContextVar("fts_visitor", default="local")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -87,6 +87,13 @@ TOOLS = {
              "each update kept, 0-1 (ties and dare only). Full fine-tunes, DoRA and runs on other bases are refused. "
              "Returns a JSON object: run_id (evaluate, compare or push it like any run), method, combination_type, "
              "weights, density, rank, sources, notes, summary.",
+    "chat": "Chat with the base model and up to three runs of one base (`models`: \"base\" and run ids, comma-separated): "
+            "each answers `message` after its own history (`history`: JSON {model: [{role, content}]}, {} to start), "
+            "through the base's chat template; temperature 0 = greedy; streamed. Returns a JSON object: models, answers, "
+            "histories (pass back as history for the next turn), done.",
+    "chat_save_row": "Append one training row {\"messages\": [...]} (`messages`: JSON list of {role, content} ending with "
+                     "the assistant answer to keep) to the saved dataset `dataset` (NAME.jsonl, created if missing). "
+                     "Returns a JSON object: dataset, rows (the dataset's row count).",
 }
 
 

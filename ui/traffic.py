@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import os
 
 import gradio as gr
 
 HEAVY_APIS = {"prepare_dataset", "augment_dataset", "train", "train_jobs", "evaluate", "compare", "ab_pair", "push",
-              "merge", "sweep"}
+              "merge", "sweep", "chat"}
 HEAVY_UI_EVENTS = {"dry_run", "resume"}  # UI-only handlers that train or start a run
+HEAVY_UI_EVENTS |= {"chat_send"}  # and the chat playground's streamed answers
 LIGHT_GROUP, HEAVY_GROUP = "light", "heavy"
 _log = logging.getLogger("fine_tune_studio")
 
@@ -69,6 +71,14 @@ def in_heavy_child(what: str, module: str, payload: dict) -> dict:
 
 
 def _heavy(fn, what: str):
+    if inspect.isgeneratorfunction(fn):  # a streaming handler holds its slot until its last item
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            with heavy_slot(what):
+                yield from fn(*args, **kwargs)
+
+        return gen_wrapper
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with heavy_slot(what):
