@@ -22,8 +22,8 @@ measured matmul peak in fp32 and bf16 (model FLOPs: 4N frozen + 6N LoRA + attent
 answer tokens of the validation split (same code for both), and for ours the phases of the training
 child (status.json `phases_s`) plus the time outside it (the CLI's start, preflight and waiting).
 A run is INVALID when other processes used more than a tenth of a core during it (/proc/stat busy time
-minus the CPU time of our own children) or the 1-minute load was above 0.5 before it: rerun on a quiet
-machine.
+minus the CPU time of our own children) or in the 5 seconds before it (the 1-minute load average, printed
+before and after each run, still counts this bench's previous run for a minute): rerun on a quiet machine.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ SMOLLM2_135M = dict(model_type="llama", vocab_size=49152, hidden_size=576, inter
                     rope_theta=100000.0, initializer_range=0.041)
 LR = {"demo3": 2e-3, "compute": 2e-4, "real": 2e-4}
 RANK, ALPHA = 16, 32
-QUIET_LOAD = 0.5  # 1-minute load above this before a run: someone else is using the CPU
 OTHERS_MAX_CORES = 0.1  # other processes' CPU during a run, in cores on average
 
 
@@ -172,6 +171,14 @@ def _busy_s() -> float:
     return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def _busy_now(seconds: float = 5.0) -> float:
+    """Cores busy on this machine right now (over `seconds`, this process idle meanwhile). The 1-minute
+    load average still counts the previous run of this bench for a minute after it ended; this does not."""
+    b0 = _busy_s()
+    time.sleep(seconds)
+    return (_busy_s() - b0) / seconds
+
+
 def _children_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -195,6 +202,7 @@ def run_variant(variant: str, wl: dict, home: Path) -> dict:
         out = tempfile.mkdtemp(prefix="trl-", dir=home)
         cmd = [sys.executable, __file__, "--trl-worker", wl["model"], wl["data"], str(wl["epochs"]), str(wl["lr"]), out]
     load_before = os.getloadavg()[0]
+    busy_before = _busy_now()
     busy0, mine0, t0 = _busy_s(), _children_cpu_s(), time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -204,8 +212,8 @@ def run_variant(variant: str, wl: dict, home: Path) -> dict:
         raise RuntimeError(f"{variant} failed:\n{p.stderr[-3000:]}")
     res = json.loads(p.stdout.strip().splitlines()[-1])
     why_invalid = []
-    if load_before > QUIET_LOAD:
-        why_invalid.append(f"load {load_before:.1f} before")
+    if busy_before > OTHERS_MAX_CORES:
+        why_invalid.append(f"{busy_before:.2f} cores busy just before (load {load_before:.1f})")
     if others > OTHERS_MAX_CORES * wall:
         why_invalid.append(f"others used {others / wall:.2f} cores")
     info = {"variant": variant, "wall_s": wall, "load_before": load_before, "load_after": load_after,
