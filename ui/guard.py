@@ -214,13 +214,16 @@ def guard_demo(demo: gr.Blocks) -> gr.Blocks:
 
 def start_as_caller(cfg) -> str:
     """Start a training run owned by the caller, within the public-mode limits, with only their token."""
-    from finetune.runs import start_training
+    from finetune.runs import start_training, warm_spare
 
     ident = current()
     with _START_LOCK:  # the limits are checked and the run started as one step
         access.check_training_limits(ident, cfg.model.model_id)
         cfg.owner = ident.owner
-        return start_training(cfg, env=access.child_env(ident))
+        env = access.child_env(ident)
+        if not env and cfg.train.num_processes <= 1:
+            warm_spare()  # its imports overlap the checks; one left over waits for the next run
+        return start_training(cfg, env=env)
 
 
 def resume_as_caller(run_id: str) -> None:
