@@ -74,7 +74,23 @@ def unsloth_available() -> bool:
     return cuda_available() and unsloth_installed()
 
 
+def lean_transformers() -> None:
+    """Call before transformers' models or generation are imported. transformers imports scikit-learn
+    whenever it is installed (lm-eval brings it) for one feature this app never uses (assisted
+    generation's dynamic threshold, transformers.generation.candidate_generator): about a second of
+    every process's start. It is told scikit-learn is absent; lm-eval's own imports of it still work."""
+    import sys
+
+    if "transformers.generation.candidate_generator" in sys.modules:
+        return  # too late for this process: harmless
+    import transformers.utils as tu
+    import transformers.utils.import_utils as iu
+
+    tu.is_sklearn_available = iu.is_sklearn_available = lambda: False
+
+
 def load_tokenizer(model_id: str, *, trust_remote_code: bool = False):
+    lean_transformers()
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model(model_id), trust_remote_code=trust_remote_code)
@@ -87,6 +103,7 @@ def load_tokenizer(model_id: str, *, trust_remote_code: bool = False):
 
 def load_model(model_id: str, *, load_in_4bit: bool = False, trust_remote_code: bool = False,
                dtype: str | None = None):
+    lean_transformers()
     import torch
     from transformers import AutoModelForCausalLM
 

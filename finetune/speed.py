@@ -269,6 +269,9 @@ def import_training_stack(method: str, backend: str, skip_unused: bool = False) 
         return
     if skip_unused and method != "qlora" and "bitsandbytes" not in sys.modules:
         sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
+    from .modeling import lean_transformers
+
+    lean_transformers()
     import peft  # noqa: F401
     import transformers  # noqa: F401
 

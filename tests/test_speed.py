@@ -5,6 +5,7 @@ test, whose status must name the chosen count and why); no test depends on how f
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,18 @@ def test_tuner_measures_again_after_recheck_steps(monkeypatch):
         assert decided[:2] == [1, 2] and torch.get_num_threads() == decided[-1]
     finally:
         torch.set_num_threads(before)
+
+
+def test_training_imports_leave_scikit_learn_out():
+    """lm-eval installs scikit-learn; transformers would import it in every training child (~1 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from finetune.speed import import_training_stack; "
+            "import_training_stack('lora', 'transformers', skip_unused=True); "
+            "from finetune.modeling import load_tokenizer; load_tokenizer('builtin:tiny-chat'); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=str(Path(__file__).resolve().parent.parent))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
