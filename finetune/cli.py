@@ -513,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .hub_cli import add_commands  # push, deploy, data push
 
     add_commands(sub, js)
+    from .export_cli import add_commands as add_export  # export
+
+    add_export(sub, js)
     return p
 
 

@@ -25,7 +25,7 @@ from .gguf_families import GGUFError, family_of, fix_tensor, write_metadata
 
 QTYPES = ("f16", "bf16", "q8_0", "q4_k_m")
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
-__all__ = ["GGUFError", "QTYPES", "SUPPORTED", "write_gguf", "export_gguf", "check_gguf"]
+__all__ = ["GGUFError", "QTYPES", "SUPPORTED", "write_gguf", "export_gguf", "check_gguf", "prompt_ids"]
 
 
 def _tokenizer_fields(writer, model_dir: Path) -> None:
@@ -219,7 +219,7 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, qtype
 PROMPTS = ("The capital of France is", "def add(a, b):\n    return", "Once upon a time, a small robot")
 
 
-def _prompt_ids(merged_dir: Path, vocab_size: int):
+def prompt_ids(merged_dir: Path, vocab_size: int):
     import torch
 
     try:
@@ -251,7 +251,7 @@ def check_gguf(merged_dir: str | os.PathLike, gguf_path: str | os.PathLike, inpu
         out["note"] = f"transformers could not load it back ({type(e).__name__}: {str(e)[:160]}); weights compared"
         return out
     if input_ids is None:
-        input_ids = _prompt_ids(merged_dir, ref.config.vocab_size)
+        input_ids = prompt_ids(merged_dir, ref.config.vocab_size)
     with torch.no_grad():
         a, b = ref(input_ids=input_ids).logits, got(input_ids=input_ids).logits
         kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)

@@ -136,6 +136,10 @@ def human(args, r: Any) -> str:
         return str(r.get("message") or "") + (f"\nsaved {r['dir']}" if r.get("dir") else "")
     if cmd == "runs":
         return runs_text(r)
+    if cmd == "export":
+        from .export import export_text
+
+        return export_text(r)
     if cmd == "eval":
         return eval_text(r)
     if cmd == "compare":

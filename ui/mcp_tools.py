@@ -63,6 +63,9 @@ TOOLS = {
                     "object: path, rows.",
     "push": "Push a run's adapter (or merged weights, or a GGUF file) to the Hugging Face Hub as OWNER/NAME in one "
             "commit; new repos are private unless public is true. Returns a JSON object: url, commit, files.",
+    "export": "Export a run locally: merged safetensors (merged=true) and/or a GGUF (gguf: f16, bf16, q8_0 or q4_k_m) "
+              "with an Ollama Modelfile, each loaded back and compared with the merged model. Returns a JSON object "
+              "(out, files, agreement, modelfile, gguf) and the files to download.",
 }
 
 

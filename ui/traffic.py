@@ -16,7 +16,7 @@ import os
 
 import gradio as gr
 
-HEAVY_APIS = {"prepare_dataset", "augment_dataset", "train", "train_jobs", "evaluate", "compare", "ab_pair", "push"}
+HEAVY_APIS = {"prepare_dataset", "augment_dataset", "train", "train_jobs", "evaluate", "compare", "ab_pair", "push", "export"}
 HEAVY_UI_EVENTS = {"dry_run", "resume"}  # UI-only handlers that train or start a run
 LIGHT_GROUP, HEAVY_GROUP = "light", "heavy"
 _log = logging.getLogger("fine_tune_studio")
