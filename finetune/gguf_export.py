@@ -101,7 +101,7 @@ def _use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-def _q4_k_m_type(name: str, n_layers: int, tied: bool) -> str:
+def q4_k_m_type(name: str, n_layers: int, tied: bool) -> str:
     if name == "output.weight" or (tied and name == "token_embd.weight"):
         return "Q6_K"
     parts = name.split(".")
@@ -121,7 +121,7 @@ def _encode(name: str, data, qtype: str, n_layers: int, tied: bool, fallbacks: l
         return data.astype(np.float16), "F16"
     if qtype == "bf16":
         return gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.BF16), "BF16"
-    want = "Q8_0" if qtype == "q8_0" else _q4_k_m_type(name, n_layers, tied)
+    want = "Q8_0" if qtype == "q8_0" else q4_k_m_type(name, n_layers, tied)
     row = data.shape[-1]
     if want in ("Q4_K", "Q6_K") and row % 256:
         got = "Q8_0" if row % 32 == 0 else "F16"
@@ -243,27 +243,47 @@ def check_gguf(merged_dir: str | os.PathLike, gguf_path: str | os.PathLike, inpu
 
     merged_dir, gguf_path = Path(merged_dir), Path(gguf_path)
     ref = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
-    try:
-        got = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                   dtype=torch.float32).eval()
-    except Exception as e:  # noqa: BLE001 - an architecture transformers cannot read: compare weights
-        out = check_gguf_weights(merged_dir, gguf_path)
-        out["note"] = f"transformers could not load it back ({type(e).__name__}: {str(e)[:160]}); weights compared"
-        return out
     if input_ids is None:
         input_ids = prompt_ids(merged_dir, ref.config.vocab_size)
-    with torch.no_grad():
-        a, b = ref(input_ids=input_ids).logits, got(input_ids=input_ids).logits
-        kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-        ga = ref.generate(input_ids[:1], **kw)[0, input_ids.shape[1]:]
-        gb = got.generate(input_ids[:1], **kw)[0, input_ids.shape[1]:]
+    note = None
+    try:
+        (a, ga), (b, gb) = _run(ref, input_ids), _run(_load_gguf(gguf_path), input_ids)
+    except Exception as e:  # noqa: BLE001 - transformers read the metadata differently (e.g. Qwen3's head_dim)
+        try:
+            b, gb = _run(_load_gguf(gguf_path, ref.config), input_ids)
+            a, ga = _run(ref, input_ids)
+            note = (f"transformers' GGUF config reader differs here ({type(e).__name__}: {str(e)[:120]}); "
+                    "tensors loaded from the GGUF with the merged model's config")
+        except Exception as e2:  # noqa: BLE001 - an architecture transformers cannot read: compare weights
+            out = check_gguf_weights(merged_dir, gguf_path)
+            out["note"] = f"transformers could not load it back ({type(e2).__name__}: {str(e2)[:160]}); weights compared"
+            return out
     n = min(len(ga), len(gb))
     return {"method": "transformers gguf_file= logits", "prompts": int(input_ids.shape[0]),
             "max_abs_diff": float((a - b).abs().max()), "mean_abs_diff": float((a - b).abs().mean()),
             "logit_scale": float(a.abs().max()),
             "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
             "greedy_match": float((ga[:n] == gb[:n]).float().mean()) if n else None,
-            "size_bytes": gguf_path.stat().st_size}
+            "size_bytes": gguf_path.stat().st_size, **({"note": note} if note else {})}
+
+
+def _load_gguf(gguf_path: Path, config=None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw = {"config": config} if config is not None else {}
+    return AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                dtype=torch.float32, **kw).eval()
+
+
+def _run(model, input_ids):
+    """(logits, 8 greedy tokens after the first prompt)."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits
+        gen = model.generate(input_ids[:1], max_new_tokens=8, do_sample=False, pad_token_id=0)
+    return logits, gen[0, input_ids.shape[1]:]
 
 
 def check_gguf_weights(merged_dir: str | os.PathLike, gguf_path: str | os.PathLike) -> dict:
