@@ -25,7 +25,7 @@ from .gguf_families import GGUFError, family_of, fix_tensor, write_metadata
 
 QTYPES = ("f16", "bf16", "q8_0", "q4_k_m")
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
-__all__ = ["GGUFError", "QTYPES", "SUPPORTED", "write_gguf", "export_gguf", "check_gguf", "prompt_ids"]
+__all__ = ["GGUFError", "QTYPES", "SUPPORTED", "write_gguf", "export_gguf", "check_gguf", "prompt_ids", "encode_tensor"]
 
 
 def _tokenizer_fields(writer, model_dir: Path) -> None:
@@ -110,7 +110,7 @@ def q4_k_m_type(name: str, n_layers: int, tied: bool) -> str:
     return "Q4_K"
 
 
-def _encode(name: str, data, qtype: str, n_layers: int, tied: bool, fallbacks: list):
+def encode_tensor(name: str, data, qtype: str, n_layers: int, tied: bool, fallbacks: list):
     """One tensor -> (array, gguf type name) for the chosen file type."""
     import gguf
     import numpy as np
@@ -190,7 +190,7 @@ def write_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, qtype:
             if full == "output.weight" and tied:
                 continue  # tied: llama.cpp uses token_embd for the output
             seen.add(full)
-            arr, kind = _encode(full, fix_tensor(fam, cfg, full, data), qtype, n_layers, tied, fallbacks)
+            arr, kind = encode_tensor(full, fix_tensor(fam, cfg, full, data), qtype, n_layers, tied, fallbacks)
             raw = None if kind in ("F32", "F16") else getattr(gguf.GGMLQuantizationType, kind)
             writer.add_tensor(full, arr, raw_dtype=raw)
             types[kind] = types.get(kind, 0) + 1

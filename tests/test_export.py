@@ -116,7 +116,7 @@ FAMILY_TYPES = [("llama", "f16"), ("llama", "bf16"), ("llama", "q8_0"), ("llama"
 def test_family_gguf_reads_back(family_dir, family, qtype):
     import gguf
 
-    from finetune.gguf_export import check_gguf, write_gguf
+    from finetune.gguf_export import check_gguf, check_gguf_weights, write_gguf
 
     d = family_dir(family)
     info = write_gguf(d, d / f"m-{qtype}.gguf", qtype)
@@ -133,15 +133,70 @@ def test_family_gguf_reads_back(family_dir, family, qtype):
         assert "blk.0.attn_qkv.weight" in names and "blk.0.attn_q.weight" not in names
     kinds = {t.tensor_type.name for t in reader.tensors if len(t.shape) > 1}
     assert kinds == {"f16": {"F16"}, "bf16": {"BF16"}, "q8_0": {"Q8_0"}, "q4_k_m": {"Q4_K", "Q6_K"}}[qtype]
-    r = check_gguf(d, info["path"])
+    import torch
+
+    ids = torch.randint(0, reader.fields["llama.vocab_size" if arch == "llama" else f"{arch}.vocab_size"].contents(),
+                        (4, 32), generator=torch.Generator().manual_seed(1))
+    r = check_gguf(d, info["path"], input_ids=ids)
+    print(family, qtype, {k: v for k, v in r.items() if k != "method"})
     assert r["method"].startswith("transformers"), r
-    if qtype in ("f16", "bf16"):
-        assert r["argmax_agreement"] == 1.0, r
-        assert r["max_abs_diff"] < (0.01 if qtype == "f16" else 0.05) * r["logit_scale"], r
-    elif qtype == "q8_0":
-        assert r["argmax_agreement"] >= 0.95 and r["max_abs_diff"] < 0.05 * r["logit_scale"], r
-    else:
-        assert r["argmax_agreement"] >= 0.75, r
+    scale = r["logit_scale"]
+    if qtype in ("f16", "bf16", "q8_0"):
+        assert r["argmax_agreement"] >= (0.97 if qtype == "f16" else 0.9), r
+        assert r["max_abs_diff"] < (0.01 if qtype == "f16" else 0.08) * scale, r
+    else:  # random tiny models have small top-1 margins (4-bit noise flips many; the real SmolLM2 is judged in
+        # test_real_smollm2_q4_k_m): here the file must equal the merged model with each matrix quantized the same way
+        sim = _simulated_logits(d, info["path"], ids)
+        got = _gguf_logits(d, info["path"], ids)
+        assert (got - sim).abs().max() < 1e-3 * scale
+        assert (got.argmax(-1) == sim.argmax(-1)).float().mean() >= 0.99
+    w = check_gguf_weights(d, info["path"])
+    assert w["tensors"] >= 10 and w["max_rel_diff"] < {"f16": 1e-3, "bf16": 1e-2, "q8_0": 1e-2, "q4_k_m": 0.2}[qtype]
+
+
+def _simulated_logits(d, path, ids):
+    """The merged model with every matrix replaced by what the GGUF's type makes of it (quantize + gguf's own
+    dequantize, in HF layout: quantization is along rows, so llama.cpp's row permutation does not change it)."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetune.gguf_export import encode_tensor
+    from finetune.gguf_families import family_of
+
+    cfg = json.loads((d / "config.json").read_text())
+    arch = getattr(gguf.MODEL_ARCH, family_of(cfg).arch)
+    names = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
+    stored = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval()
+    n = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            base, _, suffix = name.rpartition(".")
+            g = names.get_name(base)
+            if p.ndim != 2 or g is None or f"{g}.{suffix}" not in stored:
+                continue
+            arr, kind = encode_tensor(f"{g}.{suffix}", p.numpy(), "q4_k_m", cfg["num_hidden_layers"],
+                                      "output.weight" not in stored, [])
+            assert kind == stored[f"{g}.{suffix}"]
+            deq = gguf.quants.dequantize(arr, getattr(gguf.GGMLQuantizationType, kind)).reshape(p.shape)
+            p.copy_(torch.from_numpy(deq.astype("float32")))
+            n += 1
+        assert n >= 10
+        return model(input_ids=ids).logits
+
+
+def _gguf_logits(d, path, ids):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    # transformers' GGUF reader drops Qwen3's head_dim; its own reader for the others (Mistral reads as Llama)
+    kw = {"config": AutoConfig.from_pretrained(str(d))} if "qwen3" in str(d) else {}
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                 **kw).eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
 
 
 def test_gemma_norms_shifted_and_llama_qk_permuted(family_dir):
