@@ -298,3 +298,21 @@ def test_cli_export_merged_and_gguf(lora_run, tmp_path):
     bad = _cli("export", lora_run, "--out", str(tmp_path / "none"))
     assert bad.returncode != 0 and "choose --merged and/or --gguf" in (bad.stderr + bad.stdout)
     assert "Traceback" not in bad.stderr
+
+
+def test_real_smollm2_q4_k_m(smollm2_dir, tmp_path):
+    """The real SmolLM2-135M-Instruct as q4_k_m: its 576-wide rows take q8_0 (as llama.cpp falls back), its
+    1536-wide ffn_down rows the K-quants; loaded back, its top-1 tokens agree with the model's."""
+    from finetune.gguf_export import check_gguf, write_gguf
+    from finetune.modelfile import write_modelfile
+
+    info = write_gguf(smollm2_dir, tmp_path / "smollm2-q4_k_m.gguf", "q4_k_m")
+    assert info["family"] == "Llama" and {"Q4_K", "Q6_K", "Q8_0"} <= set(info["types"])
+    assert any(f.startswith("blk.0.attn_q.weight: row of 576") for f in info["fallbacks"])
+    r = check_gguf(smollm2_dir, info["path"])
+    print(f"SmolLM2-135M-Instruct q4_k_m: {info['size_bytes'] / 1e6:.1f} MB, types {info['types']}, "
+          f"top-1 agreement {r['argmax_agreement']:.3f}, greedy match {r['greedy_match']:.3f}, "
+          f"max logit diff {r['max_abs_diff']:.3f} (scale {r['logit_scale']:.1f})")
+    assert r["method"].startswith("transformers") and r["argmax_agreement"] >= 0.7 and r["greedy_match"] >= 0.75, r
+    mf = write_modelfile(smollm2_dir, info["path"])
+    assert mf["format"] == "chatml" and "<|im_end|>" in mf["stops"]
