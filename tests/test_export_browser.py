@@ -46,10 +46,10 @@ def test_export_panel_shows_agreement_and_downloads(page, home, adapter_run):
 
     page.reload()
     page.get_by_role("tab", name="Evaluate").click()
-    run = page.locator("input[aria-label='Run']").last
+    page.get_by_text("Export (merged weights, GGUF for llama.cpp / Ollama)").click()
+    run = page.locator("#export-run input")
     run.fill(adapter_run)
     run.press("Enter")
-    page.get_by_text("Export (merged weights, GGUF for llama.cpp / Ollama)").click()
     page.get_by_label("Merged safetensors").check()
     gguf = page.locator("#export-panel input[aria-label='GGUF type']")
     gguf.fill("q8_0")
@@ -59,9 +59,9 @@ def test_export_panel_shows_agreement_and_downloads(page, home, adapter_run):
     expect(result).to_contain_text("top-1 agreement", timeout=300_000)
     expect(result).to_contain_text("Ollama Modelfile: template chatml")
     files = page.locator("#export-files")
-    expect(files).to_contain_text(f"{adapter_run}-q8_0.gguf", timeout=30_000)
+    expect(files).to_contain_text(f"{adapter_run}-q8_0", timeout=30_000)  # shown as NAME .gguf
     expect(files).to_contain_text("Modelfile")
-    expect(files).to_contain_text("model.safetensors")
+    expect(files).to_contain_text("model .safetensors")
     assert "/tmp/" not in result.inner_text() and str(home) not in result.inner_text()  # no server paths
     page.locator("#export-panel").scroll_into_view_if_needed()
     for d in [home / "screenshots"] + ([Path("/tmp/shots")] if Path("/tmp/shots").is_dir() else []):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .render import user_errors
+from .render import run_choices, user_errors
 
 GGUF_CHOICES = ["none", "f16", "bf16", "q8_0", "q4_k_m"]
 
@@ -80,6 +80,8 @@ def build(run_box) -> None:
                     "`Modelfile`, loads each back and compares it with the merged model. No Hub account needed.",
                     elem_classes="fts-note")
         with gr.Row():
+            run = gr.Dropdown(run_choices(), value=None, allow_custom_value=True, label="Run to export", scale=2,
+                              elem_id="export-run")
             merged = gr.Checkbox(label="Merged safetensors", value=False, scale=1)
             gguf = gr.Dropdown(GGUF_CHOICES, value="q4_k_m", label="GGUF type", scale=1)
             system = gr.Textbox("", label="System prompt for the Modelfile (optional)", scale=3)
@@ -87,5 +89,7 @@ def build(run_box) -> None:
         out = gr.Markdown(elem_id="export-result")
         files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="export-files")
         raw = gr.JSON(visible=False)
-    go.click(export_api, [run_box, merged, gguf, system], [raw, files], api_name="export",
+    # follows the run the Train tab shows, as the Evaluate tab's own box does
+    run_box.change(lambda r: gr.Dropdown(choices=run_choices(), value=r), run_box, run, api_visibility="private")
+    go.click(export_api, [run, merged, gguf, system], [raw, files], api_name="export",
              concurrency_limit=1).then(render_export, raw, out, api_visibility="private")
