@@ -67,3 +67,17 @@ def test_export_panel_shows_agreement_and_downloads(page, home, adapter_run):
     for d in [home / "screenshots"] + ([Path("/tmp/shots")] if Path("/tmp/shots").is_dir() else []):
         d.mkdir(exist_ok=True)
         page.locator("#export-panel").screenshot(path=str(d / "x19a-export.png"))
+
+
+def test_export_through_the_api(app_url, adapter_run):
+    """gradio_client: the `export` API returns the result (names, no server paths) and the files."""
+    from gradio_client import Client
+
+    res, files = Client(app_url, verbose=False).predict(adapter_run, False, "f16", "Be brief.", api_name="/export")
+    assert res["run_id"] == adapter_run and res["modelfile"] == "Modelfile" and "/" not in res["out"]
+    assert res["agreement"]["gguf"]["argmax_agreement"] >= 0.95 and "merged" not in res["agreement"]
+    names = sorted(Path(f["path"] if isinstance(f, dict) else f).name for f in files)
+    assert names == sorted([f"{adapter_run}-f16.gguf", "Modelfile"])
+    text = Path(next(f["path"] if isinstance(f, dict) else f for f in files
+                     if Path(f["path"] if isinstance(f, dict) else f).name == "Modelfile")).read_text()
+    assert 'SYSTEM """Be brief."""' in text

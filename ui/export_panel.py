@@ -47,8 +47,9 @@ def export_api(run_id: str, merged: bool = False, gguf: str = "q4_k_m", system: 
     files = [f for f in res["files"] if Path(f).is_file()]
     shown = dict(res, out=out.name, files=[str(Path(f).relative_to(out)) for f in files],
                  modelfile=Path(res["modelfile"]).name if res.get("modelfile") else None)
-    if shown.get("gguf"):
-        shown["gguf"] = dict(shown["gguf"], path=Path(shown["gguf"]["path"]).name)
+    if shown.get("gguf"):  # a "path" key reads as a file to download to gradio_client: "file", a name
+        g = shown["gguf"]
+        shown["gguf"] = {**{k: v for k, v in g.items() if k != "path"}, "file": Path(g["path"]).name}
     return shown, files
 
 
