@@ -36,7 +36,7 @@ from .caller import (  # noqa: F401 -- who is calling lives below the run and da
 )
 
 PROTECTED = ("train", "evaluate", "compare", "push", "stop", "resume", "vote", "export_votes", "diagnose",
-             "augment", "prepare", "deploy", "delete")
+             "augment", "prepare", "deploy", "delete", "export")
 _WHOAMI: dict[str, tuple[float, str | None]] = {}
 _WHOAMI_TTL_S = 300.0
 _LOCK = threading.Lock()

@@ -534,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .sweep_cli import add_commands as add_sweep  # hyperparameter search
 
     add_sweep(sub, js)
+    from .export_cli import add_commands as add_export  # export
+
+    add_export(sub, js)
     return p
 
 

@@ -13,7 +13,7 @@ fails at once with a message that says which permission is missing.
 
 Tokens are arguments (a visitor's OAuth token, or HF_TOKEN locally), never written anywhere. What is
 pushed never carries a local path: the base model is named by its Hub id (or not at all).
-CLI: `python -m finetune push RUN_ID --repo OWNER/NAME [--public] [--merged] [--gguf q8_0] --json`.
+CLI: `python -m finetune push RUN_ID --repo OWNER/NAME [--public] [--merged] [--gguf q4_k_m] --json`.
 """
 
 from __future__ import annotations
@@ -393,8 +393,10 @@ def push_run(run_id: str, repo_id: str, *, token: str | None = None, private: bo
     from .runs import RunError, artifact_dir, load_config, read_events, read_status, run_dir
 
     repo_id = validate_repo_id(repo_id)
-    if gguf is not None and gguf not in ("f16", "q8_0"):
-        raise HubError(f"gguf: {gguf!r} is not supported; choose f16 or q8_0")
+    from .gguf_export import QTYPES
+
+    if gguf is not None and gguf not in QTYPES:
+        raise HubError(f"gguf: {gguf!r} is not supported; choose one of {', '.join(QTYPES)}")
     prog = progress or (lambda f, m: None)
     d = run_dir(run_id)
     cfg, st = load_config(run_id), read_status(run_id)

@@ -17,13 +17,13 @@ def cmd_push(a) -> dict:
     from .hub import push_run
 
     return push_run(a.run_id, a.repo, private=not a.public, merged=a.merged, gguf=a.gguf,
-                    progress=_stderr_progress)
+                    progress=stderr_progress)
 
 
 def cmd_data_push(a) -> dict:
     from .hub import push_dataset
 
-    return push_dataset(a.path, a.repo, private=not a.public, progress=_stderr_progress)
+    return push_dataset(a.path, a.repo, private=not a.public, progress=stderr_progress)
 
 
 def cmd_deploy(a) -> dict:
@@ -32,7 +32,7 @@ def cmd_deploy(a) -> dict:
     return deploy_space(a.space, private=a.private, root=a.root)
 
 
-def _stderr_progress(frac: float, msg: str) -> None:
+def stderr_progress(frac: float, msg: str) -> None:
     import sys
 
     print(f"[{int(frac * 100):3d}%] {msg}", file=sys.stderr, flush=True)
@@ -45,7 +45,8 @@ def add_commands(sub, js: argparse.ArgumentParser) -> None:
     s.add_argument("--repo", required=True, help="OWNER/NAME of the model repo (created private unless --public)")
     s.add_argument("--public", action="store_true", help="make a new repo public (default: private)")
     s.add_argument("--merged", action="store_true", help="also push merged weights (safetensors) in merged/")
-    s.add_argument("--gguf", choices=["f16", "q8_0"], default=None, help="also push a GGUF file (Llama family)")
+    s.add_argument("--gguf", choices=["f16", "bf16", "q8_0", "q4_k_m"], default=None,
+                   help="also push a GGUF file (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3)")
     s.set_defaults(fn=cmd_push)
 
     s = sub.add_parser("deploy", parents=[js], help="create or update the Space with the app's files")

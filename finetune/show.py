@@ -162,6 +162,10 @@ def human(args, r: Any) -> str:
         return runs_text(r)
     if cmd == "sweep":
         return sweep_text(r)
+    if cmd == "export":
+        from .export import export_text
+
+        return export_text(r)
     if cmd == "eval":
         return eval_text(r)
     if cmd == "compare":

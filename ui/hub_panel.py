@@ -16,7 +16,7 @@ from .render import user_errors
 def push_api(run_id: str, repo: str, public: bool = False, merged: bool = False, gguf: str = "none",
              write_token: str = "", progress=gr.Progress()) -> dict:
     """Push a run to the Hub in one commit; returns {url, commit, files} (the `push` API).
-    repo is OWNER/NAME; new repos are private unless public is true; gguf is none, f16 or q8_0."""
+    repo is OWNER/NAME; new repos are private unless public is true; gguf is none, f16, bf16, q8_0 or q4_k_m."""
     from finetune import access
     from finetune.hub import push_run
 
@@ -53,7 +53,7 @@ def build(run_box) -> None:
             repo = gr.Textbox(label="Repo (OWNER/NAME)", placeholder="your-name/my-adapter", scale=3)
             public = gr.Checkbox(label="Public", value=False, scale=1)
             merged = gr.Checkbox(label="Also merged weights", value=False, scale=1)
-            gguf = gr.Dropdown(["none", "f16", "q8_0"], value="none", label="GGUF (Llama family)", scale=1)
+            gguf = gr.Dropdown(["none", "f16", "bf16", "q8_0", "q4_k_m"], value="none", label="GGUF", scale=1)
         token = gr.Textbox("", label="HF token (optional)", type="password",
                            info="Used for this push only, never saved. On a Space, logging in is enough.")
         go = gr.Button("Push", variant="primary")

@@ -9,7 +9,7 @@ import gradio as gr
 
 from finetune.builtin import DEMO_DATASET_ID, TINY_CHAT_ID
 
-from . import compare_tab, dataset_tab, evaluate_tab, guard, hub_panel, mcp_tools, plan_tab, traffic, train_tab
+from . import compare_tab, dataset_tab, evaluate_tab, export_panel, guard, hub_panel, mcp_tools, plan_tab, traffic, train_tab
 
 CSS = """
 .fts-note {font-size: 0.9em; opacity: 0.8}
@@ -63,6 +63,7 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Evaluate", id="evaluate"):
                 evaluate_tab.build(t["run_id"], t, tabs)  # Diagnose's "Apply" fills the Train tab
                 hub_panel.build(t["run_id"])
+                export_panel.build(t["run_id"])
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(t["run_id"])
         plan_tab.connect_train(plan, t, tabs)  # "Use this plan" fills the Train tab

@@ -94,6 +94,9 @@ TOOLS = {
     "chat_save_row": "Append one training row {\"messages\": [...]} (`messages`: JSON list of {role, content} ending with "
                      "the assistant answer to keep) to the saved dataset `dataset` (NAME.jsonl, created if missing). "
                      "Returns a JSON object: dataset, rows (the dataset's row count).",
+    "export": "Export a run locally: merged safetensors (merged=true) and/or a GGUF (gguf: f16, bf16, q8_0 or q4_k_m) "
+              "with an Ollama Modelfile, each loaded back and compared with the merged model. Returns a JSON object "
+              "(out, files, agreement, modelfile, gguf) and the files to download.",
 }
 
 

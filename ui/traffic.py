@@ -18,7 +18,7 @@ import os
 import gradio as gr
 
 HEAVY_APIS = {"prepare_dataset", "augment_dataset", "train", "train_jobs", "evaluate", "compare", "ab_pair", "push",
-              "merge", "sweep", "chat"}
+              "merge", "sweep", "chat", "export"}
 HEAVY_UI_EVENTS = {"dry_run", "resume"}  # UI-only handlers that train or start a run
 HEAVY_UI_EVENTS |= {"chat_send"}  # and the chat playground's streamed answers
 LIGHT_GROUP, HEAVY_GROUP = "light", "heavy"
