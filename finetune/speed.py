@@ -179,7 +179,10 @@ def measure_matmul_flops(dtype_name: str, seconds: float = 0.25, size: int = 102
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    # A generator of its own: drawing from the global one in the middle of a run (the first MFU figure)
+    # would change the run's later dropout masks, and two runs with one seed would differ.
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=g).to(dtype) for _ in range(2))
     a @ b
     n, t0 = 0, time.perf_counter()
     while n < 2 or time.perf_counter() - t0 < seconds:

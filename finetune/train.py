@@ -106,6 +106,11 @@ def _make_callback(d: Path):
                 self.stopped = True
                 control.should_training_stop = True
                 control.should_save = True
+            # An evaluation less than half an interval before the last step only repeats the final one
+            # that follows it (a few seconds of a real model each): skipped, alike on every rank.
+            left = (state.max_steps or 0) - state.global_step
+            if control.should_evaluate and not self.stopped and 0 < left < (args.eval_steps or 0) / 2:
+                control.should_evaluate = False
             if not state.is_world_process_zero:
                 return
             now = time.time()

@@ -149,3 +149,15 @@ def test_training_imports_leave_scikit_learn_out():
                          cwd=str(Path(__file__).resolve().parent.parent))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_measuring_the_peak_leaves_the_global_random_state_alone():
+    """The first MFU figure measures the peak mid-run: it must not shift the run's dropout masks."""
+    import torch
+
+    from finetune import speed
+
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    speed.measure_matmul_flops("float32", seconds=0.01, size=64)
+    assert torch.equal(torch.get_rng_state(), before)
