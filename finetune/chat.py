@@ -92,6 +92,9 @@ def check_histories(histories, models: list[str]) -> dict[str, list[dict]]:
         h = check_messages(histories.get(m) or [], f"history[{m!r}]")
         if len(h) > cap:
             raise RunError(f"history[{m!r}]: {len(h)} messages, at most {cap}; press Clear to start again")
+        total, most = sum(len(x["content"]) for x in h), limits()["max_message_chars"] * cap
+        if total > most:  # each turn within the message cap: a whole history within cap x turns
+            raise RunError(f"history[{m!r}]: {total} characters, at most {most}; press Clear to start again")
         out[m] = [x for x in h if x["role"] != "system"]
     return out
 

@@ -416,7 +416,7 @@ def precision_plan(cfg: RunConfig, hw: dict) -> dict:
             raise ConfigError("train.precision", "fp16 autocast needs a CUDA GPU; use bf16 or fp32 on a CPU")
         if want == "bf16" and cuda and not hw_bf16:
             raise ConfigError("train.precision", "this GPU has no bf16; use fp16 (with a loss scaler) or fp32")
-    if want == "fp32" or full:
+    if want == "fp32" or full or not (cuda or hw_bf16):  # bf16 weights only where bf16 is native
         weights = "float32"
     else:  # a CPU with native bf16 too: autocast then skips re-casting every frozen weight at every step
         weights = "bfloat16" if want == "bf16" else "float16"

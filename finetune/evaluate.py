@@ -219,8 +219,11 @@ def evaluate_run(run_id: str, *, max_examples: int = 200, max_new_tokens: int = 
         verdicts = None
         if judge:
             _progress(d, 0.8, f"the judge compares base and fine-tuned answers ({len(prompts)} prompts, both orders)")
-            verdicts = judge_pairs(judge, [prompt_text(p) for p in prompts], base["answers"], tuned["answers"],
-                                   trust_remote_code=cfg.model.trust_remote_code)
+            try:  # the judge's own code never runs (no trust_remote_code); its failure keeps the report
+                verdicts = judge_pairs(judge, [prompt_text(p) for p in prompts], base["answers"], tuned["answers"])
+            except Exception as exc:  # noqa: BLE001 -- e.g. a judge that cannot load, no held-out prompts
+                verdicts = {"error": f"the judge {judge} could not judge: {type(exc).__name__}: {str(exc)[:300]}",
+                            "judge_model": judge, "win_rate": None}
         _progress(d, 0.9, "writing the report")
 
         def metrics_of(side: dict) -> dict:

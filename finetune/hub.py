@@ -365,23 +365,32 @@ def merge_run(run_id: str, out_dir: str | os.PathLike) -> Path:
     cfg, art = load_config(run_id), artifact_dir(run_id)
     if art is None:
         raise RunError(f"run {run_id} has no trained adapter or model yet")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if art.name == "model":  # a full fine-tune is already whole
-        for p in art.iterdir():
-            if p.is_file():
-                shutil.copy2(p, out / p.name)
-        return out
-    if cfg.train.method == "prefix":
+    if art.name != "model" and cfg.train.method == "prefix":
         raise RunError("prefix tuning adds virtual tokens at run time: it cannot be merged into the weights")
-    from peft import PeftModel
+    out = Path(out_dir)
+    # Written next to its place and moved there whole: a failure leaves no half folder, and no shard of
+    # an earlier export into the same folder stays behind.
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if art.name == "model":  # a full fine-tune is already whole
+            for p in art.iterdir():
+                if p.is_file():
+                    shutil.copy2(p, tmp / p.name)
+        else:
+            from peft import PeftModel
 
-    base = load_model(cfg.model.model_id, dtype="float32", trust_remote_code=cfg.model.trust_remote_code)
-    model = PeftModel.from_pretrained(base, str(art)).merge_and_unload()
-    with torch.no_grad():
-        model.save_pretrained(out, safe_serialization=True)
-    tok_src = str(art) if (art / "tokenizer_config.json").exists() else cfg.model.model_id
-    load_tokenizer(tok_src, trust_remote_code=cfg.model.trust_remote_code).save_pretrained(out)
+            base = load_model(cfg.model.model_id, dtype="float32", trust_remote_code=cfg.model.trust_remote_code)
+            model = PeftModel.from_pretrained(base, str(art)).merge_and_unload()
+            with torch.no_grad():
+                model.save_pretrained(tmp, safe_serialization=True)
+            tok_src = str(art) if (art / "tokenizer_config.json").exists() else cfg.model.model_id
+            load_tokenizer(tok_src, trust_remote_code=cfg.model.trust_remote_code).save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -179,6 +179,9 @@ def submit(cfg: RunConfig, *, flavor: str, timeout: str | int | None = "2h", tok
     token = _token(token)
     if not token:
         raise JobsError("Hugging Face Jobs need your token: log in, or set HF_TOKEN (a token with write access)")
+    if cfg.train.method == "grpo" and cfg.grpo.reward_file:
+        raise JobsError("grpo.reward_file: a reward file stays on this machine and the job cannot read it; "
+                        "use the built-in rewards on Jobs, or train here")
     timeout_s = parse_timeout(timeout)
     from .job_image import ImageError, choose_image
 

@@ -45,6 +45,10 @@ def resolve_source(source: str, base_dir: str | os.PathLike | None = None) -> st
         cand = datasets_dir() / src
         if (cand / "meta.json").is_file():
             return str(cand.resolve())
+        # rows saved from the chat playground: datasets/NAME.jsonl, by NAME or NAME.jsonl
+        for rows in (cand, datasets_dir() / f"{src}.jsonl"):
+            if rows.suffix == ".jsonl" and rows.is_file():
+                return str(rows.resolve())
     raise PreflightError("data.source", f"{src} not found (looked at {p} and for a saved dataset named so "
                          "under the datasets folder)")
 

@@ -293,6 +293,7 @@ def child_process_env(extra: dict | None) -> dict:
 # A training child started before its run exists (warm_spare): it imports the training libraries
 # while this process checks the run (preflight), then takes the run from its stdin.
 SPARES: list[subprocess.Popen] = []
+SPARE_TAKE_S = 300  # an older spare is not handed a run (it quits after train.SPARE_IDLE_S idle)
 
 
 def warm_spare() -> None:
@@ -301,23 +302,35 @@ def warm_spare() -> None:
     the other core instead of following them. Not on a machine with a GPU device (Unsloth must be
     imported before transformers, and which backend a run takes is decided later); a spare nobody
     takes exits when this process does (its stdin closes)."""
+    while SPARES and (SPARES[0].poll() is not None or time.monotonic() - SPARES[0].fts_born > SPARE_TAKE_S):
+        _close_spare(SPARES.pop(0))  # it quit or will: make room
     if SPARES or Path("/dev/nvidiactl").exists():
         return
     fd, wait_log = tempfile.mkstemp(prefix="fts-spare-", suffix=".log")  # its output until it has a run
     try:
-        SPARES.append(subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "finetune", "train", "--spare", wait_log], stdin=subprocess.PIPE, stdout=fd,
             stderr=subprocess.STDOUT, env=child_process_env(None), start_new_session=True,
-            cwd=str(Path(__file__).resolve().parent.parent)))
+            cwd=str(Path(__file__).resolve().parent.parent))
     finally:
         os.close(fd)
+    proc.fts_born = time.monotonic()  # type: ignore[attr-defined]
+    SPARES.append(proc)
+
+
+def _close_spare(proc: subprocess.Popen) -> None:
+    """Let a spare go: end of input makes it exit; reap it if it already has."""
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
+    proc.poll()
 
 
 def _take_spare(d: Path, resume: bool) -> subprocess.Popen | None:
     """Hand run folder `d` to a live spare child; None when there is none (or it died)."""
     while SPARES:
         proc = SPARES.pop()
-        if proc.poll() is not None:
+        if proc.poll() is not None or time.monotonic() - proc.fts_born > SPARE_TAKE_S:
+            _close_spare(proc)
             continue
         try:
             proc.stdin.write((json.dumps({"run": str(d), "resume": resume}) + "\n").encode())

@@ -16,6 +16,7 @@ the loss is computed, before the next step.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 from .paths import home, is_safe_name, read_json
@@ -81,7 +82,10 @@ def trial_callbacks(run_dir: Path, studio_cb) -> list:
         return []
     from transformers import TrainerCallback
 
-    d = study_dir(str(info["study_id"]))
+    try:
+        d = study_dir(str(info["study_id"]))
+    except (ValueError, OSError):  # the study was deleted since: the run trains on as a normal run
+        return []
     number = int(info["number"])
 
     class PruneOnValidationLoss(TrainerCallback):
@@ -103,11 +107,19 @@ def trial_callbacks(run_dir: Path, studio_cb) -> list:
                 return  # a non-finite loss is the trainer guard's to end
             if state.max_steps and state.global_step >= state.max_steps:
                 return  # the evaluation after the last step: nothing left to save by pruning
-            trial, step = self._trial(), int(state.global_step)
-            if any(t.number == number and step in t.intermediate_values
-                   for t in trial.study.get_trials(deepcopy=False)):
-                return  # reported before a resume
-            trial.report(float(loss), step)
+            import optuna
+
+            try:
+                trial, step = self._trial(), int(state.global_step)
+                mine = [t for t in trial.study.get_trials(deepcopy=False) if t.number == number]
+                if not mine or mine[0].state != optuna.trial.TrialState.RUNNING:
+                    return  # a pruned or stopped trial resumed by hand: Optuna has closed it, train on
+                if step in mine[0].intermediate_values:
+                    return  # reported before a resume
+                trial.report(float(loss), step)
+            except Exception as exc:  # noqa: BLE001 -- the study's storage is the search's business, not the run's
+                sys.stderr.write(f"search trial: not reported ({type(exc).__name__}: {exc})\n")
+                return
             if not trial.should_prune():
                 return
             studio_cb.stopped = True  # train.py then saves and ends the run as `stopped`

@@ -518,6 +518,9 @@ def _add_rank_pid(d: Path, pid: int) -> None:
         os.close(lock)
 
 
+SPARE_IDLE_S = 600  # twice runs.SPARE_TAKE_S: a spare never quits while it may still be handed a run
+
+
 def serve_spare(wait_log: str) -> int:
     """The spare training child (runs.warm_spare): import the training libraries, then read one line
     {"run": folder, "resume": bool} from stdin and train that run, its output going to the run's
@@ -527,7 +530,12 @@ def serve_spare(wait_log: str) -> int:
     phases = Phases()
     import_training_stack("lora", "transformers")
     phases.mark("imports")
-    line = sys.stdin.readline()
+    import select
+
+    # A spare nobody takes (its run queued behind another, a failed check in a long-lived app) does
+    # not hold its memory for ever: the parent hands over only within SPARE_TAKE_S (runs.py).
+    ready, _, _ = select.select([sys.stdin], [], [], SPARE_IDLE_S)
+    line = sys.stdin.readline() if ready else ""
     phases.mark("waiting_for_run")  # the parent checks the run meanwhile (preflight)
     wait = Path(wait_log)
     if not line.strip():

@@ -99,6 +99,13 @@ def test_save_row_appends_a_messages_row_that_inspect_reads(chat_run):
     assert out.returncode == 0, out.stderr[-2000:]
     rep = json.loads(out.stdout)
     assert rep["format"] == "messages" and rep["rows"] == 2
+    # The name the save returns is a training source (Train tab, finetune train --data chat-test).
+    from finetune.config import default_run_config
+    from finetune.preflight import preflight, resolve_source
+
+    assert resolve_source("chat-test") == resolve_source("chat-test.jsonl") == str(datasets_dir() / "chat-test.jsonl")
+    found = preflight(default_run_config("builtin:tiny-chat", "chat-test", max_steps=1))
+    assert found["data"]["kind"] == "messages" and found["data"]["trained_tokens_sample"] > 0
 
 
 def test_a_streamed_chat_holds_its_heavy_slot_until_the_last_item():

@@ -236,6 +236,8 @@ def test_precision_and_backend_choices():
                                              "fp16": False, "why": "the CPU has AMX or avx512_bf16"}
     assert precision_plan(full, amx_cpu)["weights_dtype"] == "float32"  # fp32 master weights
     assert precision_plan(lora, old_cpu)["precision"] == "fp32" and precision_plan(lora, old_cpu)["weights_dtype"] == "float32"
+    forced = RunConfig(train=TrainConfig(precision="bf16"))  # emulated bf16 autocast: the weights stay fp32
+    assert precision_plan(forced, old_cpu)["bf16"] and precision_plan(forced, old_cpu)["weights_dtype"] == "float32"
     with pytest.raises(ConfigError, match="train.precision"):
         precision_plan(RunConfig(train=TrainConfig(precision="fp16")), old_cpu)
     assert choose_backend(lora, a100, True)[0] == "unsloth"

@@ -35,7 +35,7 @@ PRIVATE_ACTIONS |= {"chat_send": "chat", "chat_save": "chat"}
 _IDENT: contextvars.ContextVar[access.Identity | None] = contextvars.ContextVar("fts_identity", default=None)
 _VISITOR: contextvars.ContextVar[str] = contextvars.ContextVar("fts_visitor", default="local")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_START_LOCK = threading.Lock()
+START_LOCK = threading.Lock()
 
 
 def current() -> access.Identity:
@@ -217,7 +217,7 @@ def start_as_caller(cfg) -> str:
     from finetune.runs import start_training, warm_spare
 
     ident = current()
-    with _START_LOCK:  # the limits are checked and the run started as one step
+    with START_LOCK:  # the limits are checked and the run started as one step
         access.check_training_limits(ident, cfg.model.model_id)
         cfg.owner = ident.owner
         env = access.child_env(ident)
@@ -231,7 +231,7 @@ def resume_as_caller(run_id: str) -> None:
 
     ident = current()
     access.check_run(ident, run_id)
-    with _START_LOCK:
+    with START_LOCK:
         access.check_training_limits(ident, load_config(run_id).model.model_id)
         start_run(run_id, resume=True, env=access.child_env(ident))
 

@@ -54,6 +54,9 @@ def jobs_api(model: str, data: str, method: str, learning_rate: float, epochs: f
 
     if not flavor:
         raise gr.Error("Pick a flavor first (↻ loads them from Hugging Face).")
+    if method == "grpo":  # this panel sends the basic settings only: the rewards would be lost
+        raise gr.Error("GRPO on Hugging Face Jobs: use the CLI (finetune train --method grpo --reward ... "
+                       "--backend hf-jobs --flavor ...), which sends the reward settings too; or train it here.")
     from .guard import current
 
     token = _caller_token(typed_token)

@@ -9,6 +9,8 @@ study, `sweep_stop` stops it (its running trial is saved). A study belongs to wh
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 import pandas as pd
 
@@ -52,6 +54,9 @@ def _own(study_id: str) -> dict:
     return doc
 
 
+PUBLIC_MAX_TRIALS = int(os.environ.get("FINETUNE_PUBLIC_MAX_TRIALS", "8"))  # a visitor's search on a Space
+
+
 @user_errors
 def sweep_api(model: str, data: str, trials: float | None = None, budget_min: float | None = None,
               budget_usd: float | None = None, hardware: str = "local", objective: str = "eval_loss") -> str:
@@ -65,18 +70,24 @@ def sweep_api(model: str, data: str, trials: float | None = None, budget_min: fl
 
     ident = current()
     n = _num(trials, "Trials", whole=True)
-    if ident.public:
-        access.check_training_limits(ident, (model or TINY_CHAT_ID).strip())
-        mine = [s for s in list_studies() if s["state"] in ("queued", "running", "stopping")
-                and access.owns(ident, s.get("owner"))]
-        if mine:
-            raise gr.Error(f"you already have a search running ({mine[0]['study_id']}): one at a time on this Space")
-    if n is not None and n > MAX_TRIALS:
-        raise gr.Error(f"Trials: at most {MAX_TRIALS}.")
-    p = plan_study((model or TINY_CHAT_ID).strip(), check_source((data or DEMO_DATASET_ID).strip()), trials=n,
-                   budget_min=_num(budget_min, "Budget (minutes)"), budget_usd=_num(budget_usd, "Budget (dollars)"),
-                   hardware=hardware or "local", objective=objective or "eval_loss")
-    study_id = create_study(p, owner=ident.owner)
+    most = PUBLIC_MAX_TRIALS if ident.public else MAX_TRIALS
+    if n is not None and n > most:
+        raise gr.Error(f"Trials: at most {most}{' on this Space' if ident.public else ''}.")
+    if ident.public and not n:
+        n = PUBLIC_MAX_TRIALS  # a budget alone may not ask for more trials than a visitor may run
+    from .guard import START_LOCK
+
+    with START_LOCK:  # checked and created as one step: two calls at once cannot both pass the check
+        if ident.public:
+            access.check_training_limits(ident, (model or TINY_CHAT_ID).strip())
+            mine = [s for s in list_studies() if s["state"] in ("queued", "running", "stopping")
+                    and access.owns(ident, s.get("owner"))]
+            if mine:
+                raise gr.Error(f"you already have a search running ({mine[0]['study_id']}): one at a time on this Space")
+        p = plan_study((model or TINY_CHAT_ID).strip(), check_source((data or DEMO_DATASET_ID).strip()), trials=n,
+                       budget_min=_num(budget_min, "Budget (minutes)"), budget_usd=_num(budget_usd, "Budget (dollars)"),
+                       hardware=hardware or "local", objective=objective or "eval_loss")
+        study_id = create_study(p, owner=ident.owner)
     start_study(study_id, env=access.child_env(ident))
     return study_id
 

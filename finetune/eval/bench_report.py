@@ -49,7 +49,9 @@ def extra_markdown(r: dict) -> list[str]:
             lines.append(f"| {_cell(name)} | {_cell(b.get('metric'))} | {_pct(b.get('base'))} | {_pct(b.get('tuned'))} "
                          f"| {sign}{_pct(d)} | {b.get('n')} |")
     j = r.get("judge") or {}
-    if j:
+    if j.get("error"):
+        lines += ["", "## Judge", "", _cell(j["error"])]
+    elif j:
         lines += ["", "## Judge", "",
                   f"Judge `{_cell(j.get('judge_model'))}` compared base and fine-tuned answers on {j.get('n')} held-out "
                   f"prompts, each pair twice with the positions swapped (a verdict counts only when both orders "

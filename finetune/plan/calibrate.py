@@ -366,7 +366,8 @@ def latest_finished_run() -> str | None:
     from ..runs import list_runs
 
     for r in list_runs():
-        if r["state"] == "completed" and not r.get("merged_from"):  # a merge trained nothing to check
+        # a merge trained nothing to check; a GRPO run's time is mostly generation, not training steps
+        if r["state"] == "completed" and not r.get("merged_from") and r.get("method") != "grpo":
             return r["run_id"]
     return None
 
