@@ -96,6 +96,17 @@ def resolve_local(source: str) -> Path | None:
 _START = r"(?<![\w.:/-])"  # a path starts here, not inside a URL or a longer path
 
 
+def hide_server_paths_in(obj):
+    """A JSON-like result (dicts, lists, strings) with hide_server_paths applied to every string in it."""
+    if isinstance(obj, str):
+        return hide_server_paths(obj)
+    if isinstance(obj, dict):
+        return {k: hide_server_paths_in(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [hide_server_paths_in(v) for v in obj]
+    return obj
+
+
 def hide_server_paths(text: str) -> str:
     """`text` without the server's own folders, for anything a visitor reads (results, errors, MCP
     tool output): an upload by its file name, a file of the home folder by its place in it

@@ -125,3 +125,8 @@ def test_server_folders_are_left_out_of_what_a_visitor_reads(home):
     assert hide_server_paths(f"see {home / 'runs' / 'r1' / 'adapter'}") == "see runs/r1/adapter"
     assert hide_server_paths(f"cannot read {tmp / 'pytest-x' / 'p0' / 'data.csv'}") == "cannot read data.csv"
     assert hide_server_paths("http://127.0.0.1:7860/tmp/x and hub:org/name") == "http://127.0.0.1:7860/tmp/x and hub:org/name"
+    from finetune.sources import hide_server_paths_in  # results (merge, sweep_status): every string in them
+
+    got = hide_server_paths_in({"plan": {"data": str(home / "datasets" / "mine")}, "sources": [{"data": str(upload)}],
+                                "n": 3, "ok": True})
+    assert got == {"plan": {"data": "datasets/mine"}, "sources": [{"data": "my rows.jsonl"}], "n": 3, "ok": True}

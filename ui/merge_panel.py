@@ -44,8 +44,11 @@ def merge_api(runs, method: str = "ties", weights: str = "", density: float = 0.
                "name": str(name or "")[:60], "owner": current().owner}
     # The route (ui/traffic.py HEAVY_APIS) already holds a heavy slot for this call: run the child directly.
     res = run_child("finetune.merge", payload, env=access.child_env(current()))
-    if current().public:
-        res.pop("run_dir", None)  # a visitor never sees a server folder
+    if current().public:  # a visitor never sees a server folder (run_dir, the sources' data paths)
+        from finetune.sources import hide_server_paths_in
+
+        res.pop("run_dir", None)
+        res = hide_server_paths_in(res)
     return res
 
 

@@ -98,7 +98,16 @@ def sweep_status_api(study_id: str) -> dict:
     (complete, pruned, failed, stopped, running), best, parameter importance, and the plan's notes."""
     from finetune.sweep import summary
 
-    return summary(_own(study_id))
+    return _shown(summary(_own(study_id)))
+
+
+def _shown(doc: dict) -> dict:
+    """A study as a visitor may read it: on a public Space, without the server's folders (plan.data...)."""
+    from finetune.sources import hide_server_paths_in
+
+    from .guard import current
+
+    return hide_server_paths_in(doc) if current().public else doc
 
 
 @user_errors
@@ -106,7 +115,7 @@ def sweep_stop_api(study_id: str) -> dict:
     """Stop a search (the `sweep_stop` API): the running trial stops cleanly (saved), no more start."""
     from finetune.sweep import stop_study, summary
 
-    return summary(stop_study(_own(study_id)["study_id"]))
+    return _shown(summary(stop_study(_own(study_id)["study_id"])))
 
 
 def study_choices() -> list[str]:
