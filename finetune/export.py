@@ -121,3 +121,9 @@ def export_text(r: dict) -> str:
     if r.get("agreement"):
         lines.append(agreement_text(r["agreement"]))
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the app's child: python -m finetune.export < {"run_id", "out_dir", "merged", ...}
+    from .workgate import child_main
+
+    child_main(export_run)

@@ -30,8 +30,11 @@ def export_api(run_id: str, merged: bool = False, gguf: str = "q4_k_m", system: 
     loaded back and compared with the merged model (the `export` API). Returns (result, files to download)."""
     import shutil
 
-    from finetune.export import ExportError, export_run
+    from finetune import access
     from finetune.paths import is_safe_name
+    from finetune.workgate import run_child
+
+    from .guard import current
 
     run_id = (run_id or "").strip()
     if not run_id or not is_safe_name(run_id):
@@ -39,10 +42,15 @@ def export_api(run_id: str, merged: bool = False, gguf: str = "q4_k_m", system: 
     gguf = None if gguf in (None, "", "none") else gguf
     out = export_dir(run_id, bool(merged), gguf)
     shutil.rmtree(out, ignore_errors=True)  # one export per run and choice: a new one replaces it
+    progress(0.05, desc="exporting (merge, convert, load back and compare)")
+    # In a child process (the route holds a heavy slot): the merge, the quantizing and the load-back
+    # hold neither the app's GIL nor its memory, and a failure cannot take the app down.
     try:
-        res = export_run(run_id, out, merged=bool(merged), gguf=gguf, system=(system or "").strip() or None,
-                         progress=lambda f, m: progress(f, desc=m))
-    except ExportError as e:
+        res = run_child("finetune.export", {"run_id": run_id, "out_dir": str(out), "merged": bool(merged),
+                                            "gguf": gguf, "system": (system or "").strip() or None},
+                        env=access.child_env(current()))
+    except ValueError as e:
+        shutil.rmtree(out, ignore_errors=True)
         raise gr.Error(str(e), duration=None) from None
     files = [f for f in res["files"] if Path(f).is_file()]
     shown = dict(res, out=out.name, files=[str(Path(f).relative_to(out)) for f in files],
