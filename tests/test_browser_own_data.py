@@ -68,7 +68,7 @@ def test_upload_prepare_train_reload_download(app_url, home, tmp_path):
         expect(will).to_contain_text("my-qa", timeout=30_000)
         expect(will).to_contain_text("32 rows")  # 33 data lines, the bad one dropped
         page.get_by_text("More settings (all applied to the run)").click()
-        for label, value in (("Max steps", "30"), ("Eval steps", "4"), ("Logging steps", "1"), ("Save steps", "100")):
+        for label, value in (("Max steps", "150"), ("Eval steps", "4"), ("Logging steps", "1"), ("Save steps", "100")):
             box = page.get_by_label(label, exact=True)
             box.fill(value)
             box.press("Tab")
@@ -88,7 +88,8 @@ def test_upload_prepare_train_reload_download(app_url, home, tmp_path):
                 "a legend entry is cut off"
         _shot(page, home, "train-running")
 
-        # reload while the run goes on: it reattaches and both lines keep a stroke colour
+        # reload while the run goes on (150 steps: still running on a fast machine, whose tiny steps take
+        # milliseconds): it reattaches and both lines keep a stroke colour
         assert page.locator("#train-progress .fts-state").inner_text() == "running"  # mid-run, not after
         page.reload()
         page.get_by_role("tab", name="Train").click()

@@ -196,7 +196,8 @@ def test_model_card_keeps_user_text_literal_and_paths_out(tiny_model_dir, home):
     cfg = default_run_config("builtin:tiny-chat", str(home / "datasets" / "{{ 7*7 }}.jsonl"))
     run_id = create_run(cfg)
     card = model_card(run_id, "alice/x")
-    assert "{{ 7*7 }}.jsonl" in card and "49" not in card.split("---")[2][:200]
+    # literal, not rendered: no "49" in place of the expression (the run id's timestamp may hold a 49)
+    assert "{{ 7*7 }}.jsonl" in card and "49.jsonl" not in card
     assert str(home) not in card and "base_model:" not in card  # builtin: no Hub id to name
     assert ModelCard(card).data.library_name == "peft"
 
