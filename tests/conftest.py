@@ -75,8 +75,10 @@ def tiny_tokenizer(tiny_model_dir):
     return load_tokenizer("builtin:tiny-chat")
 
 
-def untrained_lora_run(steps: int) -> str:
-    """A completed run of the tiny built-in with a real, untrained LoRA adapter (no training needed)."""
+def untrained_lora_run(steps: int, nonzero: bool = False) -> str:
+    """A completed run of the tiny built-in with a real, untrained LoRA adapter (no training needed).
+    nonzero: lora_B drawn at random instead of zeros, so merging it changes the weights."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
     from finetune.config import default_run_config
@@ -86,9 +88,28 @@ def untrained_lora_run(steps: int) -> str:
     run_id = create_run(default_run_config(max_steps=steps))
     d = run_dir(run_id)
     model, tok = load_for_inference("builtin:tiny-chat")
-    get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")).save_pretrained(d / "adapter")
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    if nonzero:
+        with torch.no_grad():
+            for n, p in peft.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)
+    peft.save_pretrained(d / "adapter")
     tok.save_pretrained(d / "adapter")
     update_status(d, state="completed", step=steps, total_steps=steps)
+    return run_id
+
+
+def trained_tiny_run(steps: int) -> str:
+    """A run of the tiny built-in on builtin:demo really trained for `steps` steps (in this process)."""
+    from finetune.config import default_run_config
+    from finetune.runs import create_run, run_dir
+    from finetune.train import train_run
+
+    cfg = default_run_config("builtin:tiny-chat", "builtin:demo", max_steps=steps, epochs=1.0, eval_steps=steps,
+                             save_steps=steps, logging_steps=1)
+    run_id = create_run(cfg)
+    assert train_run(run_dir(run_id)) == 0
     return run_id
 
 

@@ -256,15 +256,9 @@ def test_modelfile_names_template_and_stops(tmp_path, marker, fmt, stop):
 
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir):
-    from finetune.config import default_run_config
-    from finetune.runs import create_run, run_dir
-    from finetune.train import train_run
+    from conftest import trained_tiny_run
 
-    cfg = default_run_config("builtin:tiny-chat", "builtin:demo", max_steps=3, epochs=1.0, eval_steps=3,
-                             save_steps=3, logging_steps=1)
-    run_id = create_run(cfg)
-    assert train_run(run_dir(run_id)) == 0
-    return run_id
+    return trained_tiny_run(3)
 
 
 def _cli(*args):

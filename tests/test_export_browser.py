@@ -12,25 +12,9 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 
 @pytest.fixture(scope="module")
 def adapter_run(tiny_model_dir):
-    import torch
-    from peft import LoraConfig, get_peft_model
+    from conftest import untrained_lora_run
 
-    from finetune.config import default_run_config
-    from finetune.modeling import load_for_inference
-    from finetune.runs import create_run, run_dir, update_status
-
-    run_id = create_run(default_run_config(max_steps=4))
-    d = run_dir(run_id)
-    model, tok = load_for_inference("builtin:tiny-chat")
-    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
-    with torch.no_grad():  # a non-zero adapter, so the merge changes the weights
-        for n, p in peft.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.02)
-    peft.save_pretrained(d / "adapter")
-    tok.save_pretrained(d / "adapter")
-    update_status(d, state="completed", step=4, total_steps=4)
-    return run_id
+    return untrained_lora_run(4, nonzero=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,10 @@ ALICE = "hf_alice_write"
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_dir):
-    from finetune.config import default_run_config
+    from conftest import trained_tiny_run
     from finetune.evaluate import evaluate_run
-    from finetune.runs import create_run, run_dir
-    from finetune.train import train_run
 
-    cfg = default_run_config("builtin:tiny-chat", "builtin:demo", max_steps=4, epochs=1.0, eval_steps=4,
-                             save_steps=4, logging_steps=1)
-    run_id = create_run(cfg)
-    assert train_run(run_dir(run_id)) == 0
+    run_id = trained_tiny_run(4)
     evaluate_run(run_id, max_examples=4, max_new_tokens=4)
     return run_id
 
