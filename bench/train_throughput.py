@@ -8,8 +8,8 @@ Each workload is trained by both variants, alternating (ours, trl, ours, trl wit
 time in a fresh process whose whole wall time is measured (start-up counts: a user waits for it):
   ours  `python -m finetune train ... --wait` (the CLI the app and users run: it starts the training child)
   trl   a script that builds `SFTTrainer(model=path, args=SFTConfig(...defaults...))` with the same model,
-        data (prompt/completion, so TRL also trains the answers only), LoRA rank/alpha/targets, learning rate
-        and epochs, and everything else at TRL's defaults (bf16 autocast, gradient checkpointing,
+        data (prompt/completion, so TRL also trains the answers only), LoRA rank/alpha/targets/dropout, learning
+        rate, epochs and seed, and everything else at TRL's defaults (bf16 autocast, gradient checkpointing,
         batch 8, max_length 1024, chunked NLL loss).
 Workloads:
   demo3    builtin:tiny-chat on builtin:demo, 3 epochs
@@ -46,7 +46,7 @@ SMOLLM2_135M = dict(model_type="llama", vocab_size=49152, hidden_size=576, inter
                     max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=True,
                     rope_theta=100000.0, initializer_range=0.041)
 LR = {"demo3": 2e-3, "compute": 2e-4, "real": 2e-4}
-RANK, ALPHA = 16, 32
+RANK, ALPHA, DROPOUT = 16, 32, 0.0
 OTHERS_MAX_CORES = 0.1  # other processes' CPU during a run, in cores on average
 
 
@@ -139,7 +139,7 @@ def split(data: str):
 # The TRL-defaults worker (runs in its own process)
 
 
-def trl_worker(model: str, data: str, epochs: float, lr: float, out: str) -> None:
+def trl_worker(model: str, data: str, epochs: float, lr: float, out: str, seed: int = 42) -> None:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -150,9 +150,11 @@ def trl_worker(model: str, data: str, epochs: float, lr: float, out: str) -> Non
     import torch
 
     # use_cpu is the one setting TRL's defaults need to start at all on a CPU (bf16=True asks for it).
-    args = SFTConfig(output_dir=out, learning_rate=lr, num_train_epochs=epochs, report_to="none",
+    args = SFTConfig(output_dir=out, learning_rate=lr, num_train_epochs=epochs, report_to="none", seed=seed,
                      save_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available())
-    peft_cfg = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    # The same LoRA for both: rank, alpha, all linear layers, and dropout 0 (ours by default; also PEFT's)
+    peft_cfg = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules="all-linear",
+                          task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, peft_config=peft_cfg)
     trainer.train()
     trainer.model.save_pretrained(Path(out) / "adapter")
@@ -184,23 +186,25 @@ def _children_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _ours_cmd(wl: dict, env: dict) -> list[str]:
+def _ours_cmd(wl: dict, env: dict, seed: int) -> list[str]:
     helptext = subprocess.run([sys.executable, "-m", "finetune", "train", "--help"], cwd=ROOT, env=env,
                               capture_output=True, text=True).stdout
     lr_flag = "--learning-rate" if "--learning-rate" in helptext else "--lr"  # the CLI is generated from fields
     return [sys.executable, "-m", "finetune", "train", "--model", wl["ours_model"], "--data", wl["data"],
             "--epochs", str(wl["epochs"]), lr_flag, str(wl["lr"]), "--max-seq-len", str(wl["max_seq_len"]),
+            "--lora-r", str(RANK), "--lora-alpha", str(ALPHA), "--lora-dropout", str(DROPOUT), "--seed", str(seed),
             "--wait", "--json", "--timeout-s", "36000"]
 
 
-def run_variant(variant: str, wl: dict, home: Path) -> dict:
+def run_variant(variant: str, wl: dict, home: Path, seed: int = 42) -> dict:
     env = dict(os.environ, FINETUNE_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
     if variant == "ours":
-        cmd = _ours_cmd(wl, env)
+        cmd = _ours_cmd(wl, env, seed)
     else:
         out = tempfile.mkdtemp(prefix="trl-", dir=home)
-        cmd = [sys.executable, __file__, "--trl-worker", wl["model"], wl["data"], str(wl["epochs"]), str(wl["lr"]), out]
+        cmd = [sys.executable, __file__, "--trl-worker", wl["model"], wl["data"], str(wl["epochs"]), str(wl["lr"]), out,
+               str(seed)]
     load_before = os.getloadavg()[0]
     busy_before = _busy_now()
     busy0, mine0, t0 = _busy_s(), _children_cpu_s(), time.perf_counter()
@@ -216,7 +220,7 @@ def run_variant(variant: str, wl: dict, home: Path) -> dict:
         why_invalid.append(f"{busy_before:.2f} cores busy just before (load {load_before:.1f})")
     if others > OTHERS_MAX_CORES * wall:
         why_invalid.append(f"others used {others / wall:.2f} cores")
-    info = {"variant": variant, "wall_s": wall, "load_before": load_before, "load_after": load_after,
+    info = {"variant": variant, "seed": seed, "wall_s": wall, "load_before": load_before, "load_after": load_after,
             "others_cores": others / wall, "invalid": "; ".join(why_invalid)}
     if variant == "ours":
         if res.get("state") != "completed":
@@ -306,9 +310,12 @@ def report(results: list[dict], workloads: list[str]) -> None:
         t = [r for r in valid if r["variant"] == "trl"]
         if o and t:
             best_o, best_t = min(o, key=lambda r: r["wall_s"]), min(t, key=lambda r: r["wall_s"])
+            lo = sum(r["answer_loss"] for r in o) / len(o)
+            lt = sum(r["answer_loss"] for r in t) / len(t)
             print(f"{w}: ours is {best_t['wall_s'] / best_o['wall_s']:.2f}x TRL's defaults (best valid runs, "
-                  f"{best_o['wall_s']:.1f} s vs {best_t['wall_s']:.1f} s; answer loss {best_o['answer_loss']:.3f} "
-                  f"vs {best_t['answer_loss']:.3f})")
+                  f"{best_o['wall_s']:.1f} s vs {best_t['wall_s']:.1f} s); answer loss {lo:.3f} vs {lt:.3f} "
+                  f"({lo / lt - 1:+.1%}; mean of {len(o)} vs {len(t)} runs, seeds "
+                  f"{sorted({r['seed'] for r in o + t})})")
         elif any(r["workload"] == w for r in results):
             print(f"{w}: no valid pair (the machine was busy): rerun when it is quiet")
 
@@ -318,13 +325,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes: checks that everything runs")
     ap.add_argument("--workloads", default="demo3,compute,real", help="comma list of demo3, compute, real")
     ap.add_argument("--rows", type=int, default=None, help="rows for compute (default 64, quick 8) and real")
-    ap.add_argument("--repeats", type=int, default=1, help="pairs per workload, alternating ours and trl")
+    ap.add_argument("--repeats", type=int, default=1, help="pairs per workload, alternating ours and trl; "
+                    "pair i trains both with seed --seed + i (the answer loss of a small run varies by several "
+                    "per cent with the seed: it is compared as a mean)")
+    ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--variants", default="ours,trl")
-    ap.add_argument("--trl-worker", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--trl-worker", nargs=6, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.trl_worker:
-        model, data, epochs, lr, out = a.trl_worker
-        trl_worker(model, data, float(epochs), float(lr), out)
+        model, data, epochs, lr, out, seed = a.trl_worker
+        trl_worker(model, data, float(epochs), float(lr), out, int(seed))
         return
     workloads = a.workloads.split(",")
     # Built-in models are built once and shared (the real one takes minutes to dequantize); runs go
@@ -349,9 +359,9 @@ def main() -> None:
         ex, _ = tokenize_rows(load_tokenizer(wl["model"]), train, "messages", wl["max_seq_len"])
         tokens = sum(len(e["input_ids"]) for e in ex) * wl["epochs"]
         fpt = model_flops_per_token(wl["model"], tokens / wl["epochs"] / max(len(ex), 1))
-        for _ in range(a.repeats):
+        for i in range(a.repeats):
             for v in a.variants.split(","):
-                r = run_variant(v, wl, home)
+                r = run_variant(v, wl, home, a.seed + i)
                 r.update(workload=w, tokens=tokens, tokens_per_s=tokens / r["wall_s"])
                 r["mfu_fp32"] = r["tokens_per_s"] * fpt / (peak["float32"] * 1e12)
                 r["mfu_bf16"] = r["tokens_per_s"] * fpt / (peak["bfloat16"] * 1e12)

@@ -100,7 +100,10 @@ class LoraConfig:
     r: int = _help("LoRA rank: the size of the low-rank update. Higher learns more, costs more memory.",
                    default=16)
     alpha: int = _help("LoRA alpha: scales the update (alpha / r). Commonly 2 x rank.", default=32)
-    dropout: float = _help("Dropout on the LoRA input; helps against overfitting on small data.", default=0.05)
+    dropout: float = _help("Dropout on the LoRA input. 0 by default: its random masks cost 15-25% of a CPU step "
+                           "(SmolLM2-135M, measured), and the validation loss's early stop and best-step "
+                           "choice guard against overfitting; 0.05-0.1 is a regulariser for tiny datasets.",
+                           default=0.0)
     target_modules: str = _help("Which linear layers get adapters: 'all-linear' or a comma list such as q_proj,v_proj.",
                                 default="all-linear")
     num_virtual_tokens: int = _help("Prefix tuning only: number of trained virtual tokens.", default=16)

@@ -35,8 +35,8 @@ def set_threads() -> tuple[int, str]:
     parallel region: a demo step measured 5 s with 2 threads vs 0.16 s with 1 on 2 cores at load 9.
     Free cores are read from /proc/stat over 0.1 s (hardware.busy_cores_now), not from the 1-minute
     load average, which still counts the seconds before (the CLI's own start-up). Training measures
-    its steps instead (finetune.speed). Children run with OMP_WAIT_POLICY=PASSIVE (runs.py), so
-    waiting threads sleep instead of spin. Returns (threads, why)."""
+    its steps instead (finetune.speed). Children run with a short OpenMP spin (runs.py), so
+    waiting threads soon sleep instead of spinning. Returns (threads, why)."""
     import torch
 
     from .hardware import busy_cores_now

@@ -2,7 +2,8 @@
 
 - `ThreadTuner` + `ThreadTuning` (mixed into the trainer class): on a CPU the first micro-steps of
   the run are timed at several thread counts (all cores, half, ..., one), interleaved, and the
-  fastest per token is kept, measured again every RECHECK_STEPS micro-steps. These are real training steps, so measuring
+  fastest per token is kept, measured again every RECHECK_STEPS micro-steps. A step of LONG_STEP_S or more on
+  all cores while other processes leave them idle keeps all cores without slower trials. These are real training steps, so measuring
   costs no extra work; the best count depends on the model's matrix sizes (a tiny model can be
   faster on one thread) and on what else keeps the cores busy now. status.json gets `threads` and
   `threads_why` with the figures.
@@ -24,6 +25,12 @@ from pathlib import Path
 WARMUP_STEPS = 1  # the first micro-step allocates buffers: not a fair sample
 ROUNDS = 2  # samples per candidate; the fastest sample counts (interference only slows steps down)
 RECHECK_STEPS = 300  # measure again after this many micro-steps: other work may have started or ended
+# A step this long on all cores, with the other processes idle meanwhile, has matrices large enough to
+# keep every core busy: a trial step on fewer threads would cost seconds and is skipped (SmolLM2-135M at
+# 4 x 1024 tokens: 22 s on 2 threads, about 40 s on 1). Short steps (a tiny model, where one thread can
+# win) are still compared by timing.
+LONG_STEP_S = 2.0
+OTHERS_IDLE_CORES = 0.25  # other processes' average use of the cores during that step
 
 
 def process_age_s() -> float | None:
@@ -58,6 +65,29 @@ def thread_candidates(cores: int) -> list[int]:
         if 1 <= c < out[-1]:
             out.append(c)
     return out
+
+
+def busy_cpu_s() -> float | None:
+    """CPU seconds all processes of this machine have been busy since boot (/proc/stat), or None."""
+    try:
+        vals = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class OthersMeter:
+    """How many cores other processes used between start() and cores(): the machine's busy time
+    (/proc/stat) minus this process's own CPU time, over the wall time. None where unknown."""
+
+    def start(self) -> None:
+        self.t, self.busy, self.own = time.perf_counter(), busy_cpu_s(), time.process_time()
+
+    def cores(self) -> float | None:
+        busy, wall = busy_cpu_s(), time.perf_counter() - self.t
+        if busy is None or self.busy is None or wall <= 0:
+            return None
+        return max(0.0, (busy - self.busy) - (time.process_time() - self.own)) / wall
 
 
 def _tokens(inputs) -> int:
@@ -105,23 +135,30 @@ class ThreadTuner:
 
         torch.set_num_threads(self.schedule[self.i])
 
-    def after_step(self, seconds: float, inputs) -> None:
+    def after_step(self, seconds: float, inputs, others_cores: float | None = None) -> None:
+        n = self.schedule[self.i]
         if self.i >= self.skip:
-            self.samples[self.schedule[self.i]].append(seconds / _tokens(inputs))
+            self.samples[n].append(seconds / _tokens(inputs))
         self.i += 1
-        if self.i >= len(self.schedule):
+        if (self.i > self.skip and n == self.cores and seconds >= LONG_STEP_S and others_cores is not None
+                and others_cores < OTHERS_IDLE_CORES):
+            self.decide(why=(f"{self.cores} of {self.cores} cores: a step takes {seconds:.1f} s on all of them "
+                             f"(matrices large enough to keep every core busy) and other processes used "
+                             f"{others_cores:.2f} cores meanwhile, so slower trial steps on fewer threads "
+                             f"were skipped ({seconds / _tokens(inputs) * 1e6:.0f} µs/token at {self.cores})"))
+        elif self.i >= len(self.schedule):
             self.decide()
 
-    def decide(self) -> tuple[int, str]:
+    def decide(self, why: str | None = None) -> tuple[int, str]:
         import torch
 
         best = {c: min(s) for c, s in self.samples.items() if s}
-        self.chosen = min(best, key=best.get) if best else self.cores
+        self.chosen = self.cores if why else min(best, key=best.get) if best else self.cores
         self.since_decision = 0
         torch.set_num_threads(self.chosen)
         figures = ", ".join(f"{best[c] * 1e6:.0f} µs/token at {c}" for c in sorted(best, reverse=True))
-        why = (f"{self.chosen} of {self.cores} cores: the fastest in the last measured steps ({figures})"
-               if best else f"{self.cores} cores (too few steps to compare thread counts)")
+        why = why or (f"{self.chosen} of {self.cores} cores: the fastest in the last measured steps ({figures})"
+                      if best else f"{self.cores} cores (too few steps to compare thread counts)")
         if self.on_decision:
             self.on_decision(self.chosen, why)
         return self.chosen, why
@@ -140,9 +177,11 @@ class ThreadTuning:
                 tuner.tick()
             return loss
         tuner.before_step()
+        meter = OthersMeter()
+        meter.start()
         t = time.perf_counter()
         loss = super().training_step(model, inputs, *args, **kwargs)
-        tuner.after_step(time.perf_counter() - t, inputs)
+        tuner.after_step(time.perf_counter() - t, inputs, meter.cores())
         return loss
 
 

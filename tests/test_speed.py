@@ -61,6 +61,47 @@ def test_one_core_needs_no_measuring_and_a_short_run_still_decides():
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("others", [0.0, 0.9, None])
+def test_a_long_step_with_the_other_cores_idle_keeps_all_cores_without_trials(others):
+    import torch
+
+    from finetune.speed import LONG_STEP_S, ThreadTuner
+
+    before = torch.get_num_threads()
+    try:
+        tuner = ThreadTuner(2)
+        ids = {"input_ids": torch.zeros(4, 1024, dtype=torch.long)}
+        tuner.before_step()
+        tuner.after_step(LONG_STEP_S * 3, ids, others)  # the warm-up step never decides
+        assert not tuner.done
+        tuner.before_step()
+        tuner.after_step(LONG_STEP_S * 2, ids, others)
+        if others == 0.0:  # idle others: no slower one-thread trial
+            assert tuner.done and tuner.chosen == 2 == torch.get_num_threads()
+        else:  # busy others (or unknown): the fewer-thread trial still runs
+            assert not tuner.done and tuner.schedule[tuner.i] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_others_meter_sees_another_process_busy():
+    import subprocess
+    import sys
+    import time
+
+    from finetune.speed import OthersMeter
+
+    m = OthersMeter()
+    m.start()
+    time.sleep(0.5)
+    quiet = m.cores()
+    assert quiet is not None and quiet >= 0
+    m.start()
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<1.5: pass"])
+    busy.wait()
+    assert m.cores() > 0.2  # a spinning child (1.5 s of one core) is another process's work, not ours
+
+
 def test_flops_per_token_counts_frozen_and_trained_weights(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
 

@@ -330,8 +330,10 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
             r, why = 16, f"{n} examples cannot use a high rank; 16 overfits less"
         add("lora_r", r, why)
         add("lora_alpha", 2 * r, "alpha = 2r: the usual scale, keeps the update size stable across ranks")
-        drop = 0.1 if n < 1000 else 0.05
-        add("lora_dropout", drop, "more dropout on small data" if n < 1000 else "light regularisation")
+        drop = 0.05 if n < 200 else 0.0
+        add("lora_dropout", drop, "a little dropout for so few examples" if drop else
+            "none: its random masks cost 15-25% of a CPU step; the validation loss's early stop and "
+            "best-step choice guard against overfitting")
         add("lora_target_modules", spec["target_modules"],
             "all linear layers: matches full fine-tuning quality far better than attention-only")
         if method == "dora":
