@@ -134,6 +134,9 @@ def test_live_view_reads_incrementally_and_switches_its_timer(home, monkeypatch)
     assert reads[0] == reads[1] > 0 and reads[1] < (d / "events.jsonl").stat().st_size  # from the offset, not 0
     assert len(out[2]) == 3 and out[3].endswith("step 2") and "2.900" in out[1] and "1.00e-03" in out[1]
     assert "1,500" in out[1] and ">MFU<" in out[1] and "12.3%" in out[1]  # the live speed cards
+    update_status(d, threads_why="2 of 2 cores: <measured>", prefix_sharing="on: the same 24 tokens")
+    out = train_live.poll(rid, out[6])
+    assert "Speed: 2 of 2 cores: &lt;measured&gt;; shared prefix on: the same 24 tokens" in out[1]  # escaped
     update_status(d, state="completed", step=10, eta_s=0)
     out = train_live.poll(rid, out[6])
     assert out[5].active is False and "100%" in out[0] and "completed" in out[0]

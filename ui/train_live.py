@@ -102,6 +102,11 @@ def metrics_html(snap: dict | None) -> str:
     if isinstance(st.get("launch"), dict):
         notes.append(f"{html.escape(str(st['launch'].get('num_processes')))} processes, "
                      f"{html.escape(str(st['launch'].get('reason')))}.")
+    speed = [str(st[k]) for k in ("threads_why",) if st.get(k)]
+    if st.get("prefix_sharing"):
+        speed.append(f"shared prefix {st['prefix_sharing']}")
+    if speed:  # why the run is as fast as it is (finetune.speed, finetune.sft_step)
+        notes.append("<span class='fts-speed'>Speed: " + html.escape("; ".join(speed)) + "</span>")
     if st.get("early_stopped"):
         notes.append(f"Stopped early: {html.escape(str(st.get('early_stop_reason')))}")
     if st.get("state") in ("completed", "stopped") and st.get("kept_step") is not None:
