@@ -287,6 +287,7 @@ def child_process_env(extra: dict | None) -> dict:
     # 1295 ms passive, 772 ms with this, 790 ms with libgomp's default. The thread tuner
     # (finetune.speed) picks fewer threads when the cores are busy.
     env.setdefault("GOMP_SPINCOUNT", "10000")
+    env.setdefault("KMP_BLOCKTIME", "1")  # the same for LLVM/Intel OpenMP builds (ms before sleeping)
     env["FINETUNE_HOME"] = str(runs_dir().parent)  # the child runs in another folder: same home
     # The child must find the finetune package even when the app was started from another folder.
     pkg_root = str(Path(__file__).resolve().parent.parent)

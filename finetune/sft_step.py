@@ -9,8 +9,10 @@
    processes weigh tokens the same). TRL's default "chunked_nll" does the same selection but runs
    each chunk under gradient checkpointing, i.e. the head twice: on the demo rows with SmolLM2 a
    step took 980 ms with it against 722 ms with this. Where the kept logits would be large (more
-   than LEAN_MAX_BYTES), the trainer's chunked loss is used instead. The trainer's metrics
-   (mean_token_accuracy, entropy, num_tokens) are kept.
+   than LEAN_MAX_BYTES), the trainer's chunked loss is used instead; so it is with several processes
+   (each rank must run the same collectives) or GPUs in one process (DataParallel would split the
+   index tensor). A model that ignores `logits_to_keep` returns all logits, selected here. The
+   trainer's metrics (mean_token_accuracy, entropy, num_tokens) are kept.
 
 2. Shared-prefix batches: the tokens every row of a batch starts with are computed once.
 
@@ -25,9 +27,11 @@ work on the shared tokens is done once instead of once per row. On builtin:demo 
 (rows of about 43 tokens, 21 of them the template's system turn) a batch of 4 computes 106 tokens
 instead of 172.
 
-Where it applies: SFT with labels only after the prefix (the loss needs no logits inside it), an
-attention mask (not padding-free), no gradient checkpointing, a decoder whose cache is the plain
-full-attention one (sliding-window layers trim their cache and are left alone). The first batch it
+Where it applies: one process (each rank would decide alone, and their collectives must match),
+SFT with labels only after the prefix (the loss needs no logits inside it), an attention mask (not
+padding-free), no dropout (one mask would serve every row's prefix), no gradient checkpointing, a
+decoder whose cache is the plain full-attention one (sliding-window layers trim their cache) and
+whose RoPE does not depend on the sequence's length (longrope, dynamic). The first batch it
 applies to is checked once against the plain forward (dropout off, no gradients); if the losses do
 not agree, it turns itself off for the run. status.json `prefix_sharing` says what happened, and
 `prefix_sharing_saved` the share of tokens not computed. Measured on the demo rows with SmolLM2
@@ -40,7 +44,11 @@ from __future__ import annotations
 MIN_PREFIX = 4  # shared tokens worth a separate pass
 MIN_SAVED = 0.05  # of the batch's tokens
 AGREE = 0.01  # relative difference of the checked losses (bf16 matmuls of other shapes round differently)
-LEAN_MAX_BYTES = {"cpu": 2 << 30, "cuda": 512 << 20}  # kept logits (bf16 + fp32 copy + its gradient)
+LEAN_MAX_BYTES = {"cpu": 2 << 30, "cuda": 512 << 20}  # kept logits at their peak (see LEAN_BYTES_PER_LOGIT)
+# bf16 logits + their fp32 copy + cross-entropy's saved log-softmax + its gradient; the metrics run in chunks
+LEAN_BYTES_PER_LOGIT = 16
+METRIC_CHUNK = 1024  # labelled positions per no-grad metric chunk
+POSITION_DEPENDENT_ROPE = ("longrope", "dynamic")  # frequencies chosen from the longest position seen
 
 
 class PrefixUnsupported(Exception):
@@ -102,6 +110,10 @@ def split_inputs(model, inputs, p: int) -> dict:
         raise PrefixUnsupported("the model has no separate decoder")
     ids, am = inputs["input_ids"], inputs["attention_mask"]
     b = ids.shape[0]
+    text = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in POSITION_DEPENDENT_ROPE:
+        raise PrefixUnsupported(f"{rope.get('rope_type') or rope.get('type')} RoPE depends on the whole length")
     cache = DynamicCache(config=lm.config)
     if any(type(layer) is not DynamicLayer for layer in cache.layers):
         raise PrefixUnsupported("sliding-window or other special cache layers")
@@ -155,10 +167,11 @@ class LeanSFTLoss:
                 st.enabled, p = False, 0
                 st.report(f"off: {exc}")
             else:
-                b, s = inputs["input_ids"].shape
-                st.batches += 1
-                st.saved += (b - 1) * p
-                st.total += b * s
+                if model.training:  # evaluation batches are larger: count what training saved
+                    b, s = inputs["input_ids"].shape
+                    st.batches += 1
+                    st.saved += (b - 1) * p
+                    st.total += b * s
                 inputs = shared
         if self._fts_lean_fits(inputs):
             return self._fts_lean_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -167,7 +180,7 @@ class LeanSFTLoss:
 
     def _fts_lean_fits(self, inputs) -> bool:
         labels = inputs.get("labels")
-        if (not self.fts_lean or labels is None or labels.dim() != 2 or "shift_labels" in inputs
+        if (not self.fts_lean or labels is None or getattr(self.args, "n_gpu", 1) > 1 or labels.dim() != 2 or "shift_labels" in inputs
                 or getattr(self, "num_virtual_tokens", 0) or getattr(self.args, "use_liger_kernel", False)
                 or getattr(self, "aux_loss_enabled", False) or not getattr(self, "model_accepts_loss_kwargs", True)
                 or getattr(self.args, "loss_type", "nll") not in ("nll", "chunked_nll")):
@@ -176,11 +189,11 @@ class LeanSFTLoss:
         cfg = getattr(lm, "config", None)
         text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
         vocab = getattr(text, "vocab_size", None)
-        if not vocab or getattr(text, "final_logit_softcapping", None) or getattr(text, "logit_scale", None):
-            return False  # logits the model post-processes: its own loss knows how
+        if not vocab:
+            return False
         n = labels.shape[0] * int((labels[:, 1:] != -100).any(dim=0).sum())
         dev = "cuda" if labels.is_cuda else "cpu"
-        return n * vocab * 10 <= LEAN_MAX_BYTES.get(dev, LEAN_MAX_BYTES["cuda"])
+        return n * vocab * LEAN_BYTES_PER_LOGIT <= LEAN_MAX_BYTES.get(dev, LEAN_MAX_BYTES["cuda"])
 
     def _fts_lean_loss(self, model, inputs, return_outputs, num_items_in_batch):
         import torch
@@ -195,7 +208,14 @@ class LeanSFTLoss:
         target = labels[:, 1:].index_select(1, cols).reshape(-1)
         inputs["use_cache"] = False
         out = model(**inputs, logits_to_keep=cols)  # labels=None: no loss in the model, no chunking
-        logits = out.logits.float().flatten(0, 1)
+        logits = out.logits
+        del out
+        if logits.shape[1] != cols.numel():
+            if logits.shape[1] != labels.shape[1]:
+                raise RuntimeError(f"the model returned logits for {logits.shape[1]} positions, expected "
+                                   f"{cols.numel()} (logits_to_keep) or {labels.shape[1]}")
+            logits = logits.index_select(1, cols)  # a model that ignores logits_to_keep: select here
+        logits = logits.float().flatten(0, 1)
         loss = F.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
         valid = target != -100
         n_valid = valid.sum()
@@ -205,10 +225,16 @@ class LeanSFTLoss:
         else:
             loss = loss / n_valid.clamp(min=1)
         with torch.no_grad():
-            lv = logits[valid]
-            logp = torch.log_softmax(lv, dim=-1)
-            entropy_sum = -(logp.exp() * logp).sum()
-            correct = (lv.argmax(dim=-1) == target[valid]).sum()
+            rows = valid.nonzero().squeeze(1)
+            entropy_sum = logits.new_zeros(())
+            correct = torch.zeros((), dtype=torch.long, device=logits.device)
+            for i in range(0, rows.numel(), METRIC_CHUNK):
+                idx = rows[i:i + METRIC_CHUNK]
+                lv = logits.index_select(0, idx)
+                logp = torch.log_softmax(lv, dim=-1)
+                entropy_sum += -(logp.exp() * logp).sum()
+                correct += (lv.argmax(dim=-1) == target.index_select(0, idx)).sum()
+                del lv, logp
             gather = self.accelerator.gather_for_metrics
             n_all = gather(n_valid).sum()
             if n_all > 0:

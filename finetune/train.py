@@ -393,9 +393,25 @@ def _mfu_of(model, train_ds, cfg: RunConfig, plan: dict):
 
 def sft_step_applies(cfg: RunConfig, plan: dict) -> bool:
     """SFT-style runs on transformers get finetune.sft_step's loss: not the preference methods (their
-    trainers build their own batches), GRPO, prompt/prefix tuning (which feeds the cache itself), or
-    Unsloth's patched forward."""
-    return cfg.train.method not in (*PREFERENCE_METHODS, "grpo", "prefix") and plan.get("backend") != "unsloth"
+    trainers build their own batches), GRPO, prompt/prefix tuning (which feeds the cache itself),
+    Unsloth's patched forward, or several processes (each rank would choose its path alone)."""
+    return (cfg.train.method not in (*PREFERENCE_METHODS, "grpo", "prefix") and plan.get("backend") != "unsloth"
+            and parallel.world_size() == 1)
+
+
+def prefix_sharing_off(cfg: RunConfig, model) -> str:
+    """Why a run cannot share its batches' prefixes (finetune.sft_step), or "" when it can."""
+    if cfg.train.gradient_checkpointing:
+        return "gradient checkpointing recomputes the layers without the shared cache"
+    if cfg.train.method not in ("full",) and cfg.lora.dropout > 0:
+        return f"LoRA dropout {cfg.lora.dropout}: one dropout mask would serve every row's prefix"
+    mc = getattr(model, "config", None)
+    text = mc.get_text_config() if mc is not None and hasattr(mc, "get_text_config") else mc
+    for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
+        v = getattr(text, key, 0) or 0
+        if isinstance(v, (int, float)) and v > 0:
+            return f"the model's {key} {v}: one dropout mask would serve every row's prefix"
+    return ""
 
 
 def make_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, eval_ds, out_dir: str, plan: dict,
@@ -419,8 +435,9 @@ def keep_lora_inputs_16bit(model, cfg: RunConfig, plan: dict) -> bool:
     tokens, CPU bf16) those copies were 12% of the step. Where the frozen base is 16-bit and autocast
     runs the step (training and evaluation both go through the Trainer's autocast), the inputs stay
     16-bit; the adapter weights and their gradients stay fp32. Not for GRPO (it samples outside
-    autocast), quantized bases (bitsandbytes casts on its own) or Unsloth. Returns whether it applied."""
-    if (cfg.train.method in ("grpo", "qlora", "full", "prefix") or plan.get("backend") == "unsloth"
+    autocast), quantized bases (bitsandbytes casts on its own), DoRA (its weight norm would be taken
+    in 16 bits) or Unsloth. Returns whether it applied."""
+    if (cfg.train.method in ("grpo", "qlora", "full", "prefix", "dora") or plan.get("backend") == "unsloth"
             or plan.get("weights_dtype") == "float32" or not (plan.get("bf16") or plan.get("fp16"))):
         return False
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -665,9 +682,12 @@ def _train_run(d: Path, resume: bool, own_process: bool = False, phases=None) ->
                                [cb, best, *trial_callbacks(d, cb)])
         trainer.fts_tuner = tuner
         plan["lora_input_cast"] = keep_lora_inputs_16bit(trainer.model, cfg, plan)
-        if isinstance(trainer, LeanSFTLoss) and not cfg.train.gradient_checkpointing:
-            # (a cache kept across checkpointed layers would be recomputed without its prefix)
-            trainer.fts_prefix = PrefixState(lambda text: status(d, prefix_sharing=text))
+        if isinstance(trainer, LeanSFTLoss):
+            why_not = prefix_sharing_off(cfg, trainer.model)
+            if why_not:
+                status(d, prefix_sharing=f"off: {why_not}")
+            else:
+                trainer.fts_prefix = PrefixState(lambda text: status(d, prefix_sharing=text))
         cb.mfu_of = _mfu_of(trainer.model, train_ds, cfg, plan)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())

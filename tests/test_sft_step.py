@@ -138,3 +138,58 @@ def test_a_real_run_records_the_shared_prefix(tmp_path):
     assert st["prefix_sharing"].startswith("on: the rows of a batch start with the same "), st["prefix_sharing"]
     assert 0 < st["prefix_sharing_saved"] < 1
     assert math.isfinite(st["eval_loss"])
+
+
+def test_the_first_batch_check_turns_sharing_on_or_off(tiny_trainer, monkeypatch):
+    import finetune.sft_step as ss
+    from finetune.sft_step import PrefixState
+
+    tr, tok = tiny_trainer
+    batch = _batch(_chat_rows(tok, [("Opposite of up?", "down"), ("Opposite of wet?", "dry"),
+                                    ("Opposite of old?", "new")]), tok.pad_token_id)
+    said = []
+    tr.fts_lean, tr.fts_prefix = True, PrefixState(said.append)
+    with tr.compute_loss_context_manager():
+        tr.compute_loss(tr.model, dict(batch))
+    assert said and said[0].startswith("on: ") and tr.fts_prefix.enabled and tr.fts_prefix.batches == 1
+    monkeypatch.setattr(ss, "AGREE", -1.0)  # no two losses agree: the check must switch sharing off
+    said.clear()
+    tr.fts_prefix = PrefixState(said.append)
+    with tr.compute_loss_context_manager():
+        loss = tr.compute_loss(tr.model, dict(batch))
+    assert said[0].startswith("off: the shared-prefix loss") and not tr.fts_prefix.enabled
+    assert tr.fts_prefix.batches == 0 and torch.isfinite(loss)
+
+
+def test_evaluation_and_the_size_fallback_give_the_trainers_loss(tiny_trainer, monkeypatch):
+    import finetune.sft_step as ss
+
+    tr, tok = tiny_trainer
+    batch = _batch(_chat_rows(tok, [("Two plus three?", "five"), ("Capital of Peru?", "Lima")]), tok.pad_token_id)
+    tr.fts_prefix = None
+    out = {}
+    for lean in (False, True):
+        tr.fts_lean = lean
+        loss, logits, labels = tr.prediction_step(tr.model, dict(batch), prediction_loss_only=False)
+        out[lean] = loss.item()
+    assert abs(out[True] - out[False]) <= 1e-5 * max(1.0, out[False])
+    tr.fts_lean = True
+    assert tr._fts_lean_fits(batch)
+    monkeypatch.setattr(ss, "LEAN_MAX_BYTES", {"cpu": 1, "cuda": 1})  # too large: the trainer's own loss
+    assert not tr._fts_lean_fits(batch)
+    loss, _, _ = tr.prediction_step(tr.model, dict(batch), prediction_loss_only=True)
+    assert abs(loss.item() - out[False]) <= 1e-5 * max(1.0, out[False])
+
+
+def test_prefix_sharing_stays_off_where_one_mask_or_recomputation_would_change_the_step(tiny_trainer):
+    from finetune.config import default_run_config
+    from finetune.train import prefix_sharing_off
+
+    tr, _ = tiny_trainer
+    cfg = default_run_config("builtin:tiny-chat", "builtin:demo")
+    assert prefix_sharing_off(cfg, tr.model) == ""
+    cfg.lora.dropout = 0.05
+    assert "LoRA dropout 0.05" in prefix_sharing_off(cfg, tr.model)
+    cfg.lora.dropout = 0.0
+    cfg.train.gradient_checkpointing = True
+    assert "gradient checkpointing" in prefix_sharing_off(cfg, tr.model)
