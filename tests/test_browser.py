@@ -55,6 +55,8 @@ def test_five_tabs_and_a_live_run(page, home):
     _shot(page, home, "train")
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.get_by_text(re.compile(r": stopped$"))).to_be_visible(timeout=120_000)
+    # why the run is as fast as it is: the threads chosen and the shared prefix (issue 17)
+    expect(page.locator(".fts-speed").filter(has_text=re.compile(r"^Speed: .*(cores|threads)"))).to_be_visible()
     _shot(page, home, "stopped")
     # reload: the page reattaches to the run this browser started, from the browser's storage
     page.reload()
