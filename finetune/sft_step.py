@@ -12,7 +12,9 @@
    than LEAN_MAX_BYTES), the trainer's chunked loss is used instead; so it is with several processes
    (each rank must run the same collectives) or GPUs in one process (DataParallel would split the
    index tensor). A model that ignores `logits_to_keep` returns all logits, selected here. The
-   trainer's metrics (mean_token_accuracy, entropy, num_tokens) are kept.
+   trainer's metrics (mean_token_accuracy, entropy, num_tokens) are kept. A batch padded on the
+   right only goes without its padding mask: causal masking already hides the pads from every real
+   token, and SDPA's causal kernel skips the masked half of the attention.
 
 2. Shared-prefix batches: the tokens every row of a batch starts with are computed once.
 
@@ -90,6 +92,16 @@ def shared_prefix_len(inputs) -> int:
 def kept_positions(labels):
     """The positions t whose next token (labels[:, t + 1]) is trained in some row."""
     return (labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(1)
+
+
+def right_padded_only(inputs) -> bool:
+    """True when the batch is a plain one whose rows are padded on the right only (no cache, no
+    position ids of its own), so the padding mask may be left to causal masking."""
+    am = inputs.get("attention_mask")
+    if (am is None or am.dim() != 2 or "past_key_values" in inputs or "position_ids" in inputs
+            or inputs.get("input_ids") is None or am.shape != inputs["input_ids"].shape):
+        return False
+    return bool((am[:, 0] == 1).all() and (am[:, 1:] <= am[:, :-1]).all())
 
 
 def _causal_lm(model):
@@ -204,9 +216,16 @@ class LeanSFTLoss:
         inputs = dict(inputs)
         inputs.pop("_prediction_loss_only", None)
         labels = inputs.pop("labels")
+        am = inputs.get("attention_mask")
         cols = kept_positions(labels)
         target = labels[:, 1:].index_select(1, cols).reshape(-1)
         inputs["use_cache"] = False
+        if right_padded_only(inputs):
+            # Causal masking alone already hides right padding from every real token (pads come after
+            # it), so the padding mask changes nothing the loss sees; without it SDPA runs its causal
+            # kernel, which skips the masked half (4 x 1024 SmolLM2 step: 15.2 -> 13.9 s).
+            inputs.pop("attention_mask")
+            inputs.setdefault("position_ids", torch.arange(labels.shape[1], device=labels.device).unsqueeze(0))
         out = model(**inputs, logits_to_keep=cols)  # labels=None: no loss in the model, no chunking
         logits = out.logits
         del out
@@ -241,7 +260,7 @@ class LeanSFTLoss:
                 self._metrics[mode]["entropy"].append((gather(entropy_sum).sum() / n_all).item())
                 self._metrics[mode]["mean_token_accuracy"].append((gather(correct).sum() / n_all).item())
             if mode == "train":
-                tokens = gather(inputs["attention_mask"].sum()).sum().item()
+                tokens = gather(am.sum()).sum().item() if am is not None else labels.numel()
                 self._total_train_tokens += tokens // getattr(self, "_tp_size", 1)
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:

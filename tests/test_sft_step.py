@@ -193,3 +193,14 @@ def test_prefix_sharing_stays_off_where_one_mask_or_recomputation_would_change_t
     cfg.lora.dropout = 0.0
     cfg.train.gradient_checkpointing = True
     assert "gradient checkpointing" in prefix_sharing_off(cfg, tr.model)
+
+
+def test_only_right_padded_batches_go_without_their_mask():
+    from finetune.sft_step import right_padded_only
+
+    batch = _batch([([5, 6, 7, 8], 2), ([5, 6], 1)], 0)
+    assert right_padded_only(batch)  # [1 1 1 1], [1 1 0 0]: the lean-loss test compares this case
+    left = dict(batch, attention_mask=batch["attention_mask"].flip(1))
+    assert not right_padded_only(left)  # left padding: real tokens come after pads, the mask matters
+    assert not right_padded_only(dict(batch, position_ids=torch.arange(4).repeat(2, 1)))
+    assert not right_padded_only(dict(batch, past_key_values=object()))
