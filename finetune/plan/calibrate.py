@@ -94,7 +94,9 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
 
     from ..config import build_run_config, to_sft_config
     from ..modeling import cuda_available, set_threads
-    from ..train import build_model, load_data
+    from ..sft_step import LeanSFTLoss, PrefixState
+    from ..train import (build_model, keep_lora_inputs_16bit, load_data, prefix_sharing_off, resolve_plan,
+                         sft_step_applies)
 
     t_imported = time.perf_counter()
     train = dict(method=method, max_steps=max(steps, max_steps) + WARMUP_STEPS, eval_steps=0,
@@ -128,17 +130,22 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
     with _PeakRSS() as rss, tempfile.TemporaryDirectory(prefix="fts-dry-run-") as out:
         set_threads()
         # The same model and data path as a real run (train.py), so the measurement is of that path.
-        model, tok, peft_config, _backend = build_model(cfg)
+        plan = resolve_plan(cfg)  # the precision and weights a real run gets on this machine
+        model, tok, peft_config, _backend = build_model(cfg, plan)
         train, _val, summary = load_data(cfg, tok)
         need = cfg.train.batch_size * cfg.train.max_steps
         reps = -(-need // len(train))
-        bf16 = cuda and torch.cuda.is_bf16_supported()
-        args = to_sft_config(cfg, out, cuda=cuda, bf16=bf16, has_eval=False)
+        args = to_sft_config(cfg, out, cuda=cuda, prec=plan, has_eval=False)
         # Random batches measure the average example; a length-grouped sampler starts with the longest.
         args.train_sampling_strategy = "random"
         args.save_strategy = "no"
-        trainer = SFTTrainer(model=model, args=args, train_dataset=concatenate_datasets([train] * reps),
-                             processing_class=tok, peft_config=peft_config, callbacks=[_Clock()])
+        # the real run's step: its loss and shared prefix (finetune.sft_step), 16-bit LoRA inputs
+        cls = type("DryRunSFTTrainer", (LeanSFTLoss, SFTTrainer), {}) if sft_step_applies(cfg, plan) else SFTTrainer
+        trainer = cls(model=model, args=args, train_dataset=concatenate_datasets([train] * reps),
+                      processing_class=tok, peft_config=peft_config, callbacks=[_Clock()])
+        keep_lora_inputs_16bit(trainer.model, cfg, plan)
+        if isinstance(trainer, LeanSFTLoss) and not prefix_sharing_off(cfg, trainer.model):
+            trainer.fts_prefix = PrefixState()
         trainer.train()
     if len(times) < WARMUP_STEPS + 2:
         raise RuntimeError("the dry run ended before its measured steps")
