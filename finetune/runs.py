@@ -234,7 +234,9 @@ def _alive(st: dict, d: Path) -> bool:
     proc = CHILDREN.get(run_id)
     pid = st.get("pid")
     if proc is not None and (not pid or proc.pid == int(pid)):
-        return proc.poll() is None
+        # poll() answers None while another thread waits on the child (Popen's waitpid lock), even
+        # after the child died: /proc says whether it is gone (reaped or a zombie).
+        return proc.poll() is None and pid_alive(proc.pid)
     if proc is not None:
         proc.poll()  # an older child of ours for this run (resumed elsewhere since): reap it, judge by pid
     if not pid:

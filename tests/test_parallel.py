@@ -97,6 +97,9 @@ def test_stop_reaches_every_rank_and_kill9_of_the_launcher_takes_them_along(tiny
     st = _wait_for(run_id, lambda s: (s.get("step") or 0) >= 1 and len(s.get("rank_pids") or []) == 2)
     os.kill(int(st["pid"]), signal.SIGKILL)
     assert _gone(st["rank_pids"], timeout_s=20), "a rank outlived its launcher"
+    # The ranks die with their launcher's first thread; the launcher's other threads may still be
+    # exiting for a moment (its /proc state not yet Z): the run is failed once it is gone too.
+    assert _gone([st["pid"]], timeout_s=20), "the launcher did not exit after kill -9"
     assert read_status(run_id)["state"] == "failed"
 
 
