@@ -85,7 +85,7 @@ def _cpu_info() -> dict:
     }
 
 
-def _cpu_times() -> tuple[int, int] | None:
+def cpu_times() -> tuple[int, int] | None:
     """(busy, total) jiffies of all CPUs from /proc/stat."""
     try:
         vals = [int(x) for x in _read("/proc/stat").splitlines()[0].split()[1:]]
@@ -101,11 +101,11 @@ def busy_cores_now(window_s: float = 0.1) -> float | None:
     before, such as the CLI's own start-up. None where /proc/stat is missing."""
     import time
 
-    a = _cpu_times()
+    a = cpu_times()
     if a is None:
         return None
     time.sleep(window_s)
-    b = _cpu_times()
+    b = cpu_times()
     if b is None or b[1] <= a[1]:
         return None
     return (b[0] - a[0]) / (b[1] - a[1]) * (os.cpu_count() or 1)

@@ -69,11 +69,10 @@ def thread_candidates(cores: int) -> list[int]:
 
 def busy_cpu_s() -> float | None:
     """CPU seconds all processes of this machine have been busy since boot (/proc/stat), or None."""
-    try:
-        vals = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
-    except (OSError, ValueError, IndexError):
-        return None
-    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+    from .hardware import cpu_times
+
+    t = cpu_times()
+    return None if t is None else t[0] / os.sysconf("SC_CLK_TCK")
 
 
 class OthersMeter:
