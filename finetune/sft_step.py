@@ -104,6 +104,12 @@ def right_padded_only(inputs) -> bool:
     return bool((am[:, 0] == 1).all() and (am[:, 1:] <= am[:, :-1]).all())
 
 
+def text_config(model):
+    """The text decoder's config of a model (a multimodal model's text part), or None."""
+    cfg = getattr(model, "config", None)
+    return cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+
+
 def _causal_lm(model):
     """The CausalLM under a PEFT wrapper (its base_model is the decoder without the LM head)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -122,7 +128,7 @@ def split_inputs(model, inputs, p: int) -> dict:
         raise PrefixUnsupported("the model has no separate decoder")
     ids, am = inputs["input_ids"], inputs["attention_mask"]
     b = ids.shape[0]
-    text = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    text = text_config(lm)
     rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
     if isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in POSITION_DEPENDENT_ROPE:
         raise PrefixUnsupported(f"{rope.get('rope_type') or rope.get('type')} RoPE depends on the whole length")
@@ -192,15 +198,13 @@ class LeanSFTLoss:
 
     def _fts_lean_fits(self, inputs) -> bool:
         labels = inputs.get("labels")
-        if (not self.fts_lean or labels is None or getattr(self.args, "n_gpu", 1) > 1 or labels.dim() != 2 or "shift_labels" in inputs
+        if (not self.fts_lean or labels is None or labels.dim() != 2 or "shift_labels" in inputs
+                or getattr(self.args, "n_gpu", 1) > 1
                 or getattr(self, "num_virtual_tokens", 0) or getattr(self.args, "use_liger_kernel", False)
                 or getattr(self, "aux_loss_enabled", False) or not getattr(self, "model_accepts_loss_kwargs", True)
                 or getattr(self.args, "loss_type", "nll") not in ("nll", "chunked_nll")):
             return False
-        lm = _causal_lm(self.model)
-        cfg = getattr(lm, "config", None)
-        text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
-        vocab = getattr(text, "vocab_size", None)
+        vocab = getattr(text_config(_causal_lm(self.model)), "vocab_size", None)
         if not vocab:
             return False
         n = labels.shape[0] * int((labels[:, 1:] != -100).any(dim=0).sum())

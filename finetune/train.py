@@ -30,7 +30,7 @@ from .grpo import grpo_fields
 from .paths import atomic_write_text, read_json
 from .monitor import kept_sentence
 from .runs import append_event, last_checkpoint, now_iso, update_status
-from .sft_step import LeanSFTLoss, PrefixState
+from .sft_step import LeanSFTLoss, PrefixState, text_config
 from .speed import Phases, ThreadTuning
 
 
@@ -405,8 +405,7 @@ def prefix_sharing_off(cfg: RunConfig, model) -> str:
         return "gradient checkpointing recomputes the layers without the shared cache"
     if cfg.train.method not in ("full",) and cfg.lora.dropout > 0:
         return f"LoRA dropout {cfg.lora.dropout}: one dropout mask would serve every row's prefix"
-    mc = getattr(model, "config", None)
-    text = mc.get_text_config() if mc is not None and hasattr(mc, "get_text_config") else mc
+    text = text_config(model)
     for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
         v = getattr(text, key, 0) or 0
         if isinstance(v, (int, float)) and v > 0:
