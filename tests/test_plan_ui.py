@@ -161,7 +161,9 @@ def test_calibrated_estimate_is_within_30_percent_of_a_real_run(home, tiny_model
     from finetune.train import train_run
 
     threads = torch.get_num_threads()
-    monkeypatch.setattr(modeling, "set_threads", lambda: (torch.set_num_threads(1), (1, "test: one thread"))[1])
+    # one core for both: the dry run (modeling.set_threads) and the run (speed.start_threads, which would
+    # otherwise tune the threads during the run and measure something the dry run did not)
+    monkeypatch.setattr(modeling, "process_cores", lambda: (1, 1))
     import peft  # noqa: F401  -- warm imports: neither measurement pays them
     import trl  # noqa: F401
 

@@ -88,7 +88,6 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
     cold = "trl" not in sys.modules
     t_start = time.perf_counter()
     import torch
-    from datasets import concatenate_datasets
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
@@ -133,15 +132,13 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
         plan = resolve_plan(cfg)  # the precision and weights a real run gets on this machine
         model, tok, peft_config, _backend = build_model(cfg, plan)
         train, _val, summary = load_data(cfg, tok)
-        need = cfg.train.batch_size * cfg.train.max_steps
-        reps = -(-need // len(train))
         args = to_sft_config(cfg, out, cuda=cuda, prec=plan, has_eval=False)
         # Random batches measure the average example; a length-grouped sampler starts with the longest.
         args.train_sampling_strategy = "random"
         args.save_strategy = "no"
         # the real run's step: its loss and shared prefix (finetune.sft_step), 16-bit LoRA inputs
         cls = type("DryRunSFTTrainer", (LeanSFTLoss, SFTTrainer), {}) if sft_step_applies(cfg, plan) else SFTTrainer
-        trainer = cls(model=model, args=args, train_dataset=concatenate_datasets([train] * reps),
+        trainer = cls(model=model, args=args, train_dataset=train,  # max_steps runs as many epochs as it needs
                       processing_class=tok, peft_config=peft_config, callbacks=[_Clock()])
         keep_lora_inputs_16bit(trainer.model, cfg, plan)
         if isinstance(trainer, LeanSFTLoss) and not prefix_sharing_off(cfg, trainer.model):
