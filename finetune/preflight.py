@@ -76,7 +76,24 @@ def check_memory(cfg: RunConfig) -> dict | None:
     except ValueError:
         return None
     est = {"vram_gb": p["vram_gb"], "usable_memory_gb": p["usable_gb"], "fits": p["fits"]}
+    first, asked = p, (cfg.train.batch_size, cfg.train.grad_accum)
+    b = cfg.train.batch_size
+    while not p.get("fits") and b > 1 and method != "grpo":  # GRPO's batch counts sampled answers
+        # the same effective batch (and the same loss: the Trainer normalises by the tokens of the
+        # whole accumulated batch) in smaller pieces
+        b = (b + 1) // 2
+        p = estimate_run_memory(cfg.model.model_id, method, cfg.data.max_seq_len, b, cfg.lora.r,
+                                cfg.train.gradient_checkpointing)
+        if p.get("fits"):
+            accum = asked[1] * -(-asked[0] // b)
+            cfg.train.batch_size, cfg.train.grad_accum = b, accum
+            est = {"vram_gb": p["vram_gb"], "usable_memory_gb": p["usable_gb"], "fits": True,
+                   "note": (f"batch {asked[0]} x {cfg.data.max_seq_len} tokens would need more memory than the "
+                            f"{p['usable_gb']} GB usable here: training at batch {b} with {accum} accumulation "
+                            f"steps (effective batch {b * accum}, was {asked[0] * asked[1]})")}
+            return est
     if not p.get("fits"):
+        p = first
         raise PreflightError("train.batch_size", (
             f"the memory estimate is {p['vram_gb']:.1f} GB and this machine has {p['usable_gb']} GB "
             f"usable for {cfg.model.model_id} with {method}, batch {cfg.train.batch_size} x "

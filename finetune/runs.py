@@ -598,12 +598,15 @@ def start_training(cfg: RunConfig, *, env: dict | None = None, base_dir: str | o
     the run id at once. A failed check raises before any run folder exists."""
     from .preflight import preflight
 
-    preflight(cfg, base_dir=base_dir)
+    found = preflight(cfg, base_dir=base_dir)
     if cfg.train.num_processes > 1:  # refuse what cannot run here before any run folder exists
         from .parallel import choose_preset
 
         choose_preset(cfg)
     run_id = create_run(cfg)
+    note = (found.get("memory") or {}).get("note")
+    if note:  # the batch was trimmed to fit (same effective batch): say so where the run is watched
+        update_status(run_id, memory_note=note)
     start_run(run_id, env=env)  # launches now, or queues it behind the run holding the device
     return run_id
 

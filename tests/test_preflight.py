@@ -6,6 +6,7 @@ data path given from another folder is made absolute, so the child (which runs e
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,47 @@ def test_data_without_trained_tokens_is_refused(home, tiny_model_dir, tmp_path):
 def test_estimate_that_does_not_fit_is_refused(home):
     _refused(_cfg(model="meta-llama/Llama-3.1-70B-Instruct", method="full", batch_size=8), home,
              r"^train\.batch_size: the memory estimate is \d+")
+
+
+def test_a_batch_that_does_not_fit_trains_in_smaller_pieces_with_the_same_effective_batch(home, monkeypatch):
+    """Batch 8 (the default) where only 2 fit: batch 2 x 4 accumulation steps, said in the estimate."""
+    import finetune.plan.estimate as est
+    from finetune.plan import estimate_run_memory
+    from finetune.preflight import PreflightError, check_memory
+
+    model = "meta-llama/Llama-3.1-8B-Instruct"
+    need = {b: estimate_run_memory(model, "lora", 2048, b)["vram_gb"] for b in (1, 2, 4, 8)}
+    assert need[1] < need[2] < need[4] < need[8]
+    monkeypatch.setattr(est, "usable_memory_gb", lambda tier: (need[2] + need[4]) / 2)
+    cfg = _cfg(model=model, batch_size=8, grad_accum=3)
+    cfg.data.max_seq_len = 2048
+    found = check_memory(cfg)
+    assert (cfg.train.batch_size, cfg.train.grad_accum) == (2, 12) and found["fits"] is True
+    assert "training at batch 2 with 12 accumulation steps (effective batch 24, was 24)" in found["note"]
+    # nothing fits: refused with the figure for the batch that was asked for
+    monkeypatch.setattr(est, "usable_memory_gb", lambda tier: need[1] / 2)
+    cfg = _cfg(model=model, batch_size=8)
+    cfg.data.max_seq_len = 2048
+    with pytest.raises(PreflightError, match=rf"estimate is {need[8]:.1f} GB .* batch 8 x 2048"):
+        check_memory(cfg)
+    assert cfg.train.batch_size == 8
+
+
+def test_a_trimmed_batch_is_said_in_the_status_and_the_train_tab(home, tiny_model_dir, monkeypatch):
+    import finetune.plan.estimate as est
+    from finetune.plan import estimate_run_memory
+    from finetune import runs
+    from finetune.runs import read_status
+    from ui.train_live import metrics_html
+
+    need = {b: estimate_run_memory("builtin:tiny-chat", "lora", 256, b)["vram_gb"] for b in (4, 8)}
+    monkeypatch.setattr(est, "usable_memory_gb", lambda tier: (need[4] + need[8]) / 2)
+    monkeypatch.setattr(runs, "start_run", lambda run_id, **kw: None)  # the check only: no child
+    rid = runs.start_training(_cfg(batch_size=8))
+    st = read_status(rid)
+    assert "training at batch 4 with 2 accumulation steps (effective batch 8, was 8)" in st["memory_note"]
+    assert "Memory: batch 8 x 256 tokens would need more memory" in metrics_html({"status": st})
+    shutil.rmtree(runs.run_dir(rid))  # never launched: no later test's queue may find it
 
 
 def test_dpo_on_instruction_rows_is_refused(home, tiny_model_dir):

@@ -99,6 +99,8 @@ def metrics_html(snap: dict | None) -> str:
                      + (" (not followed: reattach with a token)" if st.get("follower") else ""))
     elif st.get("remote") and st.get("job_stage"):
         notes.append(f"Hugging Face Jobs: {html.escape(str(st['job_stage']).lower())} ({html.escape(str(st.get('flavor')))})")
+    if st.get("memory_note"):  # finetune.preflight trimmed the batch to fit, keeping the effective batch
+        notes.append(f"Memory: {html.escape(str(st['memory_note']))}.")
     if isinstance(st.get("launch"), dict):
         notes.append(f"{html.escape(str(st['launch'].get('num_processes')))} processes, "
                      f"{html.escape(str(st['launch'].get('reason')))}.")

@@ -47,7 +47,7 @@ class PlanRequest:
     prompting_sufficient: bool = _f(False, "Does a well-written prompt already do the task well enough?")
     hardware: str = _f("local", "Hardware tier name (e.g. t4-small, a100-large) or local for this machine.")
     seq_len: int = _f(512, "Maximum tokens per training example (max_length).")
-    batch_size: int = _f(4, "Examples per device per step you would like; reduced if it does not fit.")
+    batch_size: int = _f(8, "Examples per device per step you would like; reduced if it does not fit.")
     epochs: float | None = _f(None, "Passes over the data; default from the preset and data size.")
     priority: Literal["quality", "speed", "cost"] = _f("quality", "What matters most.")
     budget_usd: float | None = _f(None, "Spending limit for training, in US dollars.")
