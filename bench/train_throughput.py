@@ -3,6 +3,7 @@
     python bench/train_throughput.py            # the three workloads below, full size
     python bench/train_throughput.py --quick    # the same three, small: checks the script works
     python bench/train_throughput.py --workloads compute --rows 32 --repeats 2
+    python bench/train_throughput.py --workloads real --variants ours --profile   # where a step's time goes
 
 Each workload is trained by both variants, alternating (ours, trl, ours, trl with --repeats 2), each
 time in a fresh process whose whole wall time is measured (start-up counts: a user waits for it):
@@ -320,6 +321,89 @@ def report(results: list[dict], workloads: list[str]) -> None:
             print(f"{w}: no valid pair (the machine was busy): rerun when it is quiet")
 
 
+# ---------------------------------------------------------------------------------------------
+# Where a step's time goes (--profile): two steps of our trainer under torch.profiler
+
+
+PROFILE_GROUPS = (("attention", ("scaled_dot_product", "flash_attention")),
+                  ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "mkldnn")),
+                  ("loss and its metrics", ("log_softmax", "nll_loss", "cross_entropy", "aten::exp", "argmax")))
+
+
+def _profile_group(evt) -> str:
+    up = evt.cpu_parent
+    while up is not None:
+        if up.name.startswith("Optimizer."):
+            return "optimizer step"
+        if up.name.startswith("enumerate(DataLoader)"):
+            return "data loading"
+        up = up.cpu_parent
+    if evt.name.startswith("Optimizer."):
+        return "optimizer step"
+    if evt.name.startswith("autograd::"):
+        return "autograd engine"
+    for group, keys in PROFILE_GROUPS:
+        if any(k in evt.name for k in keys):
+            return group
+    if evt.name.startswith(("aten::", "mkldnn")):
+        return "other ops (elementwise, casts, norms, rope)"
+    return "python in marked ranges"
+
+
+def profile_worker(model: str, data: str, seq: int, steps: int = 2) -> None:
+    """Our trainer's step (finetune.plan.calibrate.dry_run: the real run's loss, prefix and precision)
+    on this workload, `steps` steps after the warm-up ones profiled; prints one JSON line."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    from finetune.plan import calibrate
+
+    prof = profile(activities=[ProfilerActivity.CPU], with_flops=True)
+    clock: dict = {}
+
+    class _Profile(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == calibrate.WARMUP_STEPS + 1 and "t0" not in clock:
+                prof.start()
+                clock["t0"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if "t0" in clock and "wall" not in clock and state.global_step >= calibrate.WARMUP_STEPS + 1 + steps:
+                clock["wall"] = time.perf_counter() - clock["t0"]
+                prof.stop()
+                control.should_training_stop = True
+
+    r = calibrate.dry_run(model, data, steps=calibrate.WARMUP_STEPS + steps + 2, seq_len=seq, min_seconds=0.0,
+                          save=False, callbacks=[_Profile()])
+    groups: dict[str, float] = {}
+    flops = {"matmul": 0.0}
+    for evt in prof.events():
+        g = _profile_group(evt)
+        groups[g] = groups.get(g, 0.0) + evt.self_cpu_time_total / 1e3
+        if g == "matmul":
+            flops["matmul"] += float(getattr(evt, "flops", 0) or 0)
+    wall_ms = clock["wall"] * 1e3
+    groups["Python and dispatch outside any op"] = max(0.0, wall_ms - sum(groups.values()))
+    print(json.dumps({"steps": steps, "step_ms": wall_ms / steps, "batch_size": r["batch_size"],
+                      "threads": torch.get_num_threads(),
+                      "groups_ms": {k: v / steps for k, v in groups.items()},
+                      "matmul_gflop_per_step": flops["matmul"] / steps / 1e9}))
+
+
+def profile_report(w: str, p: dict, peak: dict) -> None:
+    print(f"\nwhere a step goes, {w} (ours, {p['steps']} steps profiled, batch {p['batch_size']}, "
+          f"{p['threads']} threads): {p['step_ms']:.0f} ms a step")
+    mm_ms = p["groups_ms"].get("matmul", 0.0)
+    for g, ms in sorted(p["groups_ms"].items(), key=lambda kv: -kv[1]):
+        extra = ""
+        if g == "matmul" and mm_ms > 0 and p["matmul_gflop_per_step"]:
+            rate = p["matmul_gflop_per_step"] / (mm_ms / 1e3)
+            extra = (f"   {rate:.0f} GFLOP/s in matmuls = {rate / (peak['bfloat16'] * 1e3):.0%} of the bf16 peak, "
+                     f"{rate / (peak['float32'] * 1e3):.0%} of the fp32 peak")
+        print(f"  {g:<46} {ms:>9.1f} ms {ms / p['step_ms']:>6.1%}{extra}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes: checks that everything runs")
@@ -330,11 +414,19 @@ def main() -> None:
                     "per cent with the seed: it is compared as a mean)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--variants", default="ours,trl")
+    ap.add_argument("--profile", action="store_true", help="also profile two of our steps per workload "
+                    "(torch.profiler) and print where the step's time goes: matmuls (with their rate against "
+                    "the measured peak), attention, loss, optimizer, other ops, Python")
     ap.add_argument("--trl-worker", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-worker", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.trl_worker:
         model, data, epochs, lr, out, seed = a.trl_worker
         trl_worker(model, data, float(epochs), float(lr), out, int(seed))
+        return
+    if a.profile_worker:
+        model, data, seq = a.profile_worker
+        profile_worker(model, data, int(seq))
         return
     workloads = a.workloads.split(",")
     # Built-in models are built once and shared (the real one takes minutes to dequantize); runs go
@@ -360,7 +452,7 @@ def main() -> None:
         tokens = sum(len(e["input_ids"]) for e in ex) * wl["epochs"]
         fpt = model_flops_per_token(wl["model"], tokens / wl["epochs"] / max(len(ex), 1))
         for i in range(a.repeats):
-            for v in a.variants.split(","):
+            for v in [v for v in a.variants.split(",") if v]:  # --variants "" --profile: the profile only
                 r = run_variant(v, wl, home, a.seed + i)
                 r.update(workload=w, tokens=tokens, tokens_per_s=tokens / r["wall_s"])
                 r["mfu_fp32"] = r["tokens_per_s"] * fpt / (peak["float32"] * 1e12)
@@ -369,6 +461,17 @@ def main() -> None:
                 results.append(r)
                 print(json.dumps({k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items()}), flush=True)
     report(results, workloads)
+    for w in workloads if a.profile else ():
+        wl = prepare(w, home, a.quick, a.rows)
+        if wl is None:
+            continue
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                   TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+        p = subprocess.run([sys.executable, __file__, "--profile-worker", wl["ours_model"], wl["data"],
+                            str(wl["max_seq_len"])], cwd=ROOT, env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"profile of {w} failed:\n{p.stderr[-3000:]}")
+        profile_report(w, json.loads(p.stdout.strip().splitlines()[-1]), peak)
 
 
 if __name__ == "__main__":

@@ -248,7 +248,8 @@ PLANNED_METHODS = ("lora", "rslora", "dora", "qlora")
 
 def _plan_defaults(cfg, a: argparse.Namespace):
     """A run whose learning rate, epochs and gradient accumulation were not given takes the Plan's for
-    this model and dataset (size of the model, optimizer steps on this data), and says so on stderr.
+    this model and dataset (size of the model, optimizer steps on this data), and its batch size too
+    unless --batch-size was given (small data: a smaller batch, more updates per epoch); says so on stderr.
     builtin:tiny-chat keeps its own demo settings; a run with --max-steps keeps its step count."""
     from .builtin import TINY_CHAT_ID
     from .plan.calibrate import recommended_train
@@ -263,9 +264,10 @@ def _plan_defaults(cfg, a: argparse.Namespace):
     except (ValueError, OSError) as e:  # a model the planner cannot size offline, data it cannot read yet
         print(f"note: keeping the default settings; the planner could not advise ({e})", file=sys.stderr)
         return cfg
-    for f in PLANNED_FIELDS:
+    fields = PLANNED_FIELDS + (() if f"{_CFG}train__batch_size" in vars(a) else ("batch_size",))
+    for f in fields:
         print(f"plan: {f} {rec[f]:g} ({rec['why'][f]})", file=sys.stderr)
-    return dataclasses.replace(cfg, train=dataclasses.replace(t, **{f: rec[f] for f in PLANNED_FIELDS}))
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, **{f: rec[f] for f in fields}))
 
 
 def _warn_memory(cfg) -> None:

@@ -84,6 +84,9 @@ def test_train_takes_the_plans_rate_and_epochs_unless_given(smollm2_dir, home):
     rec = recommended_train("builtin:smollm2-135m-instruct", "builtin:persona", seq_len=256)
     planned = cfg()
     assert (planned.learning_rate, planned.epochs, planned.grad_accum) == (1e-3, rec["epochs"], rec["grad_accum"])
+    # 86 examples: batch 4 (22 updates an epoch) rather than the default 8 and twice the epochs
+    assert planned.batch_size == rec["batch_size"] == 4 and "86 examples: batch 4" in rec["why"]["batch_size"]
+    assert cfg("--batch-size", "8").batch_size == 8  # given: it stands
     assert "0.13B model" in rec["why"]["learning_rate"]
     mine = cfg("--lr", "3e-4")
     assert (mine.learning_rate, mine.epochs) == (3e-4, 3.0)

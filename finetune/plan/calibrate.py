@@ -70,7 +70,8 @@ class _PeakRSS:
 
 def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method: str = "lora", steps: int = 8,
             seq_len: int | None = None, batch_size: int | None = None, lora_rank: int | None = None,
-            *, min_seconds: float = 3.0, max_steps: int = 400, save: bool = True) -> dict:
+            *, min_seconds: float = 3.0, max_steps: int = 400, save: bool = True,
+            callbacks: list | None = None) -> dict:
     """Run at least `steps` measured SFT steps (after WARMUP_STEPS), and more until `min_seconds` have
     passed (up to `max_steps`): a small model's 8 steps last a fraction of a second, too short to average
     out a busy machine. Returns what the steps cost on this machine.
@@ -79,7 +80,8 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
     (tokens per example of the dataset after the chat template), overhead_s (loading the model and
     data and building the trainer: the fixed cost every run pays), peak_memory_gb (CUDA: peak
     allocated; CPU: peak RSS of this process), the spread of step times (a busy machine shows as a
-    large step_s_max / step_s_p50) and the settings measured.
+    large step_s_max / step_s_p50) and the settings measured. `callbacks`: more TrainerCallbacks for
+    the trainer (bench/train_throughput.py --profile profiles two of the steps).
     """
     if method == "dpo":
         method = "lora"  # DPO needs preference pairs; a LoRA SFT step measures the same token cost
@@ -139,7 +141,7 @@ def dry_run(model_id: str = TINY_CHAT_ID, source: str = DEMO_DATASET_ID, method:
         # the real run's step: its loss and shared prefix (finetune.sft_step), 16-bit LoRA inputs
         cls = type("DryRunSFTTrainer", (LeanSFTLoss, SFTTrainer), {}) if sft_step_applies(cfg, plan) else SFTTrainer
         trainer = cls(model=model, args=args, train_dataset=train,  # max_steps runs as many epochs as it needs
-                      processing_class=tok, peft_config=peft_config, callbacks=[_Clock()])
+                      processing_class=tok, peft_config=peft_config, callbacks=[_Clock(), *(callbacks or [])])
         keep_lora_inputs_16bit(trainer.model, cfg, plan)
         if isinstance(trainer, LeanSFTLoss) and not prefix_sharing_off(cfg, trainer.model):
             trainer.fts_prefix = PrefixState()
@@ -400,9 +402,9 @@ def dataset_facts(source: str, model_id: str | None = None) -> dict:
 
 
 def recommended_train(model_id: str, source: str, method: str = "lora", *, seq_len: int = 512,
-                      batch_size: int = 4) -> dict:
-    """The Plan's learning rate, epochs and gradient accumulation for this model on this dataset (what
-    `finetune train` uses when they are not given), with the plan's reason for each."""
+                      batch_size: int = 8) -> dict:
+    """The Plan's learning rate, epochs, gradient accumulation and batch size for this model on this
+    dataset (what `finetune train` uses when they are not given), with the plan's reason for each."""
     from .common import PlanRequest
     from .recommend import plan, train_settings
 
@@ -413,5 +415,7 @@ def recommended_train(model_id: str, source: str, method: str = "lora", *, seq_l
                          seq_len=max(16, seq_len), batch_size=batch_size, dataset=source))
     s, why = train_settings(p), {h["name"]: h["rationale"] for h in p["hyperparameters"]}
     return {"learning_rate": s["learning_rate"], "epochs": float(s["epochs"]), "grad_accum": s["grad_accum"],
+            "batch_size": s["batch_size"],
             "why": {"learning_rate": why["learning_rate"], "epochs": why["num_train_epochs"],
-                    "grad_accum": why["gradient_accumulation_steps"]}}
+                    "grad_accum": why["gradient_accumulation_steps"],
+                    "batch_size": why["per_device_train_batch_size"]}}

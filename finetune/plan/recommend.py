@@ -295,6 +295,9 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
     # keep at least ~20 optimizer steps per epoch on small data, or warmup and logging mean nothing
     while ga > 1 and n / (b * n_dev * ga) < 20:
         ga //= 2
+    asked_b = b
+    while ga == 1 and b > 4 and n / (b * n_dev) < 20:  # and smaller batches, down to 4, rather than more epochs
+        b = max(4, b // 2)
     if req.epochs is not None:
         epochs, why = req.epochs, "set by you"
     elif demo:
@@ -317,8 +320,11 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
     add("num_train_epochs", epochs, why)
 
     why = f"you asked for {req.batch_size}"
-    if b < req.batch_size:
+    if asked_b < req.batch_size:
         why += f"; only {fit_b} fit{'s' if fit_b == 1 else ''} in memory at max_length {req.seq_len}"
+    if b < asked_b:
+        why += (f"; {n} examples: batch {b} gives {math.ceil(n / (b * n_dev))} optimizer steps per epoch "
+                f"(at {asked_b}: {math.ceil(n / (asked_b * n_dev))}), fewer epochs for the same number of updates")
     add("per_device_train_batch_size", b, why)
     add("gradient_accumulation_steps", ga,
         f"effective batch {b * ga * n_dev} (target {target}): stable gradients without more memory")
