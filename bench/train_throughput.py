@@ -350,9 +350,13 @@ def _profile_group(evt) -> str:
     return "python in marked ranges"
 
 
-def profile_worker(model: str, data: str, seq: int, steps: int = 2) -> None:
+PROFILE_BATCH = {"compute": 2}  # 8 x 1024 tokens under torch.profiler took all 24 GB of this machine
+
+
+def profile_worker(model: str, data: str, seq: int, batch: int = 0, steps: int = 2) -> None:
     """Our trainer's step (finetune.plan.calibrate.dry_run: the real run's loss, prefix and precision)
-    on this workload, `steps` steps after the warm-up ones profiled; prints one JSON line."""
+    on this workload, `steps` steps after the warm-up ones profiled; prints one JSON line. batch 0:
+    the run's own."""
     import torch
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
@@ -375,7 +379,7 @@ def profile_worker(model: str, data: str, seq: int, steps: int = 2) -> None:
                 control.should_training_stop = True
 
     r = calibrate.dry_run(model, data, steps=calibrate.WARMUP_STEPS + steps + 2, seq_len=seq, min_seconds=0.0,
-                          save=False, callbacks=[_Profile()])
+                          save=False, callbacks=[_Profile()], batch_size=batch or None)
     groups: dict[str, float] = {}
     flops = {"matmul": 0.0}
     for evt in prof.events():
@@ -418,15 +422,15 @@ def main() -> None:
                     "(torch.profiler) and print where the step's time goes: matmuls (with their rate against "
                     "the measured peak), attention, loss, optimizer, other ops, Python")
     ap.add_argument("--trl-worker", nargs=6, help=argparse.SUPPRESS)
-    ap.add_argument("--profile-worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-worker", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.trl_worker:
         model, data, epochs, lr, out, seed = a.trl_worker
         trl_worker(model, data, float(epochs), float(lr), out, int(seed))
         return
     if a.profile_worker:
-        model, data, seq = a.profile_worker
-        profile_worker(model, data, int(seq))
+        model, data, seq, batch = a.profile_worker
+        profile_worker(model, data, int(seq), int(batch))
         return
     workloads = a.workloads.split(",")
     # Built-in models are built once and shared (the real one takes minutes to dequantize); runs go
@@ -468,7 +472,8 @@ def main() -> None:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                    TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
         p = subprocess.run([sys.executable, __file__, "--profile-worker", wl["ours_model"], wl["data"],
-                            str(wl["max_seq_len"])], cwd=ROOT, env=env, capture_output=True, text=True)
+                            str(wl["max_seq_len"]), str(PROFILE_BATCH.get(w, 0))], cwd=ROOT, env=env,
+                           capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"profile of {w} failed:\n{p.stderr[-3000:]}")
         profile_report(w, json.loads(p.stdout.strip().splitlines()[-1]), peak)
