@@ -227,7 +227,7 @@ def cmd_train(a) -> dict:
     cfg = config_from_args(a)
     if where == "local" and cfg.train.num_processes <= 1:
         runs.warm_spare()  # the training child's imports overlap the checks below
-    cfg = _plan_defaults(cfg, a)  # a run on Hugging Face Jobs learns with the same settings
+    cfg = _plan_defaults(cfg, a, where)  # a run on Hugging Face Jobs learns with the same settings
     if where == "hf-jobs":
         from .jobs import submit
 
@@ -236,6 +236,9 @@ def cmd_train(a) -> dict:
         return {"run_id": submit(cfg, flavor=a.flavor, timeout=a.timeout, image=a.image)}
     _warn_memory(cfg)
     run_id = runs.start_training(cfg)
+    note = runs.read_status(run_id).get("memory_note")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if a.wait:
         st = runs.wait(run_id, timeout_s=a.timeout_s)
         return runs.status_summary(run_id) | {"state": st.get("state")}
@@ -246,10 +249,11 @@ PLANNED_FIELDS = ("learning_rate", "epochs", "grad_accum")
 PLANNED_METHODS = ("lora", "rslora", "dora", "qlora")
 
 
-def _plan_defaults(cfg, a: argparse.Namespace):
+def _plan_defaults(cfg, a: argparse.Namespace, where: str = "local"):
     """A run whose learning rate, epochs and gradient accumulation were not given takes the Plan's for
     this model and dataset (size of the model, optimizer steps on this data), and its batch size too
-    unless --batch-size was given (small data: a smaller batch, more updates per epoch); says so on stderr.
+    unless --batch-size was given or the run goes to Hugging Face Jobs (the Plan sized it for this machine;
+    small data: a smaller batch, more updates per epoch); says so on stderr.
     builtin:tiny-chat keeps its own demo settings; a run with --max-steps keeps its step count."""
     from .builtin import TINY_CHAT_ID
     from .plan.calibrate import recommended_train
@@ -258,13 +262,14 @@ def _plan_defaults(cfg, a: argparse.Namespace):
     t = cfg.train
     if given or cfg.model.model_id == TINY_CHAT_ID or t.method not in PLANNED_METHODS or t.max_steps > 0:
         return cfg
+    batch_given = f"{_CFG}train__batch_size" in vars(a)
     try:
         rec = recommended_train(cfg.model.model_id, cfg.data.source, t.method, seq_len=cfg.data.max_seq_len,
-                                batch_size=t.batch_size)
+                                batch_size=t.batch_size, batch_fixed=batch_given or where != "local")
     except (ValueError, OSError) as e:  # a model the planner cannot size offline, data it cannot read yet
         print(f"note: keeping the default settings; the planner could not advise ({e})", file=sys.stderr)
         return cfg
-    fields = PLANNED_FIELDS + (() if f"{_CFG}train__batch_size" in vars(a) else ("batch_size",))
+    fields = PLANNED_FIELDS + (() if batch_given or where != "local" else ("batch_size",))
     for f in fields:
         print(f"plan: {f} {rec[f]:g} ({rec['why'][f]})", file=sys.stderr)
     return dataclasses.replace(cfg, train=dataclasses.replace(t, **{f: rec[f] for f in fields}))
@@ -280,8 +285,9 @@ def _warn_memory(cfg) -> None:
     except ValueError:  # a model the planner cannot size offline
         return
     if not m["fits"]:
-        print(f"warning: estimated {m['vram_gb']:.1f} GB will not fit in the {m['usable_gb']} GB usable here: "
-              "expect out-of-memory; lower --batch-size or --max-seq-len", file=sys.stderr)
+        print(f"note: estimated {m['vram_gb']:.1f} GB at batch {cfg.train.batch_size} will not fit in the "
+              f"{m['usable_gb']} GB usable here: the checks before the run trim the batch (more accumulation, the "
+              "same effective batch) or refuse the run", file=sys.stderr)
 
 
 def cmd_status(a) -> dict:

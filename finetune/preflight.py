@@ -78,14 +78,18 @@ def check_memory(cfg: RunConfig) -> dict | None:
     est = {"vram_gb": p["vram_gb"], "usable_memory_gb": p["usable_gb"], "fits": p["fits"]}
     first, asked = p, (cfg.train.batch_size, cfg.train.grad_accum)
     b = cfg.train.batch_size
-    while not p.get("fits") and b > 1 and method != "grpo":  # GRPO's batch counts sampled answers
-        # the same effective batch (and the same loss: the Trainer normalises by the tokens of the
-        # whole accumulated batch) in smaller pieces
-        b = (b + 1) // 2
+    floor = 2 if method == "kto" else 1  # TRL's KTO needs two rows a step (its KL term pairs them)
+    # The same effective batch in smaller pieces: a divisor of the batch, with accumulation making up the rest
+    # (the same loss: the Trainer normalises by the tokens of the whole accumulated batch; for GRPO the
+    # same number of sampled answers per update).
+    while not p.get("fits") and b > floor:
+        b = max(d for d in range(1, b) if asked[0] % d == 0)
+        if b < floor:
+            break
         p = estimate_run_memory(cfg.model.model_id, method, cfg.data.max_seq_len, b, cfg.lora.r,
                                 cfg.train.gradient_checkpointing)
         if p.get("fits"):
-            accum = asked[1] * -(-asked[0] // b)
+            accum = asked[1] * (asked[0] // b)
             cfg.train.batch_size, cfg.train.grad_accum = b, accum
             est = {"vram_gb": p["vram_gb"], "usable_memory_gb": p["usable_gb"], "fits": True,
                    "note": (f"batch {asked[0]} x {cfg.data.max_seq_len} tokens would need more memory than the "

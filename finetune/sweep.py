@@ -63,7 +63,8 @@ def base_config(model: str, data: str, method: str = "lora"):
     cfg = build_run_config(model, data, {"train": {"method": method}})
     rec = recommended_train(model, data, method, seq_len=cfg.data.max_seq_len, batch_size=cfg.train.batch_size)
     cfg = build_run_config(model, data, {"train": {"method": method, **{k: rec[k] for k in
-                                                                        ("learning_rate", "epochs", "grad_accum")}}})
+                                                                        ("learning_rate", "epochs", "grad_accum",
+                                                                         "batch_size")}}})
     return cfg, f"learning rate: {rec['why']['learning_rate']}; epochs: {rec['why']['epochs']}"
 
 

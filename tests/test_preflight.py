@@ -80,6 +80,20 @@ def test_a_batch_that_does_not_fit_trains_in_smaller_pieces_with_the_same_effect
     found = check_memory(cfg)
     assert (cfg.train.batch_size, cfg.train.grad_accum) == (2, 12) and found["fits"] is True
     assert "training at batch 2 with 12 accumulation steps (effective batch 24, was 24)" in found["note"]
+    # a batch of 6 goes to 3 x 2, then 2 x 3, 1 x 6: always the same effective batch
+    monkeypatch.setattr(est, "usable_memory_gb", lambda tier: (need[1] + need[2]) / 2)
+    cfg = _cfg(model=model, batch_size=6)
+    cfg.data.max_seq_len = 2048
+    check_memory(cfg)
+    assert (cfg.train.batch_size, cfg.train.grad_accum) == (1, 6)
+    # KTO keeps two rows a step (TRL refuses one): below that it is refused
+    monkeypatch.undo()
+    kto = {b: estimate_run_memory(model, "kto", 2048, b)["vram_gb"] for b in (1, 2)}
+    monkeypatch.setattr(est, "usable_memory_gb", lambda tier: (kto[1] + kto[2]) / 2)
+    cfg = _cfg(model=model, batch_size=8, method="kto")
+    cfg.data.max_seq_len = 2048
+    with pytest.raises(PreflightError, match="batch 8 x 2048"):
+        check_memory(cfg)
     # nothing fits: refused with the figure for the batch that was asked for
     monkeypatch.setattr(est, "usable_memory_gb", lambda tier: need[1] / 2)
     cfg = _cfg(model=model, batch_size=8)

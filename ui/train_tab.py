@@ -58,8 +58,8 @@ def train_api(model: str, data: str, method: str, learning_rate: float | str, ep
               grpo_reward_file: str = "") -> str:
     """Check and start a training run; return its run id at once (the `train` API). lora_alpha 0 means
     2 x rank; the grpo_* values are method grpo's rewards (ui.grpo_panel). A run that would fail (missing
-    data, unknown model, nothing trained, too big) is refused
-    before anything is created."""
+    data, unknown model, nothing trained, too big even at batch 1) is refused before anything is created;
+    a batch too big for memory trains in smaller pieces with the same effective batch (status memory_note)."""
     from .guard import start_as_caller  # owner, public-mode limits, the caller's token only
 
     given = dict(locals())

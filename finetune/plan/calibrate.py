@@ -402,7 +402,7 @@ def dataset_facts(source: str, model_id: str | None = None) -> dict:
 
 
 def recommended_train(model_id: str, source: str, method: str = "lora", *, seq_len: int = 512,
-                      batch_size: int = 8) -> dict:
+                      batch_size: int = 8, batch_fixed: bool = False) -> dict:
     """The Plan's learning rate, epochs, gradient accumulation and batch size for this model on this
     dataset (what `finetune train` uses when they are not given), with the plan's reason for each."""
     from .common import PlanRequest
@@ -412,7 +412,8 @@ def recommended_train(model_id: str, source: str, method: str = "lora", *, seq_l
     task_type = "chat" if facts["kind"] == "messages" else "instruction"
     p = plan(PlanRequest(model=model_id, method=method, task_type=task_type, examples=facts["examples"],
                          mean_tokens=facts["mean_tokens"], has_preferences=facts["has_preferences"],
-                         seq_len=max(16, seq_len), batch_size=batch_size, dataset=source))
+                         seq_len=max(16, seq_len), batch_size=batch_size, batch_fixed=batch_fixed,
+                         dataset=source))
     s, why = train_settings(p), {h["name"]: h["rationale"] for h in p["hyperparameters"]}
     return {"learning_rate": s["learning_rate"], "epochs": float(s["epochs"]), "grad_accum": s["grad_accum"],
             "batch_size": s["batch_size"],

@@ -48,6 +48,8 @@ class PlanRequest:
     hardware: str = _f("local", "Hardware tier name (e.g. t4-small, a100-large) or local for this machine.")
     seq_len: int = _f(512, "Maximum tokens per training example (max_length).")
     batch_size: int = _f(8, "Examples per device per step you would like; reduced if it does not fit.")
+    batch_fixed: bool = _f(False, "Keep batch_size unless it does not fit (else small data gets a smaller batch "
+                                  "and fewer epochs for the same updates).")
     epochs: float | None = _f(None, "Passes over the data; default from the preset and data size.")
     priority: Literal["quality", "speed", "cost"] = _f("quality", "What matters most.")
     budget_usd: float | None = _f(None, "Spending limit for training, in US dollars.")

@@ -296,7 +296,11 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
     while ga > 1 and n / (b * n_dev * ga) < 20:
         ga //= 2
     asked_b = b
-    while ga == 1 and b > 4 and n / (b * n_dev) < 20:  # and smaller batches, down to 4, rather than more epochs
+    # Small data: smaller batches, down to 4, rather than more epochs for the same updates, where the epochs
+    # come from the number of updates the data needs (below), not from the user, the demo or a cap.
+    steps_decide = (req.epochs is None and not demo and method != "dpo" and req.priority != "speed"
+                    and not req.batch_fixed)
+    while steps_decide and ga == 1 and b > 4 and n / (b * n_dev) < 20:
         b = max(4, b // 2)
     if req.epochs is not None:
         epochs, why = req.epochs, "set by you"
@@ -319,7 +323,7 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
             epochs, why = _epochs_for_steps(epochs, why, n, b * n_dev * ga, req.task_type)
     add("num_train_epochs", epochs, why)
 
-    why = f"you asked for {req.batch_size}"
+    why = f"asked: {req.batch_size}"
     if asked_b < req.batch_size:
         why += f"; only {fit_b} fit{'s' if fit_b == 1 else ''} in memory at max_length {req.seq_len}"
     if b < asked_b:
@@ -347,7 +351,7 @@ def _hyperparameters(req: PlanRequest, spec: dict, tier: dict, method: str, feas
     add("warmup_steps", p["warmup_ratio"],
         f"{preset_name} preset: {p['warmup_ratio']:.0%} of steps warm up (a ratio < 1)")
     add("lr_scheduler_type", "linear", "decays to zero after the warmup (TRL's default); cosine holds a high rate "
-        "longer and ended 9% higher in answer loss on the demo over 3 seeds")
+        "longer and ended 9% higher in answer loss on the demo (3 seeds)")
     add("max_length", req.seq_len, "your seq_len; longer examples are truncated")
     gc = req.gradient_checkpointing
     if tier["device"] != "cuda" and gc and feas_row.get("fits_without_gc"):
