@@ -209,6 +209,26 @@ class NonFiniteGuard:
         return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
 
+class WarmupRoundsDown:
+    """Trainer mixin: a warmup given as a ratio of the steps is rounded down to whole steps.
+
+    transformers rounds it up (math.ceil), and its linear warmup gives step s the rate s / warmup, so
+    the first step always learns at 0: any run shorter than 1/ratio steps (33 at the default 3%) got
+    a one-step warmup, one of its few updates thrown away (an 8-step run: 7 updates, where TRL's
+    defaults, without warmup, make 8). Rounded down, such a run has no warmup, and a long run's warmup
+    is one step shorter at most."""
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        ratio = self.args.warmup_steps
+        if self.lr_scheduler is not None or not 0 < ratio < 1:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.args.warmup_steps = int(num_training_steps * ratio)  # whole steps (>= 1) or 0: no warmup
+        try:
+            return super().create_scheduler(num_training_steps, optimizer)
+        finally:
+            self.args.warmup_steps = ratio  # the arguments saved with checkpoints keep the ratio
+
+
 GROUP_BY_LENGTH_MIN_WASTE = 0.25  # below this much padding, varied random batches are worth more
 
 
@@ -419,9 +439,10 @@ def make_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, eval_ds, out
     if cfg.train.method == "grpo":
         from .grpo import make_grpo_trainer
 
-        return make_grpo_trainer(cfg, model, tok, peft_config, train_ds, out_dir, plan, (NonFiniteGuard,), callbacks)
+        return make_grpo_trainer(cfg, model, tok, peft_config, train_ds, out_dir, plan, (NonFiniteGuard, WarmupRoundsDown),
+                                 callbacks)
     cls, to_args = trainer_class(cfg.train.method)
-    mixins = (NonFiniteGuard, ThreadTuning) + ((LeanSFTLoss,) if sft_step_applies(cfg, plan) else ())
+    mixins = (NonFiniteGuard, WarmupRoundsDown, ThreadTuning) + ((LeanSFTLoss,) if sft_step_applies(cfg, plan) else ())
     guarded = type(f"Guarded{cls.__name__}", (*mixins, cls), {})
     args = to_args(cfg, out_dir, cuda=plan["device"] == "cuda", prec=plan, has_eval=eval_ds is not None)
     return guarded(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,

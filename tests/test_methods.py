@@ -323,3 +323,29 @@ def test_demo_batches_are_random_because_padding_is_cheap(tiny_model_dir, monkey
     assert summ["random_batch_padding"] < 0.25 and summ["batching"].startswith("random")
     assert trainer.args.train_sampling_strategy == "random"
     assert st["threads"] >= 1 and st["threads_why"]
+
+
+def test_a_short_run_has_no_warmup_step_at_rate_zero(tiny_model_dir, monkeypatch, tmp_path):
+    """transformers rounds a warmup ratio up and its first warmup step learns at rate 0: a 1-step run
+    with warmup 0.5 changed nothing. Rounded down, it has no warmup and learns; a long run keeps its
+    warmup (3 of 100 steps at 3%), and the saved arguments keep the ratio."""
+    run_id, st, events, moved, trainer = _train(_cfg("lora", max_steps=1, save_steps=1, warmup_ratio=0.5), monkeypatch)
+    assert any("lora_B" in n for n in moved), "the only step learned nothing"
+    assert trainer.args.warmup_steps == 0.5
+
+    from transformers import TrainingArguments
+
+    from finetune.train import WarmupRoundsDown
+
+    class Base:
+        lr_scheduler = None
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            return self.args.get_warmup_steps(num_training_steps)
+
+    t = type("T", (WarmupRoundsDown, Base), {})()
+    t.args = TrainingArguments(output_dir=str(tmp_path), warmup_steps=0.03, use_cpu=True, report_to="none")
+    assert (t.create_scheduler(8), t.create_scheduler(33), t.create_scheduler(34), t.create_scheduler(100)) == (0, 0, 1, 3)
+    assert t.args.warmup_steps == 0.03
+    t.args.warmup_steps = 5  # given in steps: as transformers counts them
+    assert t.create_scheduler(8) == 5
