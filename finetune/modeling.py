@@ -75,18 +75,21 @@ def unsloth_available() -> bool:
 
 
 def lean_transformers() -> None:
-    """Call before transformers' models or generation are imported. transformers imports scikit-learn
-    whenever it is installed (lm-eval brings it) for one feature this app never uses (assisted
-    generation's dynamic threshold, transformers.generation.candidate_generator): about a second of
-    every process's start. It is told scikit-learn is absent; lm-eval's own imports of it still work."""
+    """Call before transformers' models or generation are imported. transformers imports two packages
+    whenever they are installed for features this app never uses: scikit-learn (lm-eval brings it) for
+    assisted generation's dynamic threshold (transformers.generation.candidate_generator), and
+    scipy.optimize for the object-detection losses (transformers.loss, imported with every model):
+    about a second each of every process's start. transformers is told they are absent; other
+    packages' own imports of them (lm-eval, evaluate's metrics) still work."""
     import sys
 
-    if "transformers.generation.candidate_generator" in sys.modules:
-        return  # too late for this process: harmless
     import transformers.utils as tu
     import transformers.utils.import_utils as iu
 
-    tu.is_sklearn_available = iu.is_sklearn_available = lambda: False
+    if "transformers.generation.candidate_generator" not in sys.modules:  # else too late: harmless
+        tu.is_sklearn_available = iu.is_sklearn_available = lambda: False
+    if "transformers.loss.loss_for_object_detection" not in sys.modules:
+        tu.is_scipy_available = iu.is_scipy_available = lambda: False
 
 
 def load_tokenizer(model_id: str, *, trust_remote_code: bool = False):
