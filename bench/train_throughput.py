@@ -12,6 +12,9 @@ time in a fresh process whose whole wall time is measured (start-up counts: a us
         data (prompt/completion, so TRL also trains the answers only), LoRA rank/alpha/targets/dropout, learning
         rate, epochs and seed, and everything else at TRL's defaults (bf16 autocast, gradient checkpointing,
         batch 8, max_length 1024, chunked NLL loss).
+  trl-same (only when asked, --variants ours,trl,trl-same) the same script with our precision choice (bf16
+        only where the CPU has it natively) and no gradient checkpointing: what our trainer learns against
+        what TRL's trainer learns at the same numerics, apart from what TRL's defaults choose.
 Workloads:
   demo3    builtin:tiny-chat on builtin:demo, 3 epochs
   compute  a randomly initialised model with SmolLM2-135M's shape (built offline from the config, with
@@ -140,7 +143,8 @@ def split(data: str):
 # The TRL-defaults worker (runs in its own process)
 
 
-def trl_worker(model: str, data: str, epochs: float, lr: float, out: str, seed: int = 42) -> None:
+def trl_worker(model: str, data: str, epochs: float, lr: float, out: str, seed: int = 42,
+               variant: str = "trl") -> None:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -151,8 +155,15 @@ def trl_worker(model: str, data: str, epochs: float, lr: float, out: str, seed: 
     import torch
 
     # use_cpu is the one setting TRL's defaults need to start at all on a CPU (bf16=True asks for it).
+    same = {}
+    if variant == "trl-same":  # our precision choice (bf16 only where native) and no gradient checkpointing
+        from finetune.config import default_run_config, precision_plan
+        from finetune.hardware import detect_hardware
+
+        plan = precision_plan(default_run_config(model, data), detect_hardware())
+        same = {"bf16": plan["bf16"], "fp16": plan["fp16"], "gradient_checkpointing": False}
     args = SFTConfig(output_dir=out, learning_rate=lr, num_train_epochs=epochs, report_to="none", seed=seed,
-                     save_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+                     save_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **same)
     # The same LoRA for both: rank, alpha, all linear layers, and dropout 0 (ours by default; also PEFT's)
     peft_cfg = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules="all-linear",
                           task_type="CAUSAL_LM")
@@ -205,7 +216,7 @@ def run_variant(variant: str, wl: dict, home: Path, seed: int = 42) -> dict:
     else:
         out = tempfile.mkdtemp(prefix="trl-", dir=home)
         cmd = [sys.executable, __file__, "--trl-worker", wl["model"], wl["data"], str(wl["epochs"]), str(wl["lr"]), out,
-               str(seed)]
+               str(seed), variant]
     load_before = os.getloadavg()[0]
     busy_before = _busy_now()
     busy0, mine0, t0 = _busy_s(), _children_cpu_s(), time.perf_counter()
@@ -291,10 +302,10 @@ PHASES = ("start_and_imports", "setup", "imports", "model_load", "data", "traine
 
 
 def report(results: list[dict], workloads: list[str]) -> None:
-    print(f"\n{'workload':<8} {'variant':<6} {'wall s':>7} {'tokens/s':>9} {'MFU fp32':>9} {'MFU bf16':>9} "
+    print(f"\n{'workload':<8} {'variant':<8} {'wall s':>7} {'tokens/s':>9} {'MFU fp32':>9} {'MFU bf16':>9} "
           f"{'ans loss':>9} {'threads':>7}  settings / validity")
     for r in results:
-        print(f"{r['workload']:<8} {r['variant']:<6} {r['wall_s']:>7.1f} {r['tokens_per_s']:>9.0f} "
+        print(f"{r['workload']:<8} {r['variant']:<8} {r['wall_s']:>7.1f} {r['tokens_per_s']:>9.0f} "
               f"{r['mfu_fp32']:>9.1%} {r['mfu_bf16']:>9.1%} {r['answer_loss']:>9.3f} {str(r.get('threads')):>7}  "
               f"{r.get('precision')}, batch {r.get('batch_size')}{', grad ckpt' if r.get('gradient_checkpointing') else ''}"
               f"{'  INVALID: ' + r['invalid'] if r['invalid'] else ''}")
@@ -317,7 +328,13 @@ def report(results: list[dict], workloads: list[str]) -> None:
                   f"{best_o['wall_s']:.1f} s vs {best_t['wall_s']:.1f} s); answer loss {lo:.3f} vs {lt:.3f} "
                   f"({lo / lt - 1:+.1%}; mean of {len(o)} vs {len(t)} runs, seeds "
                   f"{sorted({r['seed'] for r in o + t})})")
-        elif any(r["workload"] == w for r in results):
+        same = [r for r in valid if r["variant"] == "trl-same"]
+        if o and same:
+            lo, ls = (sum(r["answer_loss"] for r in x) / len(x) for x in (o, same))
+            print(f"{w}: TRL's trainer at our precision, no gradient checkpointing: answer loss {lo:.3f} (ours) vs "
+                  f"{ls:.3f} ({lo / ls - 1:+.1%}; mean of {len(o)} vs {len(same)} runs); ours is "
+                  f"{min(r['wall_s'] for r in same) / min(r['wall_s'] for r in o):.2f}x its wall time")
+        if not (o and (t or same)) and any(r["workload"] == w for r in results):
             print(f"{w}: no valid pair (the machine was busy): rerun when it is quiet")
 
 
@@ -417,16 +434,18 @@ def main() -> None:
                     "pair i trains both with seed --seed + i (the answer loss of a small run varies by several "
                     "per cent with the seed: it is compared as a mean)")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--variants", default="ours,trl")
+    ap.add_argument("--variants", default="ours,trl", help="comma list of ours, trl (TRL's defaults) and "
+                    "trl-same (TRL's trainer with our precision choice and no gradient checkpointing: separates "
+                    "what our trainer does from what TRL's defaults choose)")
     ap.add_argument("--profile", action="store_true", help="also profile two of our steps per workload "
                     "(torch.profiler) and print where the step's time goes: matmuls (with their rate against "
                     "the measured peak), attention, loss, optimizer, other ops, Python")
-    ap.add_argument("--trl-worker", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--trl-worker", nargs=7, help=argparse.SUPPRESS)
     ap.add_argument("--profile-worker", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.trl_worker:
-        model, data, epochs, lr, out, seed = a.trl_worker
-        trl_worker(model, data, float(epochs), float(lr), out, int(seed))
+        model, data, epochs, lr, out, seed, variant = a.trl_worker
+        trl_worker(model, data, float(epochs), float(lr), out, int(seed), variant)
         return
     if a.profile_worker:
         model, data, seq, batch = a.profile_worker
