@@ -262,14 +262,14 @@ def _plan_defaults(cfg, a: argparse.Namespace, where: str = "local"):
     t = cfg.train
     if given or cfg.model.model_id == TINY_CHAT_ID or t.method not in PLANNED_METHODS or t.max_steps > 0:
         return cfg
-    batch_given = f"{_CFG}train__batch_size" in vars(a)
+    batch_fixed = f"{_CFG}train__batch_size" in vars(a) or where != "local"  # given, or sized for another machine
     try:
         rec = recommended_train(cfg.model.model_id, cfg.data.source, t.method, seq_len=cfg.data.max_seq_len,
-                                batch_size=t.batch_size, batch_fixed=batch_given or where != "local")
+                                batch_size=t.batch_size, batch_fixed=batch_fixed)
     except (ValueError, OSError) as e:  # a model the planner cannot size offline, data it cannot read yet
         print(f"note: keeping the default settings; the planner could not advise ({e})", file=sys.stderr)
         return cfg
-    fields = PLANNED_FIELDS + (() if batch_given or where != "local" else ("batch_size",))
+    fields = PLANNED_FIELDS + (() if batch_fixed else ("batch_size",))
     for f in fields:
         print(f"plan: {f} {rec[f]:g} ({rec['why'][f]})", file=sys.stderr)
     return dataclasses.replace(cfg, train=dataclasses.replace(t, **{f: rec[f] for f in fields}))

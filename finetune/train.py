@@ -229,6 +229,9 @@ class WarmupRoundsDown:
             self.args.warmup_steps = ratio  # the arguments saved with checkpoints keep the ratio
 
 
+GUARDS = (NonFiniteGuard, WarmupRoundsDown)  # mixed into every trainer, GRPO's too
+
+
 GROUP_BY_LENGTH_MIN_WASTE = 0.25  # below this much padding, varied random batches are worth more
 
 
@@ -439,10 +442,9 @@ def make_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, eval_ds, out
     if cfg.train.method == "grpo":
         from .grpo import make_grpo_trainer
 
-        return make_grpo_trainer(cfg, model, tok, peft_config, train_ds, out_dir, plan, (NonFiniteGuard, WarmupRoundsDown),
-                                 callbacks)
+        return make_grpo_trainer(cfg, model, tok, peft_config, train_ds, out_dir, plan, GUARDS, callbacks)
     cls, to_args = trainer_class(cfg.train.method)
-    mixins = (NonFiniteGuard, WarmupRoundsDown, ThreadTuning) + ((LeanSFTLoss,) if sft_step_applies(cfg, plan) else ())
+    mixins = (*GUARDS, ThreadTuning) + ((LeanSFTLoss,) if sft_step_applies(cfg, plan) else ())
     guarded = type(f"Guarded{cls.__name__}", (*mixins, cls), {})
     args = to_args(cfg, out_dir, cuda=plan["device"] == "cuda", prec=plan, has_eval=eval_ds is not None)
     return guarded(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
