@@ -4,6 +4,7 @@
     python bench/train_throughput.py --quick    # the same three, small: checks the script works
     python bench/train_throughput.py --workloads compute --rows 32 --repeats 2
     python bench/train_throughput.py --workloads real --variants ours --profile   # where a step's time goes
+    python bench/train_throughput.py --workloads compute --rows 16 --trl-budget-s 600   # TRL projected
 
 Each workload is trained by both variants, alternating (ours, trl, ours, trl with --repeats 2), each
 time in a fresh process whose whole wall time is measured (start-up counts: a user waits for it):
@@ -12,6 +13,8 @@ time in a fresh process whose whole wall time is measured (start-up counts: a us
         data (prompt/completion, so TRL also trains the answers only), LoRA rank/alpha/targets/dropout, learning
         rate, epochs and seed, and everything else at TRL's defaults (bf16 autocast, gradient checkpointing,
         batch 8, max_length 1024, chunked NLL loss).
+        With --trl-budget-s, a TRL run stops after that much training and its wall time is projected from
+        its mean step (on a CPU without native bf16 its bf16 autocast makes a run take hours).
   trl-same (only when asked, --variants ours,trl,trl-same) the same script with our precision choice (bf16
         only where the CPU has it natively) and no gradient checkpointing: what our trainer learns against
         what TRL's trainer learns at the same numerics, apart from what TRL's defaults choose.
@@ -144,9 +147,12 @@ def split(data: str):
 
 
 def trl_worker(model: str, data: str, epochs: float, lr: float, out: str, seed: int = 42,
-               variant: str = "trl") -> None:
+               variant: str = "trl", budget_s: float = 0.0) -> None:
+    """budget_s > 0: stop training after that many seconds of it (and 5 steps at least) and report the
+    steps done and their times (the parent projects the whole run from them; a stopped run's loss is not compared)."""
     from datasets import Dataset
     from peft import LoraConfig
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     train, _val, kind = split(data)
@@ -168,12 +174,27 @@ def trl_worker(model: str, data: str, epochs: float, lr: float, out: str, seed: 
     # The same LoRA for both: rank, alpha, all linear layers, and dropout 0 (ours by default; also PEFT's)
     peft_cfg = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules="all-linear",
                           task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, peft_config=peft_cfg)
+    ends: list[float] = []  # perf_counter at the end of each step
+
+    class _Budget(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            ends.append(time.perf_counter())
+            if budget_s and ends[-1] - t_train > budget_s and len(ends) >= 5:  # 3 steady steps at least
+                control.should_training_stop = True
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, peft_config=peft_cfg, callbacks=[_Budget()])
+    t_train = time.perf_counter()
     trainer.train()
+    t_end = time.perf_counter()
     trainer.model.save_pretrained(Path(out) / "adapter")
+    st = trainer.state
+    # Steady step time: the steps after the first two (the first ones warm caches and allocators).
+    steady = [b - a for a, b in zip(ends[1:], ends[2:])] or [b - a for a, b in zip([t_train] + ends, ends)]
     print(json.dumps({"adapter": str(Path(out) / "adapter"), "bf16": args.bf16, "fp16": args.fp16,
                       "gradient_checkpointing": args.gradient_checkpointing,
-                      "batch_size": args.per_device_train_batch_size, "threads": torch.get_num_threads()}))
+                      "batch_size": args.per_device_train_batch_size, "threads": torch.get_num_threads(),
+                      "steps_done": st.global_step, "steps_total": st.max_steps, "train_s": t_end - t_train,
+                      "step_s": sum(steady) / len(steady) if steady else None}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +230,7 @@ def _ours_cmd(wl: dict, env: dict, seed: int) -> list[str]:
             "--wait", "--json", "--timeout-s", "36000"]
 
 
-def run_variant(variant: str, wl: dict, home: Path, seed: int = 42) -> dict:
+def run_variant(variant: str, wl: dict, home: Path, seed: int = 42, trl_budget_s: float = 0.0) -> dict:
     env = dict(os.environ, FINETUNE_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
     if variant == "ours":
@@ -217,7 +238,7 @@ def run_variant(variant: str, wl: dict, home: Path, seed: int = 42) -> dict:
     else:
         out = tempfile.mkdtemp(prefix="trl-", dir=home)
         cmd = [sys.executable, __file__, "--trl-worker", wl["model"], wl["data"], str(wl["epochs"]), str(wl["lr"]), out,
-               str(seed), variant]
+               str(seed), variant, str(trl_budget_s)]
     load_before = os.getloadavg()[0]
     busy_before = _busy_now()
     busy0, mine0, t0 = _busy_s(), _children_cpu_s(), time.perf_counter()
@@ -247,7 +268,12 @@ def run_variant(variant: str, wl: dict, home: Path, seed: int = 42) -> dict:
     else:
         info |= {"adapter": res["adapter"], "precision": "bf16" if res["bf16"] else "fp16" if res.get("fp16") else "fp32",
                  "gradient_checkpointing": res["gradient_checkpointing"], "batch_size": res["batch_size"],
-                 "threads": res.get("threads")}
+                 "threads": res.get("threads"), "steps": f"{res['steps_done']}/{res['steps_total']}"}
+        if res["steps_done"] < res["steps_total"]:  # stopped at --trl-budget-s: project the whole run
+            left = res["steps_total"] - res["steps_done"]
+            info |= {"stopped_at_s": wall, "wall_s": wall + left * res["step_s"],
+                     "projected": f"stopped after {res['steps_done']} of {res['steps_total']} steps at "
+                                  f"{wall:.0f} s; the rest at its mean step of {res['step_s']:.1f} s"}
     return info
 
 
@@ -306,9 +332,12 @@ def report(results: list[dict], workloads: list[str]) -> None:
     print(f"\n{'workload':<8} {'variant':<8} {'wall s':>7} {'tokens/s':>9} {'MFU fp32':>9} {'MFU bf16':>9} "
           f"{'ans loss':>9} {'threads':>7}  settings / validity")
     for r in results:
-        print(f"{r['workload']:<8} {r['variant']:<8} {r['wall_s']:>7.1f} {r['tokens_per_s']:>9.0f} "
-              f"{r['mfu_fp32']:>9.1%} {r['mfu_bf16']:>9.1%} {r['answer_loss']:>9.3f} {str(r.get('threads')):>7}  "
+        loss = "-" if r["answer_loss"] is None else f"{r['answer_loss']:.3f}"
+        print(f"{r['workload']:<8} {r['variant']:<8} {('~' if r.get('projected') else '') + format(r['wall_s'], '.1f'):>7} "
+              f"{r['tokens_per_s']:>9.0f} {r['mfu_fp32']:>9.1%} {r['mfu_bf16']:>9.1%} {loss:>9} "
+              f"{str(r.get('threads')):>7}  "
               f"{r.get('precision')}, batch {r.get('batch_size')}{', grad ckpt' if r.get('gradient_checkpointing') else ''}"
+              f"{'  PROJECTED: ' + r['projected'] if r.get('projected') else ''}"
               f"{'  INVALID: ' + r['invalid'] if r['invalid'] else ''}")
     ours = [r for r in results if r["variant"] == "ours"]
     if ours:
@@ -323,13 +352,18 @@ def report(results: list[dict], workloads: list[str]) -> None:
         t = [r for r in valid if r["variant"] == "trl"]
         if o and t:
             best_o, best_t = min(o, key=lambda r: r["wall_s"]), min(t, key=lambda r: r["wall_s"])
+            done = [r for r in t if not r.get("projected")]
             lo = sum(r["answer_loss"] for r in o) / len(o)
-            lt = sum(r["answer_loss"] for r in t) / len(t)
-            print(f"{w}: ours is {best_t['wall_s'] / best_o['wall_s']:.2f}x TRL's defaults (best valid runs, "
-                  f"{best_o['wall_s']:.1f} s vs {best_t['wall_s']:.1f} s); answer loss {lo:.3f} vs {lt:.3f} "
-                  f"({lo / lt - 1:+.1%}; mean of {len(o)} vs {len(t)} runs, seeds "
-                  f"{sorted({r['seed'] for r in o + t})})")
-        same = [r for r in valid if r["variant"] == "trl-same"]
+            if done:
+                lt = sum(r["answer_loss"] for r in done) / len(done)
+                loss = (f"answer loss {lo:.3f} vs {lt:.3f} ({lo / lt - 1:+.1%}; mean of {len(o)} vs {len(done)} runs, "
+                        f"seeds {sorted({r['seed'] for r in o + done})})")
+            else:
+                loss = f"answer loss {lo:.3f} vs - (TRL's runs were stopped at --trl-budget-s: not compared)"
+            print(f"{w}: ours is {best_t['wall_s'] / best_o['wall_s']:.2f}x TRL's defaults "
+                  f"{'(TRL projected from its measured steps) ' if best_t.get('projected') else ''}(best valid runs, "
+                  f"{best_o['wall_s']:.1f} s vs {best_t['wall_s']:.1f} s); {loss}")
+        same = [r for r in valid if r["variant"] == "trl-same" and not r.get("projected")]
         if o and same:
             lo, ls = (sum(r["answer_loss"] for r in x) / len(x) for x in (o, same))
             print(f"{w}: TRL's trainer at our precision, no gradient checkpointing: answer loss {lo:.3f} (ours) vs "
@@ -442,12 +476,16 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also profile two of our steps per workload "
                     "(torch.profiler) and print where the step's time goes: matmuls (with their rate against "
                     "the measured peak), attention, loss, optimizer, other ops, Python")
-    ap.add_argument("--trl-worker", nargs=7, help=argparse.SUPPRESS)
+    ap.add_argument("--trl-budget-s", type=float, default=0.0, help="stop each TRL run after this many seconds "
+                    "of training and project its whole wall time from its mean step (where TRL's defaults would "
+                    "take hours: bf16 autocast on a CPU without native bf16); its answer loss is then not "
+                    "compared. 0 (default): no limit")
+    ap.add_argument("--trl-worker", nargs=8, help=argparse.SUPPRESS)
     ap.add_argument("--profile-worker", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.trl_worker:
-        model, data, epochs, lr, out, seed, variant = a.trl_worker
-        trl_worker(model, data, float(epochs), float(lr), out, int(seed), variant)
+        model, data, epochs, lr, out, seed, variant, budget = a.trl_worker
+        trl_worker(model, data, float(epochs), float(lr), out, int(seed), variant, float(budget))
         return
     if a.profile_worker:
         model, data, seq, batch = a.profile_worker
@@ -481,11 +519,12 @@ def main() -> None:
         fpt = model_flops_per_token(wl["model"], tokens / wl["epochs"] / max(len(ex), 1))
         for i in range(a.repeats):
             for v in [v for v in a.variants.split(",") if v]:  # --variants "" --profile: the profile only
-                r = run_variant(v, wl, home, a.seed + i)
+                r = run_variant(v, wl, home, a.seed + i, a.trl_budget_s)
                 r.update(workload=w, tokens=tokens, tokens_per_s=tokens / r["wall_s"])
                 r["mfu_fp32"] = r["tokens_per_s"] * fpt / (peak["float32"] * 1e12)
                 r["mfu_bf16"] = r["tokens_per_s"] * fpt / (peak["bfloat16"] * 1e12)
-                r["answer_loss"] = answer_loss(wl["model"], r["adapter"], val, wl["max_seq_len"])
+                r["answer_loss"] = (None if r.get("projected") else  # a stopped run's adapter is half-trained
+                                    answer_loss(wl["model"], r["adapter"], val, wl["max_seq_len"]))
                 results.append(r)
                 print(json.dumps({k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items()}), flush=True)
     report(results, workloads)
