@@ -34,6 +34,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    # The suite runs on two xdist workers, a test file each at a time (pytest.ini): files with a slow
+    # test go first, so that neither worker is left with a several-minute test at the end while the
+    # other has nothing to do. A stable sort by file: every worker collects the same order.
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)
     try:
         import torch
 

@@ -46,6 +46,7 @@ def _coloured(stroke: str) -> bool:
     return stroke.lower() not in ("", "none", "transparent") and not stroke.lower().startswith("rgba(0, 0, 0, 0")
 
 
+@pytest.mark.slow
 def test_upload_prepare_train_reload_download(app_url, home, tmp_path):
     from playwright.sync_api import expect
 

@@ -267,6 +267,7 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_export_merged_and_gguf(lora_run, tmp_path):
     out = tmp_path / "exp"
     p = _cli("export", lora_run, "--merged", "--gguf", "q4_k_m", "--out", str(out), "--system", "Be brief.", "--json")
@@ -294,6 +295,7 @@ def test_cli_export_merged_and_gguf(lora_run, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_real_smollm2_q4_k_m(smollm2_dir, tmp_path):
     """The real SmolLM2-135M-Instruct as q4_k_m: its 576-wide rows take q8_0 (as llama.cpp falls back), its
     1536-wide ffn_down rows the K-quants; loaded back, its top-1 tokens agree with the model's."""

@@ -40,6 +40,7 @@ def _events(run_dir: str) -> list[dict]:
     return [json.loads(x) for x in lines if x.strip()]
 
 
+@pytest.mark.slow
 def test_grpo_reward_rises_on_the_real_model(tmp_path, smollm2_dir):
     data = tmp_path / "short.jsonl"
     data.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in QUESTIONS))

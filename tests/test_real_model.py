@@ -3,6 +3,7 @@ ordinary Llama model with SmolLM2's tokenizer and chat template, known to the pl
 
 import json
 
+import pytest
 import torch
 
 
@@ -32,6 +33,7 @@ def test_resolve_and_plan_know_the_real_model(smollm2_dir):
     assert abs(spec["params"] - 134_515_008) < 1e6 and spec["id"] == SMOLLM2_ID
 
 
+@pytest.mark.slow
 def test_plan_settings_teach_the_real_model_a_persona(smollm2_dir, home, tmp_path):
     """Issue 15: a short run on the real model with the Plan's settings, through the normal train path
     (`finetune train` with no learning rate or epochs given: the CLI takes them from the Plan), makes

@@ -35,6 +35,7 @@ def study(tiny_model_dir):
                 "--try", GOOD, "--try", GOOD2, "--try", BAD, "--json")
 
 
+@pytest.mark.slow
 def test_three_trials_one_pruned(study):
     from finetune.runs import read_status, run_dir
 
