@@ -94,15 +94,27 @@ def test_others_meter_counts_other_processes_not_this_one():
     if busy_cpu_s() is None:
         pytest.skip("no /proc/stat here")
     m = OthersMeter()
-    m.start()
-    time.sleep(0.5)
-    quiet = m.cores()
-    m.start()
-    t = time.process_time()
-    while time.process_time() - t < 0.5:  # this process spins one core: not "others"
-        pass
-    own = m.cores()
-    assert own < quiet + 0.6, (own, quiet)  # counted, it would add a whole core
+
+    def idle() -> float:
+        m.start()
+        time.sleep(0.5)
+        return m.cores()
+
+    tries = []
+    for _ in range(3):  # another test worker's load may change between the windows: take a steady try
+        before = idle()
+        m.start()
+        t = time.process_time()
+        while time.process_time() - t < 0.5:  # this process spins one core: not "others"
+            pass
+        own = m.cores()
+        after = idle()
+        tries.append((round(before, 2), round(own, 2), round(after, 2)))
+        if own < max(before, after) + 0.6:  # counted, it would add a whole core to every try
+            break
+    else:
+        raise AssertionError(f"this process's own CPU counted as others' (before, own, after): {tries}")
+    m = OthersMeter()
     m.start()
     busy = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<1.5: pass"])
     busy.wait()
