@@ -248,21 +248,10 @@ def run_variant(variant: str, wl: dict, home: Path, seed: int = 42, trl_budget_s
     try:
         p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
-        wall = time.perf_counter() - t0
-        others = max(0.0, (_busy_s() - busy0) - (_children_cpu_s() - mine0))
-        why_invalid = ([f"{busy_before:.2f} cores busy just before (load {load_before:.1f})"]
-                       if busy_before > OTHERS_MAX_CORES else []) + (
-                       [f"others used {others / wall:.2f} cores"] if others > OTHERS_MAX_CORES * wall else [])
-        return {"variant": variant, "seed": seed, "wall_s": wall, "stopped_at_s": wall, "killed": True,
-                "load_before": load_before, "load_after": os.getloadavg()[0], "others_cores": others / wall,
-                "invalid": "; ".join(why_invalid), "precision": "bf16" if variant == "trl" else "trl-same",
-                "gradient_checkpointing": variant == "trl", "adapter": None}
+        p = None
     wall = time.perf_counter() - t0
     others = max(0.0, (_busy_s() - busy0) - (_children_cpu_s() - mine0))
     load_after = os.getloadavg()[0]
-    if p.returncode != 0:
-        raise RuntimeError(f"{variant} failed:\n{p.stderr[-3000:]}")
-    res = json.loads(p.stdout.strip().splitlines()[-1])
     why_invalid = []
     if busy_before > OTHERS_MAX_CORES:
         why_invalid.append(f"{busy_before:.2f} cores busy just before (load {load_before:.1f})")
@@ -270,6 +259,12 @@ def run_variant(variant: str, wl: dict, home: Path, seed: int = 42, trl_budget_s
         why_invalid.append(f"others used {others / wall:.2f} cores")
     info = {"variant": variant, "seed": seed, "wall_s": wall, "load_before": load_before, "load_after": load_after,
             "others_cores": others / wall, "invalid": "; ".join(why_invalid)}
+    if p is None:  # killed at the limit
+        return info | {"stopped_at_s": wall, "killed": True, "adapter": None, "gradient_checkpointing": variant == "trl",
+                       "precision": "bf16" if variant == "trl" else "trl-same"}
+    if p.returncode != 0:
+        raise RuntimeError(f"{variant} failed:\n{p.stderr[-3000:]}")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
     if variant == "ours":
         if res.get("state") != "completed":
             raise RuntimeError(f"ours ended {res.get('state')}: {res.get('error')}")

@@ -114,7 +114,6 @@ def test_others_meter_counts_other_processes_not_this_one():
             break
     else:
         raise AssertionError(f"this process's own CPU counted as others' (before, own, after): {tries}")
-    m = OthersMeter()
     m.start()
     busy = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<1.5: pass"])
     busy.wait()
