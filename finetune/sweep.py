@@ -65,7 +65,10 @@ def base_config(model: str, data: str, method: str = "lora"):
     cfg = build_run_config(model, data, {"train": {"method": method, **{k: rec[k] for k in
                                                                         ("learning_rate", "epochs", "grad_accum",
                                                                          "batch_size")}}})
-    return cfg, f"learning rate: {rec['why']['learning_rate']}; epochs: {rec['why']['epochs']}"
+    # The batch may be smaller than asked (memory, or small data wanting more updates per epoch): say so.
+    return cfg, (f"learning rate: {rec['why']['learning_rate']}; epochs: {rec['why']['epochs']}; "
+                 f"batch {rec['batch_size']}: {rec['why']['batch_size']}; "
+                 f"gradient accumulation {rec['grad_accum']}: {rec['why']['grad_accum']}")
 
 
 def _seconds_per_epoch(cfg, examples: int, mean_tokens: int, hardware: str) -> tuple[float, float, bool]:
@@ -209,6 +212,7 @@ def plan_study(model: str, data: str, *, trials: int | None = None, budget_min: 
             "trial_s_estimate": round(trial_s, 1), "seed": int(seed),
             "space": space, "eval_steps": eval_steps, "steps_per_epoch": steps_per_epoch,
             "base": {"learning_rate": cfg.train.learning_rate, "epochs": cfg.train.epochs, "lora_r": cfg.lora.r,
+                     "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
                      "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout},
             "base_config": cfg.to_dict(),
             "pruner": {"kind": "median" if prune else "none", "n_startup_trials": startup,
@@ -253,6 +257,23 @@ def write_study(d: Path, doc: dict) -> dict:
     return doc
 
 
+def update_study(d: Path, change=None, *, only_if_state: tuple[str, ...] | None = None, **fields) -> dict:
+    """Read-modify-write study.json under a lock on the study folder: the driver (trials, importance)
+    and the app (stop, start) both write it, and a write from a stale read would undo the other's
+    (a finished trial lost, or "stopping" turned back into "running"). `change(doc)` edits the doc in
+    place; `fields` are set on it; with `only_if_state`, nothing is written unless the state is one of those."""
+    from .runs import _flock
+
+    with _flock(d):
+        doc = read_json(d / "study.json", default={}) or {}
+        if only_if_state is not None and doc.get("state") not in only_if_state:
+            return doc
+        if change is not None:
+            change(doc)
+        doc.update(fields)
+        return write_study(d, doc)
+
+
 def create_study(p: dict, *, owner: str = "", enqueue: list[dict] | None = None) -> str:
     """Write a study folder from plan_study()'s result; the first trials are `enqueue` (partial
     parameter dicts), else the Plan's own settings. Checks the base run first (preflight)."""
@@ -294,8 +315,12 @@ def start_study(study_id: str, env: dict | None = None) -> int:
                                 env=child_process_env(env), start_new_session=True,
                                 cwd=str(Path(__file__).resolve().parent.parent))
     CHILDREN[study_id] = proc
-    doc = read_json(d / "study.json", default={}) or {}
-    write_study(d, dict(doc, driver_pid=proc.pid, state="queued"))
+
+    def queued(doc: dict) -> None:  # until the driver writes its own pid and state (it may have already)
+        if doc.get("driver_pid") != proc.pid:
+            doc.update(driver_pid=proc.pid, state="queued")
+
+    update_study(d, queued)
     return proc.pid
 
 
@@ -320,9 +345,14 @@ def read_study(study_id: str) -> dict:
     if doc.get("state") in ACTIVE_STATES and doc.get("driver_pid") and not _driver_alive(study_id, doc["driver_pid"]):
         # Give a driver that just started a moment to write its own state.
         if time.time() - os.path.getmtime(d / "study.json") > 5:
-            doc = write_study(d, dict(doc, state="interrupted",
-                                      error="the search's driver process ended unexpectedly; "
-                                            "`finetune sweep --resume STUDY_ID` continues it"))
+            pid = doc["driver_pid"]
+
+            def gone(doc: dict) -> None:  # unless a new driver took over meanwhile
+                if doc.get("state") in ACTIVE_STATES and doc.get("driver_pid") == pid:
+                    doc.update(state="interrupted", error="the search's driver process ended unexpectedly; "
+                                                          "`finetune sweep --resume STUDY_ID` continues it")
+
+            doc = update_study(d, gone)
     return doc
 
 
@@ -348,10 +378,12 @@ def stop_study(study_id: str) -> dict:
     doc = read_study(study_id)
     if doc.get("state") not in ACTIVE_STATES:
         return doc
-    (d / "STOP").write_text(now_iso())
-    if not doc.get("driver_pid"):  # never started: nothing will read the STOP file
-        return write_study(d, dict(doc, state="stopped"))
-    return write_study(d, dict(doc, state="stopping"))
+
+    def ask(doc: dict) -> None:  # under the study's lock: the driver ends (and clears STOP) under it too
+        (d / "STOP").write_text(now_iso())
+        doc["state"] = "stopping" if doc.get("driver_pid") else "stopped"  # never started: nothing reads STOP
+
+    return update_study(d, ask, only_if_state=ACTIVE_STATES)
 
 
 def best_settings(study_id: str) -> dict:

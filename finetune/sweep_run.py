@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .paths import atomic_write_json, read_json
 from .runs import now_iso
-from .sweep import ACTIVE_STATES, PARAMS, read_study, write_study
+from .sweep import ACTIVE_STATES, PARAMS, read_study, update_study
 from .sweep_trial import TRIAL_FILE, load_optuna_study, study_dir
 
 TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_DISABLE_IMPLICIT_TOKEN", "FINETUNE_TOKEN_SCOPED")
@@ -112,12 +112,13 @@ def _best(doc: dict) -> dict | None:
 
 
 def _update_trial(d: Path, number: int, **fields) -> dict:
-    doc = read_json(d / "study.json", default={}) or {}
-    for t in doc["trials"]:
-        if t["number"] == number:
-            t.update(fields)
-    doc["best"] = _best(doc)
-    return write_study(d, doc)
+    def change(doc: dict) -> None:
+        for t in doc["trials"]:
+            if t["number"] == number:
+                t.update(fields)
+        doc["best"] = _best(doc)
+
+    return update_study(d, change)
 
 
 def _wait_run(d: Path, run_id: str) -> tuple[dict, bool]:
@@ -153,11 +154,13 @@ def _fail_leftovers(d: Path, study) -> None:
 
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    doc = read_json(d / "study.json", default={}) or {}
-    for t in doc.get("trials") or []:
-        if t.get("state") in ACTIVE_STATES:
-            t.update(state="failed", error="the search's driver ended while this trial ran")
-    write_study(d, doc)
+
+    def change(doc: dict) -> None:
+        for t in doc.get("trials") or []:
+            if t.get("state") in ACTIVE_STATES:
+                t.update(state="failed", error="the search's driver ended while this trial ran")
+
+    update_study(d, change)
 
 
 def run_trial(d: Path, study, env: dict) -> str:
@@ -174,9 +177,9 @@ def run_trial(d: Path, study, env: dict) -> str:
     rd = runs.run_dir(run_id)
     atomic_write_json(rd / TRIAL_FILE, {"study_id": doc["study_id"], "number": trial.number})
     runs.update_status(rd, study_id=doc["study_id"], trial_number=trial.number)
-    doc["trials"].append({"number": trial.number, "run_id": run_id, "params": shown_params(params),
-                          "state": "running", "value": None, "started": now_iso()})
-    write_study(d, doc)
+    update_study(d, lambda doc: doc["trials"].append({"number": trial.number, "run_id": run_id,
+                                                      "params": shown_params(params), "state": "running",
+                                                      "value": None, "started": now_iso()}))
     t0 = time.time()
     runs.start_run(run_id, env=env)
     st, stopped = _wait_run(d, run_id)
@@ -210,9 +213,12 @@ def run_study(study_id: str) -> dict:
     import optuna
 
     d = study_dir(study_id)
-    doc = read_json(d / "study.json", default={}) or {}
-    write_study(d, dict(doc, state="running", driver_pid=os.getpid(), started=doc.get("started") or now_iso(),
-                        error=None))
+
+    def started(doc: dict) -> None:  # a stop asked before this driver started stays "stopping"
+        doc.update(state="stopping" if (d / "STOP").exists() else "running", driver_pid=os.getpid(),
+                   started=doc.get("started") or now_iso(), error=None)
+
+    doc = update_study(d, started)
     env = {k: os.environ[k] for k in TOKEN_VARS if k in os.environ}
     seed = int(doc.get("seed", 42)) + len(doc.get("trials") or [])  # a resumed study draws new trials
     study = load_optuna_study(d, optuna.samplers.TPESampler(seed=seed))
@@ -233,8 +239,7 @@ def run_study(study_id: str) -> dict:
                 reason = f"budget reached: {spent / 60:.1f} of {float(doc['budget_s']) / 60:.0f} min spent"
                 break
             run_trial(d, study, env)
-            write_study(d, dict(read_json(d / "study.json", default={}) or {}, importance=param_importance(study),
-                                elapsed_s=round(before + time.time() - t_start, 1)))
+            update_study(d, importance=param_importance(study), elapsed_s=round(before + time.time() - t_start, 1))
     except KeyboardInterrupt:
         end, reason = "stopped", "interrupted"
     except Exception as exc:  # noqa: BLE001 -- the study says why it ended
@@ -242,9 +247,7 @@ def run_study(study_id: str) -> dict:
 
         end, reason = "failed", redact(f"{type(exc).__name__}: {exc}")[:400]
     finally:
-        (d / "STOP").unlink(missing_ok=True)
-        doc = read_json(d / "study.json", default={}) or {}
-        write_study(d, dict(doc, state=end, ended=now_iso(), end_reason=reason,
-                            error=reason if end == "failed" else None,
-                            elapsed_s=round(before + time.time() - t_start, 1)))
+        update_study(d, lambda doc: (d / "STOP").unlink(missing_ok=True), state=end, ended=now_iso(),
+                     end_reason=reason, error=reason if end == "failed" else None,
+                     elapsed_s=round(before + time.time() - t_start, 1))
     return read_study(study_id)

@@ -62,6 +62,20 @@ def test_train_api_takes_the_reward_settings(grpo_run, home):
     assert ev and set(ev[-1]["rewards"]) == {"numeric", "format", "length"} and ev[-1]["kl"] is not None
 
 
+def test_reward_chart_is_resent_only_when_the_run_or_its_events_change(grpo_run):
+    import gradio as gr
+
+    from ui.grpo_panel import reward_curve
+
+    run_id, st = grpo_run
+    plot, shown = reward_curve(run_id)
+    assert plot.visible is True and shown == {"run": run_id, "n": len(st["events"])}
+    again, shown2 = reward_curve(run_id, shown)  # the next tick, nothing new: nothing sent
+    assert again == gr.skip() and shown2 == shown
+    other, seen = reward_curve("", shown)  # another (no) run: the chart is hidden again
+    assert other.visible is False and seen == {"run": "", "n": 0}
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_train_tab_shows_the_picker_and_reward_curves(grpo_run, app_url, home):
     from playwright.sync_api import expect

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -367,6 +368,23 @@ def test_priority_picks_presets():
     hc = {h["name"]: h["value"] for h in cost["hyperparameters"]}
     assert hq["lora_r"] == 16 and hc["lora_r"] == 8
     assert hq["warmup_steps"] == 0.03 and hc["warmup_steps"] == 0.10
+
+
+def test_exported_warmup_is_whole_steps_rounded_down_as_our_trainer_does():
+    # transformers rounds a ratio up (ceil): a short run would lose one of its few updates to a
+    # one-step warmup. The exported config and script carry whole steps of the planned run instead.
+    for examples in (60, 3000, 40_000):
+        out = plan(PlanRequest(priority="cost", examples=examples))
+        hp = {h["name"]: h["value"] for h in out["hyperparameters"]}
+        b, ga, ep = (hp["per_device_train_batch_size"], hp["gradient_accumulation_steps"], hp["num_train_epochs"])
+        n_train = examples - -(-examples // 10)
+        steps = math.ceil(ep * math.ceil(math.ceil(n_train / b) / ga))
+        want = int(steps * hp["warmup_steps"])
+        assert out["trl_config"]["warmup_steps"] == want, (examples, steps)
+        assert isinstance(out["trl_config"]["warmup_steps"], int)
+        assert f"warmup_steps: {want}" in out["trl_config_yaml"]
+        assert f"warmup_steps={want}," in out["python_script"], out["python_script"]
+        assert hp["warmup_steps"] == 0.10  # the plan itself still shows the preset's ratio
 
 
 @pytest.fixture(scope="module")

@@ -128,6 +128,22 @@ def test_plan_study_says_what_the_budget_bought(tiny_model_dir):
         plan_study("builtin:tiny-chat", "builtin:demo", trials=0)
 
 
+def test_plan_study_says_when_the_plan_made_the_batch_smaller(tiny_model_dir, tmp_path):
+    # A model that is not the demo's gets the Plan's settings; on 60 rows the Plan halves the batch
+    # (more updates per epoch) and the study's notes and base say so rather than trimming it silently.
+    from finetune.builtin import demo_records
+    from finetune.sweep import plan_study
+
+    data = tmp_path / "small.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in demo_records()[:60]))
+    p = plan_study(str(tiny_model_dir), str(data), trials=2)
+    base = p["base"]
+    assert base["batch_size"] < 8 and base["batch_size"] == p["base_config"]["train"]["batch_size"]
+    note = p["notes"][0]
+    assert f"batch {base['batch_size']}: asked: 8" in note and "optimizer steps per epoch" in note, note
+    assert f"gradient accumulation {base['grad_accum']}:" in note, note
+
+
 def test_sweep_api(study, app_url):
     from gradio_client import Client
 
@@ -225,3 +241,38 @@ def test_importance_once_three_trials_are_complete():
     imp = param_importance(study)
     assert set(imp) == {"learning_rate", "epochs", "lora_r", "lora_alpha", "lora_dropout"}
     assert sum(imp.values()) == pytest.approx(1.0, abs=0.01)
+
+
+def test_study_writes_do_not_undo_each_other(home):
+    # The driver (trials, importance) and the app (stop) both rewrite study.json: each write is a
+    # read-modify-write under the study's lock, so a stop is not turned back into "running" by the
+    # driver's next write, and no trial is lost when two writers meet.
+    import threading
+
+    from finetune.sweep import read_study, stop_study, update_study, write_study
+    from finetune.sweep_run import _update_trial
+    from finetune.sweep_trial import study_dir
+
+    sid = "race-test"
+    d = study_dir(sid, must_exist=False)
+    d.mkdir(parents=True)
+    write_study(d, {"study_id": sid, "state": "running", "driver_pid": os.getpid(), "direction": "minimize",
+                    "trials": [{"number": 0, "state": "running", "value": None}]})
+    assert stop_study(sid)["state"] == "stopping" and (d / "STOP").exists()
+    doc = _update_trial(d, 0, state="complete", value=0.5)  # the driver's next write
+    assert doc["state"] == "stopping" and doc["best"]["value"] == 0.5
+    assert read_study(sid)["trials"][0]["state"] == "complete"
+
+    def add(first: int) -> None:
+        for i in range(first, first + 40):
+            update_study(d, lambda doc, i=i: doc["trials"].append({"number": i, "state": "complete", "value": 1.0}))
+
+    workers = [threading.Thread(target=add, args=(k,)) for k in (1, 41)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(t["number"] for t in read_study(sid)["trials"]) == list(range(81))
+
+    update_study(d, lambda doc: (d / "STOP").unlink(), state="stopped")  # the driver's end
+    assert stop_study(sid)["state"] == "stopped" and not (d / "STOP").exists()  # an ended study: no new STOP

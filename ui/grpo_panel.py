@@ -58,17 +58,23 @@ def reward_frame(events: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"step": "int64", "value": "float64"})
 
 
-def reward_curve(run_id: str | None):
-    """The reward chart for the followed run: shown only when its events carry rewards (GRPO)."""
-    from finetune.runs import read_events
+def reward_curve(run_id: str | None, shown: dict | None = None):
+    """The reward chart for the followed run: shown only when its events carry rewards (GRPO).
+    The events come from the live view's follower (read by offset, shared with the loss chart), and
+    the chart is re-sent only when the run or its number of events changed (`shown`, per page)."""
+    from finetune.live import follow
 
+    run_id = (run_id or "").strip()
     try:
-        events = read_events(run_id.strip())[0] if run_id else []
+        events = follow(run_id)["events"] if run_id else []
     except (ValueError, OSError):
         events = []
+    seen = {"run": run_id, "n": len(events)}
+    if isinstance(shown, dict) and shown == seen:
+        return gr.skip(), shown
     if not any(e.get("reward") is not None for e in events):
-        return gr.LinePlot(visible=False)
-    return gr.LinePlot(reward_frame(events), visible=True)
+        return gr.LinePlot(visible=False), seen
+    return gr.LinePlot(reward_frame(events), visible=True), seen
 
 
 def reward_plot():
@@ -79,8 +85,9 @@ def reward_plot():
 
 def wire_curve(timer, run_id, plot) -> None:
     """Redraw the reward chart with the live view (each timer tick and when the run changes)."""
+    shown = gr.State(None)
     for event in (timer.tick, run_id.change):
-        event(reward_curve, run_id, plot, api_visibility="private", show_progress="hidden")
+        event(reward_curve, [run_id, shown], [plot, shown], api_visibility="private", show_progress="hidden")
 
 
 def build(method_box) -> list:

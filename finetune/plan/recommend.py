@@ -595,8 +595,11 @@ def plan(req: PlanRequest) -> dict:
     data = _dataset_requirements(req, tm, mean_tokens)
     risks = _risks(req, tm, cfg, row, n)
     output_dir = f"runs/{_slug(req.model)}-{tm}"
-    trl_cfg, notes = render_trl_config(req, spec, tm, cfg, output_dir)
     n_gpu = tier.get("gpu_count") or 0
+    # The exported config and script get the warmup in whole steps, rounded down as our trainer does
+    # (transformers rounds a ratio up: a short run would throw one of its few updates away).
+    export_cfg = dict(cfg, warmup_steps=_whole_warmup_steps(cfg, n, max(1, n_gpu)))
+    trl_cfg, notes = render_trl_config(req, spec, tm, export_cfg, output_dir)
     launch = ""
     if n_gpu > 1:
         launch = f" --accelerate_config {'fsdp2' if shards > 1 else 'multi_gpu'} --num_processes {n_gpu}"
@@ -607,7 +610,7 @@ def plan(req: PlanRequest) -> dict:
     header = [f"Fine-Tune Studio plan: {req.model}, {tm}. Run: {command}"]
     header += notes
     yaml_text = render_yaml(trl_cfg, header)
-    script = render_python_script(req, spec, tm, cfg, output_dir)
+    script = render_python_script(req, spec, tm, export_cfg, output_dir)
 
     out = {
         "model": req.model,
@@ -651,6 +654,17 @@ def plan(req: PlanRequest) -> dict:
     out["readiness"] = _readiness(req, spec, out["fits"], data, within_budget)
     out["report_md"] = render_report_md(req, spec, out)
     return out
+
+
+def _whole_warmup_steps(cfg: dict, n_examples: int, n_devices: int) -> int:
+    """The plan's warmup ratio as whole optimizer steps of the planned run, rounded down (0: none)."""
+    ratio = float(cfg.get("warmup_steps") or 0)
+    if ratio >= 1:
+        return int(ratio)
+    n_train = max(1, n_examples - math.ceil(0.1 * n_examples))  # the exported script holds out 10%
+    batches = math.ceil(n_train / (cfg["per_device_train_batch_size"] * n_devices))
+    per_epoch = max(1, math.ceil(batches / cfg["gradient_accumulation_steps"]))
+    return int(math.ceil(cfg["num_train_epochs"] * per_epoch) * ratio)
 
 
 def train_settings(p: dict) -> dict | None:
