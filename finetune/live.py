@@ -98,6 +98,21 @@ def follow(run_id: str) -> dict:
     return f.snapshot()
 
 
+def events_seen(run_id: str) -> tuple[list[dict], int]:
+    """The events the run's follower has read so far and its event-log generation, without reading
+    anything new: a second view of the same run (the reward chart) must not take the changes that
+    follow() reports to the live view (its log would then not be re-sent). A run nobody follows yet
+    is followed from here."""
+    d = run_dir(run_id)  # validates the id
+    with _LOCK:
+        f = _FOLLOWERS.get(run_id)
+    if f is None or f.dir != d or not d.exists():
+        snap = follow(run_id)
+        return snap["events"], int(snap["status"].get("events_generation") or 0)
+    with f.lock:
+        return list(f.events), int(f.generation or 0)
+
+
 def forget(run_id: str) -> None:
     with _LOCK:
         _FOLLOWERS.pop(run_id, None)

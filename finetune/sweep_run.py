@@ -215,6 +215,8 @@ def run_study(study_id: str) -> dict:
     d = study_dir(study_id)
 
     def started(doc: dict) -> None:  # a stop asked before this driver started stays "stopping"
+        if doc.get("state") != "stopping":  # a STOP left by a driver that never ran is not a new stop
+            (d / "STOP").unlink(missing_ok=True)
         doc.update(state="stopping" if (d / "STOP").exists() else "running", driver_pid=os.getpid(),
                    started=doc.get("started") or now_iso(), error=None)
 

@@ -69,11 +69,28 @@ def test_reward_chart_is_resent_only_when_the_run_or_its_events_change(grpo_run)
 
     run_id, st = grpo_run
     plot, shown = reward_curve(run_id)
-    assert plot.visible is True and shown == {"run": run_id, "n": len(st["events"])}
+    assert plot.visible is True and shown == {"run": run_id, "n": len(st["events"]), "generation": 0}
     again, shown2 = reward_curve(run_id, shown)  # the next tick, nothing new: nothing sent
     assert again == gr.skip() and shown2 == shown
     other, seen = reward_curve("", shown)  # another (no) run: the chart is hidden again
-    assert other.visible is False and seen == {"run": "", "n": 0}
+    assert other.visible is False and seen == {"run": "", "n": 0, "generation": 0}
+
+
+def test_reward_chart_does_not_take_the_live_views_log_changes(grpo_run, home):
+    # Both views follow the run through one shared follower: the chart reads only what the follower
+    # already has, so a line added to train.log still reaches the live view's next tick.
+    import gradio as gr
+
+    from ui import train_live
+    from ui.grpo_panel import reward_curve
+
+    run_id, _ = grpo_run
+    shown = train_live.poll(run_id, None)[6]
+    with open(home / "runs" / run_id / "train.log", "a") as f:
+        f.write("a new line for the live view\n")
+    reward_curve(run_id, None)
+    log = train_live.poll(run_id, shown)[3]
+    assert log != gr.skip() and "a new line for the live view" in log
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

@@ -372,19 +372,22 @@ def test_priority_picks_presets():
 
 def test_exported_warmup_is_whole_steps_rounded_down_as_our_trainer_does():
     # transformers rounds a ratio up (ceil): a short run would lose one of its few updates to a
-    # one-step warmup. The exported config and script carry whole steps of the planned run instead.
+    # one-step warmup. The exported config and script carry whole steps of the planned run instead:
+    # `trl sft --config` trains on all rows, the script on what its 10% hold-out leaves.
+    def whole(n_train, hp, n_dev):
+        b, ga, ep = (hp["per_device_train_batch_size"], hp["gradient_accumulation_steps"], hp["num_train_epochs"])
+        return int(math.ceil(ep * math.ceil(math.ceil(n_train / (b * n_dev)) / ga)) * hp["warmup_steps"])
+
     for examples in (60, 3000, 40_000):
         out = plan(PlanRequest(priority="cost", examples=examples))
         hp = {h["name"]: h["value"] for h in out["hyperparameters"]}
-        b, ga, ep = (hp["per_device_train_batch_size"], hp["gradient_accumulation_steps"], hp["num_train_epochs"])
-        n_train = examples - -(-examples // 10)
-        steps = math.ceil(ep * math.ceil(math.ceil(n_train / b) / ga))
-        want = int(steps * hp["warmup_steps"])
-        assert out["trl_config"]["warmup_steps"] == want, (examples, steps)
-        assert isinstance(out["trl_config"]["warmup_steps"], int)
-        assert f"warmup_steps: {want}" in out["trl_config_yaml"]
-        assert f"warmup_steps={want}," in out["python_script"], out["python_script"]
+        n_dev = get_tier(PlanRequest().hardware).get("gpu_count") or 1  # local: this machine's GPUs
+        yaml_steps, script_steps = whole(examples, hp, n_dev), whole(examples - -(-examples // 10), hp, n_dev)
+        assert out["trl_config"]["warmup_steps"] == yaml_steps and isinstance(yaml_steps, int), examples
+        assert f"warmup_steps: {yaml_steps}" in out["trl_config_yaml"]
+        assert f"warmup_steps={script_steps}," in out["python_script"], out["python_script"]
         assert hp["warmup_steps"] == 0.10  # the plan itself still shows the preset's ratio
+    assert script_steps < yaml_steps  # 40,000 rows: the hold-out shows
 
 
 @pytest.fixture(scope="module")

@@ -60,16 +60,17 @@ def reward_frame(events: list[dict]) -> pd.DataFrame:
 
 def reward_curve(run_id: str | None, shown: dict | None = None):
     """The reward chart for the followed run: shown only when its events carry rewards (GRPO).
-    The events come from the live view's follower (read by offset, shared with the loss chart), and
-    the chart is re-sent only when the run or its number of events changed (`shown`, per page)."""
-    from finetune.live import follow
+    The events are those the live view's follower has read (without reading on: the live view's own
+    tick does, and decides from what changed), and the chart is re-sent only when the run, its number
+    of events or its event log's generation (a resume rewrites it) changed (`shown`, per page)."""
+    from finetune.live import events_seen
 
     run_id = (run_id or "").strip()
     try:
-        events = follow(run_id)["events"] if run_id else []
+        events, gen = events_seen(run_id) if run_id else ([], 0)
     except (ValueError, OSError):
-        events = []
-    seen = {"run": run_id, "n": len(events)}
+        events, gen = [], 0
+    seen = {"run": run_id, "n": len(events), "generation": gen}
     if isinstance(shown, dict) and shown == seen:
         return gr.skip(), shown
     if not any(e.get("reward") is not None for e in events):

@@ -598,8 +598,10 @@ def plan(req: PlanRequest) -> dict:
     n_gpu = tier.get("gpu_count") or 0
     # The exported config and script get the warmup in whole steps, rounded down as our trainer does
     # (transformers rounds a ratio up: a short run would throw one of its few updates away).
-    export_cfg = dict(cfg, warmup_steps=_whole_warmup_steps(cfg, n, max(1, n_gpu)))
-    trl_cfg, notes = render_trl_config(req, spec, tm, export_cfg, output_dir)
+    # `trl sft --config` trains on the whole train split; the script holds 10% out first.
+    yaml_cfg = dict(cfg, warmup_steps=_whole_warmup_steps(cfg, n, max(1, n_gpu)))
+    script_cfg = dict(cfg, warmup_steps=_whole_warmup_steps(cfg, n - math.ceil(0.1 * n), max(1, n_gpu)))
+    trl_cfg, notes = render_trl_config(req, spec, tm, yaml_cfg, output_dir)
     launch = ""
     if n_gpu > 1:
         launch = f" --accelerate_config {'fsdp2' if shards > 1 else 'multi_gpu'} --num_processes {n_gpu}"
@@ -610,7 +612,7 @@ def plan(req: PlanRequest) -> dict:
     header = [f"Fine-Tune Studio plan: {req.model}, {tm}. Run: {command}"]
     header += notes
     yaml_text = render_yaml(trl_cfg, header)
-    script = render_python_script(req, spec, tm, export_cfg, output_dir)
+    script = render_python_script(req, spec, tm, script_cfg, output_dir)
 
     out = {
         "model": req.model,
@@ -656,13 +658,12 @@ def plan(req: PlanRequest) -> dict:
     return out
 
 
-def _whole_warmup_steps(cfg: dict, n_examples: int, n_devices: int) -> int:
+def _whole_warmup_steps(cfg: dict, n_train: int, n_devices: int) -> int:
     """The plan's warmup ratio as whole optimizer steps of the planned run, rounded down (0: none)."""
     ratio = float(cfg.get("warmup_steps") or 0)
     if ratio >= 1:
         return int(ratio)
-    n_train = max(1, n_examples - math.ceil(0.1 * n_examples))  # the exported script holds out 10%
-    batches = math.ceil(n_train / (cfg["per_device_train_batch_size"] * n_devices))
+    batches = math.ceil(max(1, n_train) / (cfg["per_device_train_batch_size"] * n_devices))
     per_epoch = max(1, math.ceil(batches / cfg["gradient_accumulation_steps"]))
     return int(math.ceil(cfg["num_train_epochs"] * per_epoch) * ratio)
 
