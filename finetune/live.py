@@ -88,14 +88,20 @@ _FOLLOWERS: dict[str, _Follower] = {}
 _LOCK = threading.Lock()
 
 
-def follow(run_id: str) -> dict:
-    """A snapshot of the run, reading only what changed since the last call for this run."""
+def _follower(run_id: str) -> tuple[_Follower, bool]:
+    """The run's follower, and whether it is new (nothing read yet)."""
     d = run_dir(run_id)  # validates the id
     with _LOCK:
         f = _FOLLOWERS.get(run_id)
         if f is None or f.dir != d or not d.exists():
             f = _FOLLOWERS[run_id] = _Follower(run_id)
-    return f.snapshot()
+            return f, True
+    return f, False
+
+
+def follow(run_id: str) -> dict:
+    """A snapshot of the run, reading only what changed since the last call for this run."""
+    return _follower(run_id)[0].snapshot()
 
 
 def events_seen(run_id: str) -> tuple[list[dict], int]:
@@ -103,12 +109,9 @@ def events_seen(run_id: str) -> tuple[list[dict], int]:
     anything new: a second view of the same run (the reward chart) must not take the changes that
     follow() reports to the live view (its log would then not be re-sent). A run nobody follows yet
     is followed from here."""
-    d = run_dir(run_id)  # validates the id
-    with _LOCK:
-        f = _FOLLOWERS.get(run_id)
-    if f is None or f.dir != d or not d.exists():
-        snap = follow(run_id)
-        return snap["events"], int(snap["status"].get("events_generation") or 0)
+    f, new = _follower(run_id)
+    if new:
+        f.snapshot()
     with f.lock:
         return list(f.events), int(f.generation or 0)
 
