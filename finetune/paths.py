@@ -6,6 +6,7 @@ at /data) holds runs/, datasets/ and models/ (the built-in models).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -90,6 +91,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, create: bool = False):
+    """An exclusive flock on `path` (a file or a folder) for the `with` block; `create` makes a missing
+    lock file. Held through one descriptor: two descriptors on one path block each other even in one process."""
+    import fcntl
+
+    fd = os.open(path, (os.O_RDWR | os.O_CREAT) if create else os.O_RDONLY, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:

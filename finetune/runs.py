@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import RunConfig
-from .paths import atomic_write_json, is_safe_name, read_json, runs_dir, slug
+from .paths import atomic_write_json, file_lock, is_safe_name, read_json, runs_dir, slug
 
 STATES = ("queued", "running", "stopping", "stopped", "failed", "completed")
 ACTIVE = ("queued", "running", "stopping")
@@ -143,28 +143,16 @@ def _queue_position(run_id: str, st: dict) -> int:
     return 1 + sum(1 for q, rid, _ in _waiting_runs() if (q, rid) < (float(st.get("queued_at") or 0), run_id))
 
 
-@contextlib.contextmanager
-def _flock(path: Path, create: bool = False):
-    import fcntl
-
-    fd = os.open(path, (os.O_RDWR | os.O_CREAT) if create else os.O_RDONLY, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def _queue_lock():
     """The machine-wide lock for the device slot and the queue (a dot file: not a run)."""
     runs_dir().mkdir(parents=True, exist_ok=True)
-    return _flock(runs_dir() / ".queue.lock", create=True)
+    return file_lock(runs_dir() / ".queue.lock", create=True)
 
 
 def _run_lock(d: Path):
     # On config.json, not on the folder: update_status flocks the folder, and flock locks held through
     # two descriptors block each other even inside one process.
-    return _flock(d / "config.json")
+    return file_lock(d / "config.json")
 
 
 def update_status(run_id_or_dir, *, only_if_state: tuple[str, ...] | None = None, **fields) -> dict:

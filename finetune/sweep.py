@@ -29,7 +29,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .paths import atomic_write_json, read_json, slug
+from .paths import atomic_write_json, file_lock, read_json, slug
 from .runs import now_iso, pid_alive
 from .sweep_trial import StudyError, studies_dir, study_dir
 
@@ -262,9 +262,7 @@ def update_study(d: Path, change=None, *, only_if_state: tuple[str, ...] | None 
     and the app (stop, start) both write it, and a write from a stale read would undo the other's
     (a finished trial lost, or "stopping" turned back into "running"). `change(doc)` edits the doc in
     place; `fields` are set on it; with `only_if_state`, nothing is written unless the state is one of those."""
-    from .runs import _flock
-
-    with _flock(d):
+    with file_lock(d):
         doc = read_json(d / "study.json", default={}) or {}
         if only_if_state is not None and doc.get("state") not in only_if_state:
             return doc
