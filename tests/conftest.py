@@ -134,12 +134,40 @@ def _no_orphan_training():
                 pass
 
 
+def _stop_event_set_on_its_loop(close):
+    """gradio's Blocks.close sets the app's asyncio stop_event from the calling thread while the server's
+    loop may be adding a waiter to it (a streaming request): "deque mutated during iteration" in a test's
+    demo.close(). Set it on the loop that waits on it first; close() then finds it set."""
+    import asyncio
+    import functools
+
+    @functools.wraps(close)
+    def wrapped(self, *args, **kwargs):
+        ev = getattr(getattr(self, "app", None), "stop_event", None)
+        loop = getattr(ev, "_loop", None)  # bound when the first waiter came; None: nothing waits
+        if loop is not None and loop.is_running() and not ev.is_set():
+            async def _set():
+                ev.set()
+
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_set(), loop).result(timeout=10)
+        return close(self, *args, **kwargs)
+
+    wrapped.fts_patched = True
+    return wrapped
+
+
 def serve_app(**launch):
     """Build the real app and serve it on a free loopback port; returns (demo, url). Call demo.close().
     `launch` adds launch() options (mcp_server=True)."""
     import socket
 
+    import gradio as gr
+
     from ui import build_demo
+
+    if not getattr(gr.Blocks.close, "fts_patched", False):
+        gr.Blocks.close = _stop_event_set_on_its_loop(gr.Blocks.close)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
