@@ -327,25 +327,50 @@ def test_demo_batches_are_random_because_padding_is_cheap(tiny_model_dir, monkey
 
 def test_a_short_run_has_no_warmup_step_at_rate_zero(tiny_model_dir, monkeypatch, tmp_path):
     """transformers rounds a warmup ratio up and its first warmup step learns at rate 0: a 1-step run
-    with warmup 0.5 changed nothing. Rounded down, it has no warmup and learns; a long run keeps its
-    warmup (3 of 100 steps at 3%), and the saved arguments keep the ratio."""
+    with warmup 0.5 changed nothing, and any warmup cost an update. Rounded down, a short run has no
+    warmup and learns; a long run keeps its warmup (3 of 100 steps at 3%), whose first step learns at
+    1/4 of the rate; after it the schedule is transformers' own; the saved arguments keep the ratio."""
     run_id, st, events, moved, trainer = _train(_cfg("lora", max_steps=1, save_steps=1, warmup_ratio=0.5), monkeypatch)
     assert any("lora_B" in n for n in moved), "the only step learned nothing"
     assert trainer.args.warmup_steps == 0.5
 
-    from transformers import TrainingArguments
+    import torch
+    from transformers import TrainingArguments, get_scheduler
 
-    from finetune.train import WarmupRoundsDown
+    from finetune.train import WarmupSchedule
 
-    class Base:
-        lr_scheduler = None
-
+    class Base:  # transformers' own scheduler, where ours does not apply
         def create_scheduler(self, num_training_steps, optimizer=None):
-            return self.args.get_warmup_steps(num_training_steps)
+            return ("transformers", self.args.get_warmup_steps(num_training_steps))
 
-    t = type("T", (WarmupRoundsDown, Base), {})()
-    t.args = TrainingArguments(output_dir=str(tmp_path), warmup_steps=0.03, use_cpu=True, report_to="none")
-    assert (t.create_scheduler(8), t.create_scheduler(33), t.create_scheduler(34), t.create_scheduler(100)) == (0, 0, 1, 3)
-    assert t.args.warmup_steps == 0.03
-    t.args.warmup_steps = 5  # given in steps: as transformers counts them
-    assert t.create_scheduler(8) == 5
+    def rates(kind, ratio, steps):
+        t = type("T", (WarmupSchedule, Base), {})()
+        t.lr_scheduler, t.optimizer = None, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        t.args = TrainingArguments(output_dir=str(tmp_path), warmup_steps=ratio, lr_scheduler_type=kind,
+                                   use_cpu=True, report_to="none")
+        sched = t.create_scheduler(steps)
+        assert t.args.warmup_steps == ratio
+        if isinstance(sched, tuple):
+            return sched
+        out = []
+        for _ in range(steps):
+            out.append(t.optimizer.param_groups[0]["lr"])
+            t.optimizer.step()
+            sched.step()
+        return out
+
+    assert rates("linear", 0.03, 8) == ("transformers", 0) and rates("linear", 0.03, 33) == ("transformers", 0)
+    assert rates("linear", 0.03, 34)[:2] == [0.5, 1.0]
+    for kind in ("linear", "cosine", "constant_with_warmup"):
+        got = rates(kind, 0.03, 100)
+        assert got[:4] == [0.25, 0.5, 0.75, 1.0], kind
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        theirs = get_scheduler(kind, opt, num_warmup_steps=3, num_training_steps=100)
+        ref = []
+        for _ in range(100):
+            ref.append(opt.param_groups[0]["lr"])
+            opt.step()
+            theirs.step()
+        assert ref[0] == 0.0 and got[3:] == pytest.approx(ref[3:]), kind
+    assert rates("linear", 5, 8)[:6] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])  # given in steps
+    assert rates("constant", 0.5, 8) == ("transformers", 4)  # no warmup in that schedule: transformers' own
