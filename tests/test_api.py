@@ -20,6 +20,27 @@ def test_api_names_are_the_contract(client):
             "/evaluate", "/compare", "/diagnose", "/ab_pair", "/vote", "/export_votes"} <= names
 
 
+def test_readme_names_only_real_parameters(client):
+    """The README's endpoint table is what a client codes against: every snake_case name in an
+    endpoint's parameter column is one of that endpoint's parameters (it said lora_rank for lora_r)."""
+    import re
+    from pathlib import Path
+
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    values = {"q4_k_m", "q8_0", "dare_linear", "task_arithmetic"}  # choices named in the table, not parameters
+    rows, wrong = 0, []
+    for line in (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\| `(/[a-z_]+)` \| ([^|]*)\|", line)
+        if not m:
+            continue
+        rows += 1
+        assert m.group(1) in api, f"README documents {m.group(1)}, which the app does not serve"
+        names = {p["parameter_name"] for p in api[m.group(1)]["parameters"]}
+        wrong += [(m.group(1), w) for w in sorted(set(re.findall(r"`?\b([a-z][a-z0-9]*(?:_[a-z0-9]+)+)\b", m.group(2))))
+                  if w not in names and w not in values]
+    assert rows >= 10 and wrong == [], wrong
+
+
 def test_full_loop_through_the_api(client, app_url):
     plan = client.predict("builtin:tiny-chat", "auto", "instruction", "answer short questions", 460, False,
                           "local", 256, 8, "quality", api_name="/plan")
