@@ -100,7 +100,7 @@ def check_grpo(cfg: RunConfig) -> dict:
 
 def make_grpo_trainer(cfg: RunConfig, model, tok, peft_config, train_ds, out_dir: str, plan: dict,
                       guard_classes: tuple, callbacks: list | None = None):
-    """GRPOTrainer with the run's rewards and the studio's mixins (non-finite guard)."""
+    """GRPOTrainer with the run's rewards and the studio's mixins (non-finite guard, warmup schedule)."""
     from trl import GRPOTrainer
 
     from .config import to_grpo_config

@@ -333,6 +333,11 @@ def test_a_short_run_has_no_warmup_step_at_rate_zero(tiny_model_dir, monkeypatch
     run_id, st, events, moved, trainer = _train(_cfg("lora", max_steps=1, save_steps=1, warmup_ratio=0.5), monkeypatch)
     assert any("lora_B" in n for n in moved), "the only step learned nothing"
     assert trainer.args.warmup_steps == 0.5
+    # In a real trainer: 4 steps at 0.5 warm up for 2 (rates 1/3, 2/3 of the peak), then decay linearly
+    _, _, events, _, trainer = _train(_cfg("lora", max_steps=4, save_steps=4, warmup_ratio=0.5), monkeypatch)
+    peak = trainer.args.learning_rate
+    rates = [e["learning_rate"] / peak for e in events if e.get("learning_rate") is not None]
+    assert rates == pytest.approx([1 / 3, 2 / 3, 1.0, 0.5]), rates
 
     import torch
     from transformers import TrainingArguments, get_scheduler

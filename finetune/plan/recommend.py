@@ -597,7 +597,8 @@ def plan(req: PlanRequest) -> dict:
     output_dir = f"runs/{_slug(req.model)}-{tm}"
     n_gpu = tier.get("gpu_count") or 0
     # The exported config and script get the warmup in whole steps, rounded down as our trainer does
-    # (transformers rounds a ratio up: a short run would throw one of its few updates away).
+    # (transformers rounds a ratio up: a short run would throw one of its few updates away). Their
+    # warmup is still transformers' (its first step at rate 0; ours learns at 1/(w+1)): one step differs.
     # `trl sft --config` trains on the whole train split; the script holds 10% out first.
     yaml_cfg = dict(cfg, warmup_steps=_whole_warmup_steps(cfg, n, max(1, n_gpu)))
     script_cfg = dict(cfg, warmup_steps=_whole_warmup_steps(cfg, n - math.ceil(0.1 * n), max(1, n_gpu)))
