@@ -342,11 +342,19 @@ def test_a_short_run_has_no_warmup_step_at_rate_zero(tiny_model_dir, monkeypatch
     import torch
     from transformers import TrainingArguments, get_scheduler
 
-    from finetune.train import WarmupSchedule
+    from finetune.schedule import WarmupSchedule
 
     class Base:  # transformers' own scheduler, where ours does not apply
         def create_scheduler(self, num_training_steps, optimizer=None):
             return ("transformers", self.args.get_warmup_steps(num_training_steps))
+
+    def stepped(opt, sched, steps):  # the rate of each optimiser step
+        out = []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
 
     def rates(kind, ratio, steps):
         t = type("T", (WarmupSchedule, Base), {})()
@@ -355,14 +363,7 @@ def test_a_short_run_has_no_warmup_step_at_rate_zero(tiny_model_dir, monkeypatch
                                    use_cpu=True, report_to="none")
         sched = t.create_scheduler(steps)
         assert t.args.warmup_steps == ratio
-        if isinstance(sched, tuple):
-            return sched
-        out = []
-        for _ in range(steps):
-            out.append(t.optimizer.param_groups[0]["lr"])
-            t.optimizer.step()
-            sched.step()
-        return out
+        return sched if isinstance(sched, tuple) else stepped(t.optimizer, sched, steps)
 
     assert rates("linear", 0.03, 8) == ("transformers", 0) and rates("linear", 0.03, 33) == ("transformers", 0)
     assert rates("linear", 0.03, 34)[:2] == [0.5, 1.0]
@@ -370,12 +371,7 @@ def test_a_short_run_has_no_warmup_step_at_rate_zero(tiny_model_dir, monkeypatch
         got = rates(kind, 0.03, 100)
         assert got[:4] == [0.25, 0.5, 0.75, 1.0], kind
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        theirs = get_scheduler(kind, opt, num_warmup_steps=3, num_training_steps=100)
-        ref = []
-        for _ in range(100):
-            ref.append(opt.param_groups[0]["lr"])
-            opt.step()
-            theirs.step()
+        ref = stepped(opt, get_scheduler(kind, opt, num_warmup_steps=3, num_training_steps=100), 100)
         assert ref[0] == 0.0 and got[3:] == pytest.approx(ref[3:]), kind
     assert rates("linear", 5, 8)[:6] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])  # given in steps
     assert rates("constant", 0.5, 8) == ("transformers", 4)  # no warmup in that schedule: transformers' own
